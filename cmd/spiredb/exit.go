@@ -1,0 +1,58 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spiredb/spiredb/internal/pg"
+)
+
+// Exit codes; documented in `spiredb --help`.
+const (
+	exitOK          = 0
+	exitFailure     = 1 // the command failed, or found problems that need action
+	exitUsage       = 2 // bad flags, arguments or configuration
+	exitUnreachable = 3 // could not connect to PostgreSQL or the store
+	exitWarning     = 4 // doctor and checks: only warnings found
+)
+
+const exitCodesHelp = `Exit codes:
+  0  success
+  1  the command failed, or found problems that need action (doctor: an error finding)
+  2  usage error: bad flags, arguments or configuration
+  3  could not connect to PostgreSQL (or to the backup store)
+  4  doctor and checks: warnings only`
+
+// exitError carries an exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// silentExit ends the command with code and no message (the output already
+// said everything).
+func silentExit(code int) error { return &exitError{code: code} }
+
+func exitCodeOf(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var ce *pg.ConnectError
+	if errors.As(err, &ce) {
+		return exitUnreachable
+	}
+	return exitFailure
+}

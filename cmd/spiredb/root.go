@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/spiredb/spiredb/internal/dsn"
+	"github.com/spiredb/spiredb/internal/logging"
+	"github.com/spiredb/spiredb/internal/pg"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	dsn              string
+	output           string
+	logLevel         string
+	logFormat        string
+	lockTimeout      time.Duration
+	statementTimeout time.Duration
+
+	stdout, stderr io.Writer
+	logger         *slog.Logger
+	out            *printer
+}
+
+// pgOptions returns the connection options: --dsn, else $SPIREDB_DSN, else
+// libpq's PG* variables (pgx reads them when the DSN is empty).
+func (g *globals) pgOptions() pg.Options {
+	d := g.dsn
+	if d == "" {
+		d = os.Getenv("SPIREDB_DSN")
+	}
+	return pg.Options{DSN: d, LockTimeout: g.lockTimeout, StatementTimeout: g.statementTimeout}
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "spiredb",
+		Short: "Run SPIRE's PostgreSQL datastore in production",
+		Long: `spiredb is the operator's toolkit for the PostgreSQL database behind SPIRE:
+health checks, migrations, indexes, tuning, replication and backups.
+
+Connection: --dsn, else $SPIREDB_DSN, else libpq's PG* environment variables
+(PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, ...). Passwords never appear
+in spiredb's output or logs.
+
+` + exitCodesHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := logging.New(stderr, g.logLevel, g.logFormat)
+			if err != nil {
+				return usageErrorf("%w", err)
+			}
+			g.logger = logger
+			if g.out, err = newPrinter(g.output, stdout); err != nil {
+				return err
+			}
+			return nil
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%w", err) })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.dsn, "dsn", "", "PostgreSQL connection string (URL or key=value); default $SPIREDB_DSN, then PG* variables")
+	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json (logs go to stderr)")
+	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions (unless set in the DSN)")
+	pf.DurationVar(&g.statementTimeout, "statement-timeout", 0, "statement_timeout of spiredb's sessions (0: the server's)")
+	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
+
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g))
+	return root
+}
+
+// run executes the CLI and returns the process exit code. Every error is
+// printed as one line, with secrets masked.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) && ee.err == nil {
+		return ee.code
+	}
+	code := exitCodeOf(err)
+	if code == exitFailure && isCobraUsage(err) {
+		code = exitUsage
+	}
+	fmt.Fprintln(stderr, "spiredb: "+oneLine(dsn.RedactText(err.Error())))
+	return code
+}
+
+// isCobraUsage recognises cobra's own argument errors (unknown command,
+// wrong number of args), which it does not type.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "unknown flag", "unknown shorthand", "required flag"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,177 @@
+// Package doctor inspects a SPIRE datastore and its PostgreSQL server and
+// reports what it finds, each problem as a Finding that names the fix.
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// Severity of a finding.
+type Severity string
+
+// Severities, in increasing order.
+const (
+	Info    Severity = "info"
+	Warning Severity = "warning"
+	Error   Severity = "error"
+)
+
+func (s Severity) rank() int {
+	switch s {
+	case Warning:
+		return 1
+	case Error:
+		return 2
+	}
+	return 0
+}
+
+// Finding is something the operator should know, with the command or
+// setting that fixes it.
+type Finding struct {
+	Severity Severity `json:"severity"`
+	Check    string   `json:"check"`
+	Message  string   `json:"message"`
+	Fix      string   `json:"fix,omitempty"`
+}
+
+// Report is what Run found.
+type Report struct {
+	Server     Server     `json:"server"`
+	Statements Statements `json:"pg_stat_statements"`
+	SPIRE      SPIRE      `json:"spire"`
+	Findings   []Finding  `json:"findings"`
+	Worst      Severity   `json:"worst"`
+}
+
+// Server describes the PostgreSQL server and database.
+type Server struct {
+	Version       string `json:"version"`
+	VersionNum    int    `json:"version_num"`
+	Role          string `json:"role"` // primary or standby
+	Database      string `json:"database"`
+	DatabaseBytes int64  `json:"database_bytes"`
+}
+
+// Statements tells whether pg_stat_statements can be used.
+type Statements struct {
+	Preloaded bool   `json:"preloaded"`
+	Created   bool   `json:"created"`
+	Version   string `json:"version,omitempty"`
+}
+
+// SPIRE describes SPIRE's schema and data in the database.
+type SPIRE struct {
+	spire.Schema
+	Compatible spire.Compatibility `json:"compatible_servers"`
+	Entries    int64               `json:"registration_entries"`
+	Agents     int64               `json:"agents"`
+	Bundles    int64               `json:"bundles"`
+}
+
+// Run connects with opts and inspects the server.
+func Run(ctx context.Context, opts pg.Options) (*Report, error) {
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return Inspect(ctx, conn)
+}
+
+// Inspect builds the report over an open session. Counts are read in one
+// REPEATABLE READ, READ ONLY transaction so that they agree.
+func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("starting read-only transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	r := &Report{}
+	var inRecovery bool
+	var preload string
+	var extVersion *string
+	err = tx.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version'),
+		pg_catalog.current_setting('server_version_num')::int,
+		pg_catalog.pg_is_in_recovery(),
+		pg_catalog.current_database(),
+		pg_catalog.pg_database_size(pg_catalog.current_database()),
+		pg_catalog.current_setting('shared_preload_libraries'),
+		(SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements')`).
+		Scan(&r.Server.Version, &r.Server.VersionNum, &inRecovery, &r.Server.Database, &r.Server.DatabaseBytes, &preload, &extVersion)
+	if err != nil {
+		return nil, fmt.Errorf("reading server facts: %w", err)
+	}
+	r.Server.Role = "primary"
+	if inRecovery {
+		r.Server.Role = "standby"
+	}
+	for _, lib := range strings.Split(preload, ",") {
+		if strings.TrimSpace(strings.Trim(strings.TrimSpace(lib), `"`)) == "pg_stat_statements" {
+			r.Statements.Preloaded = true
+		}
+	}
+	if extVersion != nil {
+		r.Statements.Created, r.Statements.Version = true, *extVersion
+	}
+
+	s, err := spire.ReadSchema(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	r.SPIRE.Schema = s
+	r.SPIRE.Compatible = spire.Compatible(s)
+	if s.Present {
+		counts, err := spire.CountRows(ctx, tx, s.Schema)
+		if err != nil {
+			return nil, err
+		}
+		r.SPIRE.Entries = counts["registered_entries"]
+		r.SPIRE.Agents = counts["attested_node_entries"]
+		r.SPIRE.Bundles = counts["bundles"]
+	}
+	r.Findings = findings(r)
+	r.Worst = Info
+	for _, f := range r.Findings {
+		if f.Severity.rank() > r.Worst.rank() {
+			r.Worst = f.Severity
+		}
+	}
+	return r, nil
+}
+
+func findings(r *Report) []Finding {
+	var out []Finding
+	if r.Server.VersionNum < 130000 {
+		out = append(out, Finding{Severity: Warning, Check: "server.version",
+			Message: fmt.Sprintf("PostgreSQL %s is out of community support; spiredb is tested on 13 and later", r.Server.Version),
+			Fix:     "upgrade PostgreSQL (pg_upgrade or a logical replica)"})
+	}
+	switch {
+	case !r.Statements.Preloaded:
+		out = append(out, Finding{Severity: Warning, Check: "pg_stat_statements.preload",
+			Message: "pg_stat_statements is not in shared_preload_libraries: no per-statement statistics",
+			Fix:     "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'; then restart PostgreSQL and CREATE EXTENSION pg_stat_statements"})
+	case !r.Statements.Created:
+		out = append(out, Finding{Severity: Warning, Check: "pg_stat_statements.extension",
+			Message: "pg_stat_statements is preloaded but the extension is not created in this database",
+			Fix:     "CREATE EXTENSION pg_stat_statements"})
+	}
+	if !r.SPIRE.Present {
+		out = append(out, Finding{Severity: Info, Check: "spire.schema",
+			Message: "no SPIRE schema here (no migrations table on the search_path)",
+			Fix:     "point --dsn at the database named in spire-server's DataStore \"sql\" connection_string"})
+	} else if r.SPIRE.Version > 0 && r.SPIRE.Compatible.Servers == "unknown" {
+		out = append(out, Finding{Severity: Warning, Check: "spire.schema",
+			Message: r.SPIRE.Compatible.Note, Fix: "upgrade spiredb"})
+	}
+	return out
+}

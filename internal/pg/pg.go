@@ -1,0 +1,171 @@
+// Package pg opens the PostgreSQL sessions spiredb uses.
+//
+// Every session is tagged application_name=spiredb and gets a lock_timeout
+// (2s by default), an optional statement_timeout and an
+// idle_in_transaction_session_timeout, unless the user already set them in
+// the DSN (as a key or inside options=-c ...). A DSN left empty falls back to
+// libpq's PG* environment variables, as pgx reads them.
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/spiredb/spiredb/internal/dsn"
+)
+
+// Defaults for the session settings spiredb applies.
+const (
+	DefaultApplicationName = "spiredb"
+	DefaultLockTimeout     = 2 * time.Second
+	DefaultIdleInTxTimeout = 5 * time.Minute
+	DefaultConnectTimeout  = 10 * time.Second
+)
+
+// Options describe how to open sessions. The zero value is usable: DSN from
+// PG* variables and the defaults above.
+type Options struct {
+	// DSN is a libpq URL or key=value string; empty means PG* variables.
+	DSN string
+	// ApplicationName tags the session (pg_stat_activity); default "spiredb".
+	ApplicationName string
+	// LockTimeout bounds every lock wait; 0 means DefaultLockTimeout, a
+	// negative value leaves the server's setting alone.
+	LockTimeout time.Duration
+	// StatementTimeout bounds each statement; 0 leaves the server's setting.
+	StatementTimeout time.Duration
+	// IdleInTxTimeout ends sessions idle inside a transaction; 0 means
+	// DefaultIdleInTxTimeout, negative leaves the server's setting.
+	IdleInTxTimeout time.Duration
+	// ConnectTimeout bounds connection set-up when the DSN has none.
+	ConnectTimeout time.Duration
+	// MaxConns sizes a pool; 0 means 4.
+	MaxConns int32
+}
+
+// ParseConfig builds a pgx connection config with spiredb's session settings.
+func ParseConfig(opts Options) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(opts.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
+	}
+	applySession(cfg.Config.RuntimeParams, opts)
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
+	}
+	return cfg, nil
+}
+
+// Connect opens one session.
+func Connect(ctx context.Context, opts Options) (*pgx.Conn, error) {
+	cfg, err := ParseConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, &ConnectError{Target: Describe(cfg), Err: err}
+	}
+	return conn, nil
+}
+
+// NewPool opens a pool whose sessions all carry spiredb's settings.
+func NewPool(ctx context.Context, opts Options) (*pgxpool.Pool, error) {
+	pcfg, err := pgxpool.ParseConfig(opts.DSN)
+	if err != nil {
+		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
+	}
+	applySession(pcfg.ConnConfig.RuntimeParams, opts)
+	if pcfg.ConnConfig.ConnectTimeout == 0 {
+		pcfg.ConnConfig.ConnectTimeout = orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
+	}
+	pcfg.MaxConns = 4
+	if opts.MaxConns > 0 {
+		pcfg.MaxConns = opts.MaxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
+	}
+	return pool, nil
+}
+
+// Describe names a connection target without its password:
+// "user@host:port/dbname".
+func Describe(cfg *pgx.ConnConfig) string {
+	return fmt.Sprintf("%s@%s:%d/%s", cfg.User, cfg.Host, cfg.Port, cfg.Database)
+}
+
+// ConnectError is returned when a session cannot be opened.
+type ConnectError struct {
+	Target string
+	Err    error
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("connecting to %s: %s", e.Target, redactErr(e.Err))
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+func redactErr(err error) string { return dsn.RedactText(err.Error()) }
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// applySession sets spiredb's session parameters on params unless the user
+// set them in the DSN.
+func applySession(params map[string]string, opts Options) {
+	userSet := func(name string) bool {
+		if _, ok := params[name]; ok {
+			return true
+		}
+		return strings.Contains(params["options"], name)
+	}
+	if !userSet("application_name") || params["application_name"] == "" {
+		params["application_name"] = cmp(opts.ApplicationName, DefaultApplicationName)
+	}
+	if opts.LockTimeout >= 0 && !userSet("lock_timeout") {
+		params["lock_timeout"] = millis(orDefault(opts.LockTimeout, DefaultLockTimeout))
+	}
+	if opts.StatementTimeout > 0 && !userSet("statement_timeout") {
+		params["statement_timeout"] = millis(opts.StatementTimeout)
+	}
+	if opts.IdleInTxTimeout >= 0 && !userSet("idle_in_transaction_session_timeout") {
+		params["idle_in_transaction_session_timeout"] = millis(orDefault(opts.IdleInTxTimeout, DefaultIdleInTxTimeout))
+	}
+}
+
+func cmp(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func millis(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+// SQLState returns the SQLSTATE of a PostgreSQL error, or "".
+func SQLState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}

@@ -1,0 +1,4 @@
+package pgcluster
+
+// DisableParentDeathSignal lets a test leave an orphaned postmaster behind.
+func DisableParentDeathSignal() { pdeathsig = 0 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Idempotent set-up for tests, benchmarks and the demo on a Debian machine:
+#   - PostgreSQL 15 server, contrib and hypopg from apt, when missing;
+#   - versitygw (a real S3 server) and spire-server built into the cache,
+#     when missing or of another version.
+# Seconds when everything is present. Cache: $SPIREDB_CACHE, else
+# $XDG_CACHE_HOME/spiredb, else ~/.cache/spiredb (outside the checkout, so
+# builds survive fresh clones).
+set -euo pipefail
+
+VERSITYGW_VERSION=v1.8.0
+SPIRE_VERSION=1.13.3   # also pinned in tools/spire/go.mod
+GOLANGCI_VERSION=v2.15.0
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${SPIREDB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spiredb}
+bin=$cache/bin
+mkdir -p "$bin"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+apt_packages() {
+  local missing=()
+  for p in postgresql postgresql-contrib postgresql-15-hypopg; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  # The harness starts its own throwaway clusters: do not let the package
+  # create and start a default one on port 5432.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    as_root mkdir -p /etc/postgresql-common/createcluster.d
+    echo 'create_main_cluster = false' | as_root tee /etc/postgresql-common/createcluster.d/spiredb.conf >/dev/null
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# stamp NAME VERSION: true when the binary exists and was built for VERSION
+stamped() { [ -x "$bin/$1" ] && [ "$(cat "$bin/$1.version" 2>/dev/null)" = "$2" ]; }
+
+build_versitygw() {
+  stamped versitygw "$VERSITYGW_VERSION" && return 0
+  log "building versitygw $VERSITYGW_VERSION (about 1-2 minutes the first time)"
+  GOBIN=$bin go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+  echo "$VERSITYGW_VERSION" >"$bin/versitygw.version"
+}
+
+build_spire() {
+  stamped spire-server "$SPIRE_VERSION" && return 0
+  log "building spire-server $SPIRE_VERSION (about 9 minutes and 4 GB RAM the first time; cached after)"
+  # A separate tools module keeps SPIRE's dependencies out of spiredb's
+  # go.mod. The version stamp makes the server record code_version
+  # "$SPIRE_VERSION" as a release build does.
+  (cd "$here/tools/spire" && GOBIN=$bin go install \
+    -ldflags "-X github.com/spiffe/spire/pkg/common/version.gittag=$SPIRE_VERSION" \
+    github.com/spiffe/spire/cmd/spire-server)
+  echo "$SPIRE_VERSION" >"$bin/spire-server.version"
+}
+
+build_golangci() {
+  stamped golangci-lint "$GOLANGCI_VERSION" && return 0
+  log "building golangci-lint $GOLANGCI_VERSION"
+  GOBIN=$bin go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_VERSION"
+  echo "$GOLANGCI_VERSION" >"$bin/golangci-lint.version"
+}
+
+case "${1:-all}" in
+  all) apt_packages; build_versitygw; build_spire ;;
+  apt) apt_packages ;;
+  versitygw) build_versitygw ;;
+  spire) build_spire ;;
+  lint) build_golangci ;;
+  *) log "usage: $0 [all|apt|versitygw|spire|lint]"; exit 2 ;;
+esac

@@ -1,0 +1,212 @@
+// Package spire holds what spiredb knows about the schema a spire-server
+// creates in its SQL datastore: its tables, the `migrations` row that records
+// the schema and code versions, and which spire-server releases can start on
+// a given schema.
+//
+// The facts come from running spire-server v1.13.3 (see
+// integration/testdata and `make spire-fixture`) and from SPIRE's own
+// migration table (pkg/server/datastore/sqlstore/migration.go).
+package spire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Tables is every table SPIRE 1.13 creates, in dependency-free order.
+var Tables = []string{
+	"registered_entries",
+	"selectors",
+	"dns_names",
+	"federated_registration_entries",
+	"bundles",
+	"attested_node_entries",
+	"node_resolver_map_entries",
+	"join_tokens",
+	"federated_trust_domains",
+	"ca_journals",
+	"registered_entries_events",
+	"attested_node_entries_events",
+	"migrations",
+}
+
+// Querier is what the functions here need: a *pgx.Conn, a pgxpool.Pool or
+// a pgx.Tx.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// Schema is SPIRE's record of its own schema.
+type Schema struct {
+	// Present is false when the database has no SPIRE `migrations` table.
+	Present bool `json:"present"`
+	// Version is migrations.version (23 for SPIRE 1.8 to 1.13).
+	Version int `json:"version,omitempty"`
+	// CodeVersion is the newest spire-server version that ran on it.
+	CodeVersion string `json:"code_version,omitempty"`
+	// Schema is the PostgreSQL schema the tables live in.
+	Schema string `json:"schema,omitempty"`
+}
+
+// ReadSchema reads SPIRE's migrations row from the first schema on the
+// search_path that has one.
+func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
+	var nsp *string
+	if err := q.QueryRow(ctx, `SELECT n.nspname FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.oid = pg_catalog.to_regclass('migrations')`).Scan(&nsp); err != nil {
+		return Schema{}, fmt.Errorf("looking for SPIRE's migrations table: %w", err)
+	}
+	if nsp == nil {
+		return Schema{}, nil
+	}
+	s := Schema{Present: true, Schema: *nsp}
+	var code *string
+	var version *int
+	err := q.QueryRow(ctx, "SELECT version, code_version FROM "+pgx.Identifier{*nsp, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, nil
+	}
+	if err != nil {
+		return Schema{}, fmt.Errorf("reading SPIRE's migrations row: %w", err)
+	}
+	if version != nil {
+		s.Version = *version
+	}
+	if code != nil {
+		s.CodeVersion = *code
+	}
+	return s, nil
+}
+
+// CountRows returns the exact row count of each SPIRE table that exists in
+// schema nsp. Run it in a REPEATABLE READ transaction (or on an exported
+// snapshot) for counts that agree with each other.
+func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, error) {
+	if nsp == "" {
+		nsp = "public"
+	}
+	rows, err := q.Query(ctx, `SELECT c.relname FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relkind IN ('r','p') AND c.relname = ANY($2)`, nsp, Tables)
+	if err != nil {
+		return nil, fmt.Errorf("listing SPIRE tables: %w", err)
+	}
+	present, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("listing SPIRE tables: %w", err)
+	}
+	if len(present) == 0 {
+		return map[string]int64{}, nil
+	}
+	parts := make([]string, len(present))
+	for i, t := range present {
+		parts[i] = fmt.Sprintf("SELECT %s::text, count(*) FROM %s", quoteLiteral(t), pgx.Identifier{nsp, t}.Sanitize())
+	}
+	rows, err = q.Query(ctx, strings.Join(parts, " UNION ALL "))
+	if err != nil {
+		return nil, fmt.Errorf("counting SPIRE rows: %w", err)
+	}
+	counts := make(map[string]int64, len(present))
+	var name string
+	var n int64
+	_, err = pgx.ForEachRow(rows, []any{&name, &n}, func() error { counts[name] = n; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("counting SPIRE rows: %w", err)
+	}
+	return counts, nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// release is the first spire-server version that created a schema version.
+type release struct {
+	minor, patch int // 1.minor.patch
+	schema       int
+}
+
+// schemaReleases lists, for SPIRE 1.x, the release that introduced each
+// recent schema version (from SPIRE's migration.go table).
+var schemaReleases = []release{
+	{6, 0, 21},
+	{7, 2, 22},
+	{8, 0, 23},
+}
+
+// KnownLatestMinor is the newest SPIRE minor release spiredb has been
+// verified against.
+const KnownLatestMinor = 13
+
+// Compatibility describes which spire-server releases start on a schema.
+type Compatibility struct {
+	// Servers is a human range such as "v1.7.x (within one minor of
+	// code_version 1.8.0), v1.8.0 to v1.13.x".
+	Servers string `json:"servers"`
+	// Note explains limits of the answer.
+	Note string `json:"note,omitempty"`
+}
+
+// Compatible applies SPIRE's own start-up rule (sqlstore migrateDB): a
+// server starts when the schema version equals its latest; when the schema
+// is newer than it knows, only if its minor version is within one of the
+// stored code_version; when older, it migrates forward (with auto-migration
+// enabled) if its migrations still cover that version.
+func Compatible(s Schema) Compatibility {
+	if !s.Present {
+		return Compatibility{Servers: "any (a new spire-server creates the schema)"}
+	}
+	first, last := -1, -1
+	for i, r := range schemaReleases {
+		if r.schema == s.Version {
+			first = r.minor
+			if i+1 < len(schemaReleases) {
+				last = schemaReleases[i+1].minor - 1
+			} else {
+				last = KnownLatestMinor
+			}
+		}
+	}
+	if first < 0 {
+		return Compatibility{Servers: "unknown", Note: fmt.Sprintf("schema version %d is outside what spiredb knows (21-23)", s.Version)}
+	}
+	var parts []string
+	codeMinor := minorOf(s.CodeVersion)
+	if codeMinor >= 0 && codeMinor-1 < first && codeMinor-1 >= 0 {
+		parts = append(parts, fmt.Sprintf("v1.%d.x (within one minor of code_version %s)", codeMinor-1, s.CodeVersion))
+	}
+	parts = append(parts, fmt.Sprintf("v1.%d.%d to v1.%d.x", first, firstPatch(s.Version), last))
+	c := Compatibility{Servers: strings.Join(parts, ", ")}
+	if last == KnownLatestMinor {
+		c.Note = fmt.Sprintf("releases after v1.%d may migrate it forward; SPIRE supports upgrading one minor version at a time", KnownLatestMinor)
+	}
+	return c
+}
+
+func firstPatch(schema int) int {
+	for _, r := range schemaReleases {
+		if r.schema == schema {
+			return r.patch
+		}
+	}
+	return 0
+}
+
+func minorOf(v string) int {
+	f := strings.SplitN(strings.TrimPrefix(v, "v"), ".", 3)
+	if len(f) < 2 || f[0] != "1" {
+		return -1
+	}
+	m, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return m
+}
