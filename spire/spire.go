@@ -60,9 +60,9 @@ type Schema struct {
 // search_path that has one.
 func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 	var nsp *string
-	if err := q.QueryRow(ctx, `SELECT n.nspname FROM pg_catalog.pg_class c
+	if err := q.QueryRow(ctx, `SELECT (SELECT n.nspname FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.oid = pg_catalog.to_regclass('migrations')`).Scan(&nsp); err != nil {
+		WHERE c.oid = pg_catalog.to_regclass('migrations'))`).Scan(&nsp); err != nil {
 		return Schema{}, fmt.Errorf("looking for SPIRE's migrations table: %w", err)
 	}
 	if nsp == nil {
@@ -163,15 +163,20 @@ func Compatible(s Schema) Compatibility {
 	if !s.Present {
 		return Compatibility{Servers: "any (a new spire-server creates the schema)"}
 	}
-	first, last := -1, -1
+	first, upto := -1, ""
 	for i, r := range schemaReleases {
-		if r.schema == s.Version {
-			first = r.minor
-			if i+1 < len(schemaReleases) {
-				last = schemaReleases[i+1].minor - 1
-			} else {
-				last = KnownLatestMinor
-			}
+		if r.schema != s.Version {
+			continue
+		}
+		first = r.minor
+		switch {
+		case i+1 == len(schemaReleases):
+			upto = fmt.Sprintf("v1.%d.x", KnownLatestMinor)
+		case schemaReleases[i+1].patch > 0:
+			next := schemaReleases[i+1]
+			upto = fmt.Sprintf("v1.%d.%d", next.minor, next.patch-1)
+		default:
+			upto = fmt.Sprintf("v1.%d.x", schemaReleases[i+1].minor-1)
 		}
 	}
 	if first < 0 {
@@ -182,9 +187,9 @@ func Compatible(s Schema) Compatibility {
 	if codeMinor >= 0 && codeMinor-1 < first && codeMinor-1 >= 0 {
 		parts = append(parts, fmt.Sprintf("v1.%d.x (within one minor of code_version %s)", codeMinor-1, s.CodeVersion))
 	}
-	parts = append(parts, fmt.Sprintf("v1.%d.%d to v1.%d.x", first, firstPatch(s.Version), last))
+	parts = append(parts, fmt.Sprintf("v1.%d.%d to %s", first, firstPatch(s.Version), upto))
 	c := Compatibility{Servers: strings.Join(parts, ", ")}
-	if last == KnownLatestMinor {
+	if upto == fmt.Sprintf("v1.%d.x", KnownLatestMinor) {
 		c.Note = fmt.Sprintf("releases after v1.%d may migrate it forward; SPIRE supports upgrading one minor version at a time", KnownLatestMinor)
 	}
 	return c

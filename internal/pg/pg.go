@@ -57,7 +57,7 @@ func ParseConfig(opts Options) (*pgx.ConnConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
 	}
-	applySession(cfg.Config.RuntimeParams, opts)
+	applySession(cfg.RuntimeParams, opts)
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
 	}

@@ -266,7 +266,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		lastErr = err
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("postgres not ready after 60s: %v: %s", lastErr, c.LogTail(10))
+	return fmt.Errorf("postgres not ready after 60s: %w: %s", lastErr, c.LogTail(10))
 }
 
 // DSN returns a URL DSN for database db on this cluster.

@@ -169,7 +169,7 @@ func (s *Server) waitHealthy(ctx context.Context) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("spire-server not healthy after 90s: %v: %s", last, s.LogTail(15))
+	return fmt.Errorf("spire-server not healthy after 90s: %w: %s", last, s.LogTail(15))
 }
 
 // Stop ends the server and removes its directory.

@@ -36,7 +36,7 @@ func run(out string) error {
 	if err != nil {
 		return err
 	}
-	defer c.Stop()
+	defer func() { _ = c.Stop() }()
 	if _, err := c.CreateDatabase(ctx, "spire"); err != nil {
 		return err
 	}

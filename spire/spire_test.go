@@ -1,0 +1,61 @@
+package spire_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/integration"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func TestCompatible(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		schema spire.Schema
+		want   string
+	}{
+		{spire.Schema{}, "any (a new spire-server creates the schema)"},
+		{spire.Schema{Present: true, Version: 23, CodeVersion: "1.13.3"}, "v1.8.0 to v1.13.x"},
+		// a database last touched by 1.8.0: a 1.7 server (one minor back)
+		// still starts on the newer schema
+		{spire.Schema{Present: true, Version: 23, CodeVersion: "1.8.0"}, "v1.7.x (within one minor of code_version 1.8.0), v1.8.0 to v1.13.x"},
+		{spire.Schema{Present: true, Version: 22, CodeVersion: "1.7.2"}, "v1.6.x (within one minor of code_version 1.7.2), v1.7.2 to v1.7.x"},
+		{spire.Schema{Present: true, Version: 21, CodeVersion: "1.6.3"}, "v1.5.x (within one minor of code_version 1.6.3), v1.6.0 to v1.7.1"},
+		{spire.Schema{Present: true, Version: 99, CodeVersion: "9.0.0"}, "unknown"},
+	}
+	for _, c := range cases {
+		require.Equal(t, c.want, spire.Compatible(c.schema).Servers, "%+v", c.schema)
+	}
+}
+
+func TestReadSchemaAndCountRows(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	s, err := spire.ReadSchema(ctx, db.Pool)
+	require.NoError(t, err)
+	require.False(t, s.Present)
+
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	sum, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 500})
+	require.NoError(t, err)
+
+	s, err = spire.ReadSchema(ctx, db.Pool)
+	require.NoError(t, err)
+	require.Equal(t, spire.Schema{Present: true, Version: 23, CodeVersion: "1.13.3", Schema: "public"}, s)
+	counts, err := spire.CountRows(ctx, db.Pool, s.Schema)
+	require.NoError(t, err)
+	require.Len(t, counts, len(spire.Tables))
+	require.EqualValues(t, 500, counts["registered_entries"])
+	require.Equal(t, sum.Selectors, counts["selectors"])
+	require.EqualValues(t, 1, counts["migrations"])
+}
