@@ -89,8 +89,18 @@ func NewCluster(t testing.TB, opts pgcluster.Options) *pgcluster.Cluster {
 	return c
 }
 
+// Server is what a database can be created on: a local throwaway
+// *pgcluster.Cluster, or a container (pgtest/pgcontainer) where Docker runs.
+type Server interface {
+	DSN(db string) string
+	CreateDatabase(ctx context.Context, name string) (string, error)
+	DropDatabase(ctx context.Context, name string) error
+}
+
 // DB is a fresh database of the test's own.
 type DB struct {
+	Server Server
+	// Cluster is the local cluster the database is on; nil on a container.
 	Cluster *pgcluster.Cluster
 	Name    string
 	DSN     string
@@ -104,8 +114,8 @@ func NewDB(t testing.TB) *DB {
 	return NewDBOn(t, Cluster(t))
 }
 
-// NewDBOn creates a fresh database on cluster c.
-func NewDBOn(t testing.TB, c *pgcluster.Cluster) *DB {
+// NewDBOn creates a fresh database on c.
+func NewDBOn(t testing.TB, c Server) *DB {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -120,7 +130,8 @@ func NewDBOn(t testing.TB, c *pgcluster.Cluster) *DB {
 		defer cancel()
 		_ = c.DropDatabase(ctx, name)
 	})
-	return &DB{Cluster: c, Name: name, DSN: dsn, Pool: pool}
+	cluster, _ := c.(*pgcluster.Cluster)
+	return &DB{Server: c, Cluster: cluster, Name: name, DSN: dsn, Pool: pool}
 }
 
 // DBName returns a database name derived from the test name, unique per call.
