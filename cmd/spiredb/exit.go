@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/internal/pg"
 )
 
@@ -51,7 +52,8 @@ func exitCodeOf(err error) int {
 		return ee.code
 	}
 	var ce *pg.ConnectError
-	if errors.As(err, &ce) {
+	var se *backup.StoreError
+	if errors.As(err, &ce) || errors.As(err, &se) {
 		return exitUnreachable
 	}
 	return exitFailure

@@ -71,3 +71,22 @@ func RedactText(s string) string {
 	}
 	return s
 }
+
+// StripPassword returns dsn without its password, for handing to a libpq
+// program on the command line (the password goes in PGPASSWORD instead).
+func StripPassword(s string) string {
+	if strings.Contains(s, "://") {
+		if u, err := url.Parse(s); err == nil && u.Scheme != "" {
+			if u.User != nil {
+				u.User = url.User(u.User.Username())
+			}
+			q := u.Query()
+			if q.Has("password") {
+				q.Del("password")
+				u.RawQuery = q.Encode()
+			}
+			return u.String()
+		}
+	}
+	return strings.TrimSpace(kvPassword.ReplaceAllString(s, ""))
+}

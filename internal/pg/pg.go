@@ -49,6 +49,9 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// MaxConns sizes a pool; 0 means 4.
 	MaxConns int32
+	// Database, when set, replaces the DSN's database (scratch and restore
+	// targets on the same server).
+	Database string
 }
 
 // ParseConfig builds a pgx connection config with spiredb's session settings.
@@ -58,6 +61,9 @@ func ParseConfig(opts Options) (*pgx.ConnConfig, error) {
 		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
 	}
 	applySession(cfg.RuntimeParams, opts)
+	if opts.Database != "" {
+		cfg.Database = opts.Database
+	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
 	}
@@ -84,6 +90,9 @@ func NewPool(ctx context.Context, opts Options) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
 	}
 	applySession(pcfg.ConnConfig.RuntimeParams, opts)
+	if opts.Database != "" {
+		pcfg.ConnConfig.Database = opts.Database
+	}
 	if pcfg.ConnConfig.ConnectTimeout == 0 {
 		pcfg.ConnConfig.ConnectTimeout = orDefault(opts.ConnectTimeout, DefaultConnectTimeout)
 	}

@@ -1,0 +1,307 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/integration"
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// spireDB is a fresh database holding a SPIRE fixture of n entries.
+func spireDB(t *testing.T, n int) *pgtest.DB {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: n})
+	require.NoError(t, err)
+	return db
+}
+
+func runBackup(t *testing.T, db *pgtest.DB, s backup.Store, label string) *backup.Manifest {
+	t.Helper()
+	m, err := backup.Run(context.Background(), backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: -1, Label: label})
+	require.NoError(t, err)
+	return m
+}
+
+func TestFullCycle(t *testing.T) {
+	t.Parallel()
+	for name, mk := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := mk(t)
+			db := spireDB(t, 3000)
+
+			m := runBackup(t, db, s, "first")
+			require.Equal(t, "first", m.Label)
+			require.NotNil(t, m.SPIRE)
+			require.Equal(t, 23, m.SPIRE.SchemaVersion)
+			require.Equal(t, "1.13.3", m.SPIRE.CodeVersion)
+			require.EqualValues(t, 3000, m.RowCounts["registered_entries"])
+			require.Len(t, m.RowCounts, len(spire.Tables))
+			require.Positive(t, m.Size)
+			require.Len(t, m.SHA256, 64)
+			require.Equal(t, "custom", m.Format)
+			require.True(t, strings.HasPrefix(m.PgDumpVersion, "15"))
+
+			// a second backup after a change; the manifests tell them apart
+			_, err := db.Pool.Exec(ctx, "DELETE FROM registered_entries WHERE id <= 10")
+			require.NoError(t, err)
+			m2 := runBackup(t, db, s, "second")
+			require.EqualValues(t, 2990, m2.RowCounts["registered_entries"])
+
+			list, err := backup.List(ctx, s)
+			require.NoError(t, err)
+			require.Len(t, list, 2)
+			require.Equal(t, m.ID, list[0].ID)
+			require.Equal(t, m2.ID, list[1].ID)
+
+			for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
+				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Scratch: pg.Options{DSN: db.DSN}})
+				require.NoError(t, err)
+				require.True(t, res.OK, "%s: %+v", level, res.Checks)
+			}
+			res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, Latest: true, Scratch: pg.Options{DSN: db.DSN}})
+			require.NoError(t, err)
+			require.Equal(t, m2.ID, res.ID)
+			require.Equal(t, backup.LevelRestore, res.Level)
+			names := []string{}
+			for _, c := range res.Checks {
+				names = append(names, c.Name)
+			}
+			require.Equal(t, []string{"checksum", "restore", "spire-schema", "row-counts", "amcheck"}, names)
+			require.Contains(t, res.Checks[4].Detail, "bt_index_check passed")
+			requireNoScratchDatabases(t, db)
+
+			// list shows the stored verification
+			list, err = backup.List(ctx, s)
+			require.NoError(t, err)
+			require.True(t, list[1].Verified())
+
+			// restore, streamed and parallel, into new databases
+			for _, jobs := range []int{1, 2} {
+				target := pgtest.NewDB(t)
+				rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+				require.NoError(t, err)
+				require.EqualValues(t, 3000, rr.RowCounts["registered_entries"])
+				require.Equal(t, 23, rr.SPIRE.Version)
+				require.Equal(t, "v1.8.0 to v1.13.x", rr.Compatible.Servers)
+				requireSameData(t, db, target, "registered_entries", 10) // the source lost 10 rows after the first backup
+
+				// a second restore into the now non-empty target is refused…
+				_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+				var ne *backup.NotEmptyError
+				require.ErrorAs(t, err, &ne)
+				// …unless --clean
+				rr, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true})
+				require.NoError(t, err)
+				require.EqualValues(t, 2990, rr.RowCounts["registered_entries"])
+				requireSameData(t, db, target, "registered_entries", 0)
+			}
+
+			// prune --keep-last 1: m2 is kept (newest, newest verified), m goes
+			pr, err := backup.Prune(ctx, backup.PruneOptions{Store: s, Policy: backup.Policy{KeepLast: 1}})
+			require.NoError(t, err)
+			require.Equal(t, []string{m.ID}, pr.Deleted)
+			list, err = backup.List(ctx, s)
+			require.NoError(t, err)
+			require.Len(t, list, 1)
+			require.Equal(t, m2.ID, list[0].ID)
+			objs, err := s.List(ctx, m.ID+"/")
+			require.NoError(t, err)
+			require.Empty(t, objs, "prune left objects of the deleted backup")
+		})
+	}
+}
+
+// requireSameData compares a table's rows between two databases; the
+// target must have exactly `missing` rows more than the source (rows the
+// source deleted after the backup).
+func requireSameData(t *testing.T, src, dst *pgtest.DB, table string, missing int) {
+	t.Helper()
+	ctx := context.Background()
+	q := "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM " + table + " t WHERE id > $1"
+	var a, b string
+	require.NoError(t, src.Pool.QueryRow(ctx, q, missing).Scan(&a))
+	require.NoError(t, dst.Pool.QueryRow(ctx, q, missing).Scan(&b))
+	require.Equal(t, a, b, "%s differs after restore", table)
+}
+
+func requireNoScratchDatabases(t *testing.T, db *pgtest.DB) {
+	t.Helper()
+	var n int
+	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_database WHERE datname LIKE 'spiredb_verify_%'").Scan(&n))
+	require.Zero(t, n, "verify left a scratch database behind")
+}
+
+// A flipped byte and a truncated object fail verification with a message
+// naming the check; restoring them leaves the target untouched.
+func TestCorruptionIsDetected(t *testing.T) {
+	t.Parallel()
+	for name, mk := range storeKinds {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := mk(t)
+			db := spireDB(t, 2000)
+			m := runBackup(t, db, s, "")
+			orig := readObject(t, s, m.ID+"/dump")
+
+			cases := []struct {
+				name   string
+				object []byte
+				detail string
+			}{
+				{"flipped", flip(orig, len(orig)/2), "sha256 mismatch"},
+				{"truncated", orig[:len(orig)*2/3], "size mismatch"},
+			}
+			for _, c := range cases {
+				_, err := s.Put(ctx, m.ID+"/dump", bytes.NewReader(c.object))
+				require.NoError(t, err)
+				for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
+					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Scratch: pg.Options{DSN: db.DSN}})
+					require.NoError(t, err, "%s %s", c.name, level)
+					require.False(t, res.OK, "%s %s", c.name, level)
+					f := res.Failed()
+					require.Equal(t, "checksum", f.Name, "%s %s: %+v", c.name, level, res.Checks)
+					require.Contains(t, f.Detail, c.detail)
+				}
+				requireNoScratchDatabases(t, db)
+				list, err := backup.List(ctx, s)
+				require.NoError(t, err)
+				require.False(t, list[0].Verified(), "list must show the failed verification")
+
+				for _, jobs := range []int{1, 2} {
+					target := pgtest.NewDB(t)
+					_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+					require.Error(t, err, "%s jobs %d", c.name, jobs)
+					require.Contains(t, err.Error(), "mismatch")
+					var rels int
+					require.NoError(t, target.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'").Scan(&rels))
+					require.Zero(t, rels, "%s jobs %d: a failed restore changed the target", c.name, jobs)
+				}
+			}
+		})
+	}
+}
+
+func readObject(t *testing.T, s backup.Store, key string) []byte {
+	t.Helper()
+	rc, err := s.Get(context.Background(), key)
+	require.NoError(t, err)
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	require.NoError(t, err)
+	return b
+}
+
+func flip(b []byte, i int) []byte {
+	c := append([]byte(nil), b...)
+	c[i] ^= 0x40
+	return c
+}
+
+// Two backups of one database at once: one runs, the other reports that a
+// backup is running and writes nothing.
+func TestConcurrentRunsOverlapLock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	db := spireDB(t, 500)
+
+	// hold the lock as a running backup would
+	holder, err := pg.Connect(ctx, pg.Options{DSN: db.DSN})
+	require.NoError(t, err)
+	defer holder.Close(ctx)
+	var ok bool
+	require.NoError(t, holder.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", backup.LockKey).Scan(&ok))
+	require.True(t, ok)
+
+	_, err = backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: -1})
+	require.ErrorIs(t, err, backup.ErrBackupRunning)
+	objs, err := s.List(ctx, "")
+	require.NoError(t, err)
+	require.Empty(t, objs, "the skipped run wrote something")
+
+	// a backup of another database is not blocked
+	other := spireDB(t, 10)
+	runBackup(t, other, s, "")
+
+	// and with two real runs racing, exactly one writes each time or both
+	// succeed one after the other: never a failure
+	_, err = holder.Exec(ctx, "SELECT pg_advisory_unlock($1)", backup.LockKey)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: -1})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			require.ErrorIs(t, err, backup.ErrBackupRunning)
+		}
+	}
+}
+
+func TestRunFailsCleanlyBeforeWriting(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	db := spireDB(t, 10)
+
+	_, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: -1, Tools: backup.Tools{BinDir: "/nonexistent"}})
+	require.ErrorContains(t, err, "pg_dump not found in /nonexistent")
+
+	bad := *db.Cluster
+	bad.Port = 1
+	_, err = backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: bad.DSN(db.Name), ConnectTimeout: 2 * time.Second}, Store: s, Compress: -1})
+	var ce *pg.ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.NotContains(t, err.Error(), db.Cluster.Password)
+
+	_, err = backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: 11})
+	require.ErrorContains(t, err, "invalid compression")
+
+	objs, err := s.List(ctx, "")
+	require.NoError(t, err)
+	require.Empty(t, objs)
+	list, err := backup.List(ctx, s)
+	require.NoError(t, err)
+	require.Empty(t, list)
+}
+
+func TestCheckDumpVersion(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, backup.CheckDumpVersion(15, 150018))
+	require.NoError(t, backup.CheckDumpVersion(17, 150018), "a newer pg_dump can dump an older server")
+	err := backup.CheckDumpVersion(14, 150018)
+	require.ErrorContains(t, err, "pg_dump 14 is older than the server (PostgreSQL 15)")
+	full, major, err := backup.ParseToolVersion("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
+	require.NoError(t, err)
+	require.Equal(t, "15.18", full)
+	require.Equal(t, 15, major)
+	_, _, err = backup.ParseToolVersion("something else")
+	require.Error(t, err)
+}

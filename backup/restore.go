@@ -1,0 +1,263 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	Store  Store
+	ID     string
+	Latest bool
+	// Target is the database to restore into. Connect as the role SPIRE
+	// uses: objects are created owned by the connecting role.
+	Target pg.Options
+	// Clean drops the target's conflicting objects first; without it a
+	// non-empty target is refused.
+	Clean bool
+	// Jobs > 1 restores in parallel. pg_restore cannot run parallel from a
+	// pipe, so the dump is first downloaded to a temporary file in TempDir
+	// (and its checksum verified before anything is restored).
+	Jobs    int
+	TempDir string
+	Tools   Tools
+	Logger  *slog.Logger
+}
+
+// RestoreResult says what was restored and what SPIRE will find.
+type RestoreResult struct {
+	ID         string              `json:"id"`
+	Database   string              `json:"database"`
+	Jobs       int                 `json:"jobs"`
+	Duration   time.Duration       `json:"duration_ns"`
+	SPIRE      spire.Schema        `json:"spire"`
+	Compatible spire.Compatibility `json:"compatible_servers"`
+	RowCounts  map[string]int64    `json:"row_counts"`
+}
+
+// NotEmptyError is returned when the target has objects and Clean is off.
+type NotEmptyError struct {
+	Database  string
+	Relations int
+	Example   string
+}
+
+func (e *NotEmptyError) Error() string {
+	return fmt.Sprintf("target database %s is not empty (%d relations, e.g. %s): pass --clean to replace its objects, or restore into a new database",
+		e.Database, e.Relations, e.Example)
+}
+
+// Restore restores a backup into the target database.
+func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
+	logger := orDiscard(o.Logger)
+	if o.Jobs <= 0 {
+		o.Jobs = 1
+	}
+	if err := o.Store.Check(ctx); err != nil {
+		return nil, err
+	}
+	m, err := Find(ctx, o.Store, o.ID, o.Latest)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := pg.Connect(ctx, o.Target)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	res := &RestoreResult{ID: m.ID, Jobs: o.Jobs}
+	var rels int
+	var example *string
+	err = conn.QueryRow(ctx, `SELECT pg_catalog.current_database(), count(*),
+		min(n.nspname || '.' || c.relname)
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+		  AND n.nspname NOT LIKE 'pg\_temp%'`).Scan(&res.Database, &rels, &example)
+	if err != nil {
+		return nil, fmt.Errorf("inspecting target: %w", err)
+	}
+	if rels > 0 && !o.Clean {
+		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
+	}
+
+	path, err := o.Tools.Path("pg_restore")
+	if err != nil {
+		return nil, err
+	}
+	conninfo, env, err := libpqTarget(o.Target, "", "spiredb-restore")
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--no-owner", "--no-privileges", "--exit-on-error"}
+	if conninfo != "" {
+		args = append(args, "--dbname="+conninfo)
+	} else {
+		args = append(args, "--dbname="+res.Database)
+	}
+	if o.Clean {
+		args = append(args, "--clean", "--if-exists")
+	}
+	start := time.Now()
+	logger.Info("restore started", "id", m.ID, "database", res.Database, "jobs", o.Jobs)
+	if o.Jobs > 1 {
+		err = restoreParallel(ctx, o, m, path, args, env, logger)
+	} else {
+		err = restoreStream(ctx, o, m, path, args, env, logger)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Duration = time.Since(start)
+
+	if res.SPIRE, err = spire.ReadSchema(ctx, conn); err != nil {
+		return nil, err
+	}
+	res.Compatible = spire.Compatible(res.SPIRE)
+	if res.RowCounts, err = spire.CountRows(ctx, conn, res.SPIRE.Schema); err != nil {
+		return nil, err
+	}
+	for t, want := range m.RowCounts {
+		if got := res.RowCounts[t]; got != want {
+			return res, fmt.Errorf("restored %s has %d rows, the manifest %d", t, got, want)
+		}
+	}
+	logger.Info("restore done", "id", m.ID, "duration", res.Duration.Round(time.Millisecond))
+	return res, nil
+}
+
+// restoreStream pipes the object into one pg_restore running in a single
+// transaction. The last megabyte is held back until the whole object's
+// checksum is verified: pg_restore cannot reach its COMMIT without it, so on
+// a mismatch it is killed and the target is left as it was.
+func restoreStream(ctx context.Context, o RestoreOptions, m *Manifest, path string, args, env []string, logger *slog.Logger) error {
+	rc, err := o.Store.Get(ctx, dumpKey(m.ID))
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(rctx, path, append(args, "--single-transaction")...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stderr := newStderrLog(logger, "pg_restore")
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting pg_restore: %w", err)
+	}
+	h := sha256.New()
+	hold := &holdback{w: &forgivingWriter{w: stdin}, keep: 1 << 20}
+	n, copyErr := io.Copy(hold, io.TeeReader(rc, h))
+	if copyErr == nil {
+		copyErr = checkSum(m, n, h)
+	}
+	if copyErr == nil {
+		copyErr = hold.release()
+	}
+	if copyErr != nil {
+		cancel() // kill pg_restore before it commits
+		_ = stdin.Close()
+		_ = cmd.Wait()
+		return fmt.Errorf("restore of %s aborted, the target is unchanged: %w", m.ID, copyErr)
+	}
+	_ = stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())
+	}
+	return nil
+}
+
+// restoreParallel downloads the dump to a temporary file, checks it, and
+// runs pg_restore -j.
+func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path string, args, env []string, logger *slog.Logger) error {
+	f, err := os.CreateTemp(o.TempDir, "spiredb-restore-*.dump")
+	if err != nil {
+		return fmt.Errorf("creating temporary file for the parallel restore: %w", err)
+	}
+	defer os.Remove(f.Name())
+	logger.Info("parallel restore: downloading the dump to a temporary file first (pg_restore cannot run parallel from a pipe)",
+		"file", f.Name(), "bytes", m.Size)
+	rc, err := o.Store.Get(ctx, dumpKey(m.ID))
+	if err != nil {
+		_ = f.Close()
+		return err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), rc)
+	_ = rc.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("downloading %s: %w", dumpKey(m.ID), err)
+	}
+	if err := checkSum(m, n, h); err != nil {
+		return fmt.Errorf("restore of %s not started: %w", m.ID, err)
+	}
+	cmd := exec.CommandContext(ctx, path, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := newStderrLog(logger, "pg_restore")
+	cmd.Stderr = stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())
+	}
+	return nil
+}
+
+func checkSum(m *Manifest, n int64, h hash.Hash) error {
+	if n != m.Size {
+		return fmt.Errorf("size mismatch: read %d bytes, manifest says %d", n, m.Size)
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); sum != m.SHA256 {
+		return errors.New("sha256 mismatch: the stored object is corrupted")
+	}
+	return nil
+}
+
+// holdback passes writes through except for the last keep bytes, which it
+// writes only on release.
+type holdback struct {
+	w    io.Writer
+	keep int
+	buf  []byte
+}
+
+func (h *holdback) Write(p []byte) (int, error) {
+	h.buf = append(h.buf, p...)
+	// flush only when twice the hold-back has built up: each byte is moved
+	// at most once more, whatever the write size
+	if len(h.buf) >= 2*h.keep {
+		over := len(h.buf) - h.keep
+		if _, err := h.w.Write(h.buf[:over]); err != nil {
+			return 0, err
+		}
+		h.buf = append(h.buf[:0], h.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+func (h *holdback) release() error {
+	_, err := h.w.Write(h.buf)
+	h.buf = nil
+	return err
+}

@@ -1,0 +1,240 @@
+package backup
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/version"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// lockKey is the session advisory lock a backup holds on its source
+// database (advisory locks are per database, so one key is enough).
+const lockKey int64 = 0x73706972_65646201 // "spiredb\x01"
+
+// ErrBackupRunning is returned when another backup of the same database
+// holds the lock. Two CronJob pods starting at once is normal: the second
+// one reports it and exits 0.
+var ErrBackupRunning = errors.New("another backup of this database is running")
+
+// Progress reports bytes written so far.
+type Progress func(done int64, elapsed time.Duration)
+
+// RunOptions configure Run.
+type RunOptions struct {
+	Conn  pg.Options
+	Store Store
+	// Compress is pg_dump's -Z level 0-9; -1 keeps pg_dump's default.
+	Compress int
+	Label    string
+	Tools    Tools
+	Logger   *slog.Logger
+	Progress Progress
+}
+
+// Run streams pg_dump -Fc of the database into the store and writes the
+// manifest after the data. It returns ErrBackupRunning when another backup
+// of the database is in progress.
+func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
+	logger := orDiscard(o.Logger)
+	if o.Compress < -1 || o.Compress > 9 {
+		return nil, fmt.Errorf("invalid compression %d: want 0-9", o.Compress)
+	}
+	if err := o.Store.Check(ctx); err != nil {
+		return nil, err
+	}
+	conn, err := pg.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey).Scan(&locked); err != nil {
+		return nil, fmt.Errorf("taking the backup lock: %w", err)
+	}
+	if !locked {
+		return nil, ErrBackupRunning
+	}
+	// the session ends with conn: that releases the lock too
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_catalog.pg_advisory_unlock($1)", lockKey)
+	}()
+
+	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
+		pg_catalog.current_setting('server_version_num')::int`).Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum); err != nil {
+		return nil, fmt.Errorf("reading server version: %w", err)
+	}
+	dumpVersion, dumpMajor, err := o.Tools.Version(ctx, "pg_dump")
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckDumpVersion(dumpMajor, m.ServerVersionNum); err != nil {
+		return nil, err
+	}
+	m.PgDumpVersion = dumpVersion
+
+	// Export a snapshot; count SPIRE's rows in it; pg_dump dumps the same
+	// snapshot. The exporting transaction stays open until pg_dump is done.
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("starting snapshot transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
+		return nil, err
+	}
+	var snapshot string
+	if err := tx.QueryRow(ctx, "SELECT pg_catalog.pg_export_snapshot()").Scan(&snapshot); err != nil {
+		return nil, fmt.Errorf("exporting snapshot: %w", err)
+	}
+	schema, err := spire.ReadSchema(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	if schema.Present {
+		m.SPIRE = &SPIREInfo{SchemaVersion: schema.Version, CodeVersion: schema.CodeVersion, Schema: schema.Schema}
+	}
+	if m.RowCounts, err = spire.CountRows(ctx, tx, schema.Schema); err != nil {
+		return nil, err
+	}
+
+	m.StartedAt = time.Now().UTC()
+	m.ID = newID(m.StartedAt)
+	logger.Info("backup started", "id", m.ID, "database", m.Database, "store", o.Store.String(), "snapshot", snapshot)
+
+	args := []string{"--format=custom", "--snapshot=" + snapshot, "--no-password"}
+	if o.Compress >= 0 {
+		args = append(args, "--compress="+strconv.Itoa(o.Compress))
+	}
+	conninfo, env, err := libpqTarget(o.Conn, "", "spiredb-backup")
+	if err != nil {
+		return nil, err
+	}
+	if conninfo != "" {
+		args = append(args, "--dbname="+conninfo)
+	}
+	path, err := o.Tools.Path("pg_dump")
+	if err != nil {
+		return nil, err
+	}
+	dumpCtx, cancelDump := context.WithCancel(ctx)
+	defer cancelDump()
+	cmd := exec.CommandContext(dumpCtx, path, args...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := newStderrLog(logger, "pg_dump")
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting pg_dump: %w", err)
+	}
+	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, hash: sha256.New(), start: time.Now(), progress: o.Progress}
+	size, err := o.Store.Put(ctx, dumpKey(m.ID), src)
+	if err != nil {
+		if src.failed { // pg_dump failed on its own: that is the cause
+			return nil, src.dumpErr()
+		}
+		cancelDump()
+		src.wait()
+		return nil, fmt.Errorf("writing backup %s: %w", m.ID, err)
+	}
+	// Put has read to EOF, so pg_dump has exited and succeeded.
+	if derr := src.dumpErr(); derr != nil {
+		return nil, derr
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("ending snapshot transaction: %w", err)
+	}
+	m.Size = size
+	m.SHA256 = hex.EncodeToString(src.hash.Sum(nil))
+	m.FinishedAt = time.Now().UTC()
+	if err := putJSON(ctx, o.Store, manifestKey(m.ID), m); err != nil {
+		return nil, fmt.Errorf("writing manifest of %s (the data is stored but the backup does not count until prune removes it): %w", m.ID, err)
+	}
+	logger.Info("backup done", "id", m.ID, "bytes", m.Size, "duration", m.FinishedAt.Sub(m.StartedAt).Round(time.Millisecond))
+	return m, nil
+}
+
+// newID is sortable by time and unique: 20261127T142235Z-1a2b3c.
+func newID(t time.Time) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return t.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
+}
+
+// dumpReader reads pg_dump's stdout, hashing and counting. At EOF it waits
+// for pg_dump and turns a failed exit into a read error, so that the store
+// aborts the upload instead of completing a broken object.
+type dumpReader struct {
+	r        io.Reader
+	cmd      *exec.Cmd
+	stderr   *stderrLog
+	hash     hash.Hash
+	n        int64
+	start    time.Time
+	lastTick time.Time
+	progress Progress
+
+	once    sync.Once
+	waitErr error
+	failed  bool // pg_dump exited with an error before we stopped it
+}
+
+func (d *dumpReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if n > 0 {
+		d.hash.Write(p[:n])
+		d.n += int64(n)
+		if d.progress != nil && time.Since(d.lastTick) > 200*time.Millisecond {
+			d.lastTick = time.Now()
+			d.progress(d.n, time.Since(d.start))
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		d.wait()
+		if d.waitErr != nil {
+			d.failed = true
+			return n, d.dumpErr()
+		}
+		if d.progress != nil {
+			d.progress(d.n, time.Since(d.start))
+		}
+	}
+	return n, err
+}
+
+func (d *dumpReader) wait() { d.once.Do(func() { d.waitErr = d.cmd.Wait() }) }
+
+func (d *dumpReader) dumpErr() error {
+	if d.waitErr == nil {
+		return nil
+	}
+	return fmt.Errorf("pg_dump failed (%w): %s", d.waitErr, d.stderr.Tail())
+}
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,255 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
+	tmtypes "github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+)
+
+// S3Store keeps backups under a bucket prefix. Uploads stream through the
+// transfer manager in parts, so memory stays near PartSize × (Concurrency+1)
+// whatever the object size; an object appears only when its multipart upload
+// completes.
+type S3Store struct {
+	bucket, prefix string
+	client         *s3.Client
+	tm             *transfermanager.Client
+	sse            types.ServerSideEncryption
+	kmsKeyID       string
+}
+
+func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3Store, error) {
+	var loadOpts []func(*config.LoadOptions) error
+	if o.S3Region != "" {
+		loadOpts = append(loadOpts, config.WithRegion(o.S3Region))
+	}
+	if o.S3Credentials != nil {
+		loadOpts = append(loadOpts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(
+			o.S3Credentials.AccessKey, o.S3Credentials.SecretKey, o.S3Credentials.SessionToken)))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("loading AWS configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(cfg, func(so *s3.Options) {
+		if o.S3Endpoint != "" {
+			so.BaseEndpoint = aws.String(o.S3Endpoint)
+		}
+		so.UsePathStyle = o.S3PathStyle
+	})
+	partSize := o.PartSize
+	if partSize == 0 {
+		partSize = 8 << 20
+	}
+	conc := o.Concurrency
+	if conc == 0 {
+		conc = 2
+	}
+	s := &S3Store{bucket: bucket, prefix: prefix, client: client,
+		tm: transfermanager.New(client, func(to *transfermanager.Options) {
+			to.PartSizeBytes = partSize
+			to.Concurrency = conc
+		})}
+	switch o.SSE {
+	case "":
+	case "AES256":
+		s.sse = types.ServerSideEncryptionAes256
+	case "aws:kms":
+		s.sse = types.ServerSideEncryptionAwsKms
+		s.kmsKeyID = o.SSEKMSKeyID
+	default:
+		return nil, fmt.Errorf("invalid --sse %q: want AES256 or aws:kms", o.SSE)
+	}
+	if o.SSEKMSKeyID != "" && o.SSE != "aws:kms" {
+		return nil, errors.New("--sse-kms-key-id needs --sse aws:kms")
+	}
+	return s, nil
+}
+
+func (s *S3Store) String() string {
+	if s.prefix == "" {
+		return "s3://" + s.bucket
+	}
+	return "s3://" + s.bucket + "/" + s.prefix
+}
+
+func (s *S3Store) key(k string) string {
+	if s.prefix == "" {
+		return k
+	}
+	return s.prefix + "/" + k
+}
+
+func (s *S3Store) rel(k string) string {
+	if s.prefix == "" {
+		return k
+	}
+	return strings.TrimPrefix(k, s.prefix+"/")
+}
+
+// Check verifies that the bucket exists and the credentials are accepted.
+func (s *S3Store) Check(ctx context.Context) error {
+	_, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: aws.String(s.bucket)})
+	if err != nil {
+		return &StoreError{Store: s.String(), Err: explainS3(err, s.bucket)}
+	}
+	return nil
+}
+
+// explainS3 turns SDK errors into the one cause an operator can act on.
+func explainS3(err error, bucket string) error {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case 404:
+			return fmt.Errorf("bucket %q does not exist", bucket)
+		case 403:
+			return fmt.Errorf("access denied to bucket %q: check the credentials and the bucket policy", bucket)
+		case 301, 400:
+			var ae smithy.APIError
+			if errors.As(err, &ae) {
+				return fmt.Errorf("bucket %q: %s: %s (check the region and endpoint)", bucket, ae.ErrorCode(), ae.ErrorMessage())
+			}
+		}
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchBucket", "NotFound":
+			return fmt.Errorf("bucket %q does not exist", bucket)
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden":
+			return fmt.Errorf("access denied to bucket %q (%s): check the credentials", bucket, ae.ErrorCode())
+		}
+		return fmt.Errorf("%s: %s", ae.ErrorCode(), ae.ErrorMessage())
+	}
+	var ne net.Error
+	var oe *net.OpError
+	if errors.As(err, &oe) || errors.As(err, &ne) {
+		return fmt.Errorf("cannot reach the S3 endpoint: %w", err)
+	}
+	if strings.Contains(err.Error(), "failed to retrieve credentials") || strings.Contains(err.Error(), "no EC2 IMDS role found") {
+		return errors.New("no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role")
+	}
+	return err
+}
+
+// Put streams r into key with a multipart upload.
+func (s *S3Store) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	cr := &countingReader{r: r}
+	in := &transfermanager.UploadObjectInput{
+		Bucket:               aws.String(s.bucket),
+		Key:                  aws.String(s.key(key)),
+		Body:                 cr,
+		ServerSideEncryption: tmtypes.ServerSideEncryption(s.sse),
+	}
+	if s.kmsKeyID != "" {
+		in.SSEKMSKeyID = aws.String(s.kmsKeyID)
+	}
+	if _, err := s.tm.UploadObject(ctx, in); err != nil {
+		return cr.n, fmt.Errorf("uploading %s: %w", key, explainS3(err, s.bucket))
+	}
+	return cr.n, nil
+}
+
+// Get streams key.
+func (s *S3Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(key))})
+	if err != nil {
+		var nk *types.NoSuchKey
+		if errors.As(err, &nk) {
+			return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+		}
+		return nil, fmt.Errorf("reading %s: %w", key, explainS3(err, s.bucket))
+	}
+	return out.Body, nil
+}
+
+// List returns every object under prefix.
+func (s *S3Store) List(ctx context.Context, prefix string) ([]Object, error) {
+	full := s.key(prefix)
+	if s.prefix != "" && prefix == "" {
+		full = s.prefix + "/"
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: aws.String(s.bucket), Prefix: aws.String(full)})
+	var out []Object
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, &StoreError{Store: s.String(), Err: explainS3(err, s.bucket)}
+		}
+		for _, o := range page.Contents {
+			out = append(out, Object{Key: s.rel(aws.ToString(o.Key)), Size: aws.ToInt64(o.Size), Modified: aws.ToTime(o.LastModified)})
+		}
+	}
+	return out, nil
+}
+
+// Delete removes keys one by one (DeleteObjects needs Content-MD5 support
+// that not every S3-compatible server has).
+func (s *S3Store) Delete(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.key(k))}); err != nil {
+			return fmt.Errorf("deleting %s: %w", k, explainS3(err, s.bucket))
+		}
+	}
+	return nil
+}
+
+// Incomplete lists multipart uploads under the prefix that never completed.
+func (s *S3Store) Incomplete(ctx context.Context) ([]Upload, error) {
+	in := &s3.ListMultipartUploadsInput{Bucket: aws.String(s.bucket)}
+	if s.prefix != "" {
+		in.Prefix = aws.String(s.prefix + "/")
+	}
+	var out []Upload
+	for {
+		page, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return nil, &StoreError{Store: s.String(), Err: explainS3(err, s.bucket)}
+		}
+		for _, u := range page.Uploads {
+			out = append(out, Upload{Key: s.rel(aws.ToString(u.Key)), ID: aws.ToString(u.UploadId), Initiated: aws.ToTime(u.Initiated)})
+		}
+		if !aws.ToBool(page.IsTruncated) {
+			return out, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = page.NextKeyMarker, page.NextUploadIdMarker
+	}
+}
+
+// Abort aborts a multipart upload.
+func (s *S3Store) Abort(ctx context.Context, u Upload) error {
+	_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
+		Bucket: aws.String(s.bucket), Key: aws.String(s.key(u.Key)), UploadId: aws.String(u.ID)})
+	if err != nil {
+		return fmt.Errorf("aborting upload of %s: %w", u.Key, explainS3(err, s.bucket))
+	}
+	return nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,332 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// Verification levels, each including the previous ones.
+const (
+	LevelChecksum = "checksum" // stream the object, compare size and sha256
+	LevelTOC      = "toc"      // also pg_restore --list
+	LevelRestore  = "restore"  // also restore into a scratch database and compare
+)
+
+// VerifyResult is stored next to the manifest and shown by List.
+type VerifyResult struct {
+	ID       string        `json:"id"`
+	Level    string        `json:"level"`
+	OK       bool          `json:"ok"`
+	Time     time.Time     `json:"time"`
+	Duration time.Duration `json:"duration_ns"`
+	Checks   []Check       `json:"checks"`
+}
+
+// Check is one verification step.
+type Check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+}
+
+// Failed returns the first failed check, or nil.
+func (v *VerifyResult) Failed() *Check {
+	for i := range v.Checks {
+		if !v.Checks[i].OK {
+			return &v.Checks[i]
+		}
+	}
+	return nil
+}
+
+func (v *VerifyResult) add(name string, ok bool, format string, args ...any) {
+	v.Checks = append(v.Checks, Check{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+}
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	Store  Store
+	ID     string
+	Latest bool
+	Level  string
+	// Scratch is a connection to the server the scratch database is created
+	// on (any database there; the role needs CREATEDB).
+	Scratch pg.Options
+	Tools   Tools
+	Logger  *slog.Logger
+}
+
+// Verify checks a backup at the requested level, stores the result next to
+// its manifest and returns it. A backup that fails a check is a result with
+// OK false, not an error; errors mean verification itself could not run.
+func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
+	logger := orDiscard(o.Logger)
+	if o.Level == "" {
+		o.Level = LevelRestore
+	}
+	switch o.Level {
+	case LevelChecksum, LevelTOC, LevelRestore:
+	default:
+		return nil, fmt.Errorf("invalid level %q: want checksum, toc or restore", o.Level)
+	}
+	if err := o.Store.Check(ctx); err != nil {
+		return nil, err
+	}
+	m, err := Find(ctx, o.Store, o.ID, o.Latest)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res := &VerifyResult{ID: m.ID, Level: o.Level, Time: start.UTC()}
+	logger.Info("verifying backup", "id", m.ID, "level", o.Level)
+
+	switch o.Level {
+	case LevelChecksum:
+		err = verifyChecksum(ctx, o, m, res, nil)
+	case LevelTOC:
+		err = verifyTOC(ctx, o, m, res)
+	case LevelRestore:
+		err = verifyRestore(ctx, o, m, res, logger)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Duration = time.Since(start)
+	res.OK = res.Failed() == nil
+	if err := putJSON(ctx, o.Store, verifyKey(m.ID), res); err != nil {
+		return nil, fmt.Errorf("storing verification result: %w", err)
+	}
+	return res, nil
+}
+
+// verifyChecksum streams the object through sink (when not nil) and
+// compares size and sha256 with the manifest.
+func verifyChecksum(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult, sink io.Writer) error {
+	rc, err := o.Store.Get(ctx, dumpKey(m.ID))
+	if errors.Is(err, ErrNotFound) {
+		res.add("checksum", false, "data object %s is missing", dumpKey(m.ID))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	w := io.Writer(h)
+	if sink != nil {
+		w = io.MultiWriter(h, &forgivingWriter{w: sink})
+	}
+	n, err := io.Copy(w, rc)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", dumpKey(m.ID), err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	switch {
+	case n != m.Size:
+		res.add("checksum", false, "size mismatch: stored object has %d bytes, manifest says %d (truncated or replaced)", n, m.Size)
+	case sum != m.SHA256:
+		res.add("checksum", false, "sha256 mismatch: stored object %s, manifest %s (corrupted)", sum, m.SHA256)
+	default:
+		res.add("checksum", true, "%d bytes, sha256 %s", n, sum)
+	}
+	return nil
+}
+
+// forgivingWriter keeps the checksum stream going after the consumer (a
+// pg_restore that exited early) stops reading.
+type forgivingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (f *forgivingWriter) Write(p []byte) (int, error) {
+	if f.err == nil {
+		_, f.err = f.w.Write(p)
+	}
+	return len(p), nil
+}
+
+func verifyTOC(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult) error {
+	path, err := o.Tools.Path("pg_restore")
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, path, "--list")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	var out strings.Builder
+	stderr := newStderrLog(orDiscard(o.Logger), "pg_restore")
+	cmd.Stdout, cmd.Stderr = &out, stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting pg_restore: %w", err)
+	}
+	cerr := verifyChecksum(ctx, o, m, res, stdin)
+	_ = stdin.Close()
+	werr := cmd.Wait()
+	if cerr != nil {
+		return cerr
+	}
+	if werr != nil {
+		res.add("toc", false, "pg_restore --list failed (%v): %s", werr, stderr.Tail())
+		return nil
+	}
+	entries := 0
+	for _, l := range strings.Split(out.String(), "\n") {
+		if l != "" && !strings.HasPrefix(l, ";") {
+			entries++
+		}
+	}
+	res.add("toc", entries > 0, "%d archive entries", entries)
+	return nil
+}
+
+func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult, logger *slog.Logger) error {
+	admin, err := pg.Connect(ctx, o.Scratch)
+	if err != nil {
+		return err
+	}
+	defer admin.Close(context.WithoutCancel(ctx))
+	scratch := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
+	ident := pgx.Identifier{scratch}.Sanitize()
+	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("dropping leftover scratch database: %w", err)
+	}
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
+		return fmt.Errorf("creating scratch database %s: %w", scratch, err)
+	}
+	defer func() {
+		if _, err := admin.Exec(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
+			logger.Error("dropping scratch database", "database", scratch, "err", err)
+		}
+	}()
+
+	conninfo, env, err := libpqTarget(o.Scratch, scratch, "spiredb-verify")
+	if err != nil {
+		return err
+	}
+	path, err := o.Tools.Path("pg_restore")
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, path, "--no-owner", "--no-privileges", "--exit-on-error", "--dbname="+conninfo)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stderr := newStderrLog(logger, "pg_restore")
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting pg_restore: %w", err)
+	}
+	cerr := verifyChecksum(ctx, o, m, res, stdin)
+	_ = stdin.Close()
+	werr := cmd.Wait()
+	if cerr != nil {
+		return cerr
+	}
+	if werr != nil {
+		res.add("restore", false, "pg_restore into scratch database failed (%v): %s", werr, stderr.Tail())
+		return nil
+	}
+	res.add("restore", true, "restored into scratch database %s", scratch)
+
+	sopts := o.Scratch
+	sopts.Database = scratch
+	sconn, err := pg.Connect(ctx, sopts)
+	if err != nil {
+		return err
+	}
+	defer sconn.Close(context.WithoutCancel(ctx))
+	compareRestored(ctx, sconn, m, res)
+	checkIndexes(ctx, sconn, res, logger)
+	return nil
+}
+
+// compareRestored checks SPIRE's schema version and every table's row count
+// against the manifest.
+func compareRestored(ctx context.Context, conn *pgx.Conn, m *Manifest, res *VerifyResult) {
+	s, err := spire.ReadSchema(ctx, conn)
+	if err != nil {
+		res.add("spire-schema", false, "reading SPIRE schema: %v", err)
+		return
+	}
+	switch {
+	case m.SPIRE == nil && !s.Present:
+		res.add("spire-schema", true, "no SPIRE schema (none at backup time either)")
+	case m.SPIRE == nil || !s.Present:
+		res.add("spire-schema", false, "SPIRE schema present at backup: %t, after restore: %t", m.SPIRE != nil, s.Present)
+	case s.Version != m.SPIRE.SchemaVersion || s.CodeVersion != m.SPIRE.CodeVersion:
+		res.add("spire-schema", false, "SPIRE schema %d/%s after restore, %d/%s in the manifest", s.Version, s.CodeVersion, m.SPIRE.SchemaVersion, m.SPIRE.CodeVersion)
+	default:
+		res.add("spire-schema", true, "SPIRE schema version %d, code_version %s", s.Version, s.CodeVersion)
+	}
+	counts, err := spire.CountRows(ctx, conn, s.Schema)
+	if err != nil {
+		res.add("row-counts", false, "counting rows: %v", err)
+		return
+	}
+	var diffs []string
+	for t, want := range m.RowCounts {
+		if got := counts[t]; got != want {
+			diffs = append(diffs, fmt.Sprintf("%s %d (manifest %d)", t, got, want))
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		res.add("row-counts", false, "row counts differ: %s", strings.Join(diffs, ", "))
+		return
+	}
+	var total int64
+	for _, n := range m.RowCounts {
+		total += n
+	}
+	res.add("row-counts", true, "%d tables, %d rows match the manifest (registered_entries %d)", len(m.RowCounts), total, m.RowCounts["registered_entries"])
+}
+
+// checkIndexes runs amcheck's bt_index_check on every btree index when the
+// extension is available.
+func checkIndexes(ctx context.Context, conn *pgx.Conn, res *VerifyResult, logger *slog.Logger) {
+	var available bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'amcheck')").Scan(&available); err != nil || !available {
+		res.add("amcheck", true, "skipped: the amcheck extension is not available on this server")
+		return
+	}
+	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS amcheck"); err != nil {
+		logger.Warn("amcheck not usable", "err", err)
+		res.add("amcheck", true, "skipped: %v", err)
+		return
+	}
+	var n int
+	err := conn.QueryRow(ctx, `SELECT count(public.bt_index_check(c.oid))
+		FROM pg_catalog.pg_index i
+		JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+		JOIN pg_catalog.pg_am am ON am.oid = c.relam
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE am.amname = 'btree' AND i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+		  AND n.nspname NOT LIKE 'pg_toast%'`).Scan(&n)
+	if err != nil {
+		res.add("amcheck", false, "bt_index_check failed: %v", err)
+		return
+	}
+	res.add("amcheck", true, "bt_index_check passed on %d btree indexes", n)
+}

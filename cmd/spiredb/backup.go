@@ -1,0 +1,407 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/spiredb/spiredb/backup"
+)
+
+// storeFlags are shared by every backup command.
+type storeFlags struct {
+	url         string
+	s3Endpoint  string
+	s3Region    string
+	s3PathStyle bool
+	sse         string
+	sseKMSKeyID string
+	pgBin       string
+}
+
+func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
+	u := f.url
+	if u == "" {
+		u = os.Getenv("SPIREDB_STORE")
+	}
+	if u == "" {
+		return nil, usageErrorf("no store: pass --store s3://bucket/prefix or file:///dir (or set SPIREDB_STORE)")
+	}
+	s, err := backup.OpenStore(cmd.Context(), u, backup.StoreOptions{
+		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3PathStyle: f.s3PathStyle, SSE: f.sse, SSEKMSKeyID: f.sseKMSKeyID,
+	})
+	if err != nil {
+		return nil, usageErrorf("%w", err)
+	}
+	return s, nil
+}
+
+func (f *storeFlags) tools() backup.Tools { return backup.Tools{BinDir: f.pgBin} }
+
+func newBackupCmd(g *globals) *cobra.Command {
+	f := &storeFlags{}
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Back up, list, verify, restore and prune SPIRE datastore backups",
+		Long: `Logical backups of the SPIRE datastore: pg_dump's custom format streamed to S3 or
+a local directory with no temporary file, a manifest written after the data
+(a backup without one does not exist), verification by a real restore,
+restore, and restic-style retention.
+
+Stores: s3://bucket/prefix (AWS default credential chain; --s3-endpoint or
+AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.url, "store", "", "backup store: s3://bucket/prefix or file:///dir (default $SPIREDB_STORE)")
+	pf.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL_S3)")
+	pf.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
+	pf.BoolVar(&f.s3PathStyle, "s3-path-style", false, "address the bucket as a path (MinIO, versitygw, …)")
+	pf.StringVar(&f.sse, "sse", "", "server-side encryption: AES256 or aws:kms")
+	pf.StringVar(&f.sseKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
+	pf.StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump and pg_restore (default: $PATH)")
+	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f))
+	return cmd
+}
+
+func newBackupRunCmd(g *globals, f *storeFlags) *cobra.Command {
+	var compress int
+	var label string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Stream a pg_dump of the database into the store",
+		Long: `run streams pg_dump -Fc into the store (no temporary file; memory bounded by
+the upload part size), then writes the manifest: ids, times, versions, SPIRE's
+schema version and the row count of every SPIRE table taken in the snapshot
+pg_dump dumps, size and sha256.
+
+When another backup of the same database is running (two CronJob pods), it
+says so and exits 0 without writing anything.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if compress < -1 || compress > 9 {
+				return usageErrorf("invalid --compress %d: want 0-9", compress)
+			}
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			m, err := backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Compress: compress,
+				Label: label, Tools: f.tools(), Logger: g.logger, Progress: progressReporter(g, "backup")})
+			if errors.Is(err, backup.ErrBackupRunning) {
+				g.logger.Info(err.Error() + "; nothing written")
+				return g.out.print(map[string]any{"skipped": true, "reason": err.Error()}, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, err.Error()+"; nothing written")
+					return err
+				})
+			}
+			if err != nil {
+				return err
+			}
+			return g.out.print(m, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "backup %s: %s in %s, sha256 %s\n", m.ID, humanize.IBytes(uint64(m.Size)),
+					m.FinishedAt.Sub(m.StartedAt).Round(10*time.Millisecond), m.SHA256)
+				return err
+			})
+		},
+	}
+	cmd.Flags().IntVar(&compress, "compress", -1, "pg_dump compression level 0-9 (default: pg_dump's)")
+	cmd.Flags().StringVar(&label, "label", "", "free text stored in the manifest")
+	return cmd
+}
+
+func newBackupListCmd(g *globals, f *storeFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List complete backups, oldest first, with their last verification",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			if err := s.Check(cmd.Context()); err != nil {
+				return err
+			}
+			ms, err := backup.List(cmd.Context(), s)
+			if err != nil {
+				return err
+			}
+			return g.out.print(ms, func(w io.Writer) error {
+				if len(ms) == 0 {
+					_, err := fmt.Fprintf(w, "no backups in %s\n", s)
+					return err
+				}
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tSTARTED\tSIZE\tDURATION\tSPIRE\tENTRIES\tVERIFIED\tLABEL")
+				for _, m := range ms {
+					sp := "-"
+					if m.SPIRE != nil {
+						sp = fmt.Sprintf("v%d", m.SPIRE.SchemaVersion)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.StartedAt.Format(time.RFC3339),
+						humanize.IBytes(uint64(m.Size)), m.FinishedAt.Sub(m.StartedAt).Round(10*time.Millisecond),
+						sp, m.RowCounts["registered_entries"], verifiedText(m.Verification), m.Label)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+func verifiedText(v *backup.VerifyResult) string {
+	if v == nil {
+		return "never"
+	}
+	state := "ok"
+	if !v.OK {
+		state = "FAILED"
+		if c := v.Failed(); c != nil {
+			state += " (" + c.Name + ")"
+		}
+	}
+	return fmt.Sprintf("%s %s %s", state, v.Level, v.Time.Format("2006-01-02T15:04Z"))
+}
+
+func newBackupVerifyCmd(g *globals, f *storeFlags) *cobra.Command {
+	var id, level, scratchDSN string
+	var latest bool
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Verify a backup: checksum, table of contents, or a real restore (default)",
+		Long: `verify checks a backup at one of three levels, each including the previous:
+  checksum  stream the stored object; compare size and sha256 with the manifest
+  toc       also read its table of contents with pg_restore --list
+  restore   also restore it into a new scratch database (on --scratch-dsn, default
+            the --dsn server), compare SPIRE's schema version and every table's row
+            count with the manifest, run amcheck's bt_index_check when available,
+            and drop the scratch database
+
+The result is stored next to the manifest and shown by list. Exit 1 when a
+check fails; the message names the check.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch level {
+			case backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore:
+			default:
+				return usageErrorf("invalid --level %q: want checksum, toc or restore", level)
+			}
+			if latest == (id != "") {
+				return usageErrorf("name a backup with --id ID or --latest (one of them)")
+			}
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			scratch := g.pgOptions()
+			if scratchDSN != "" {
+				scratch.DSN = scratchDSN
+			}
+			res, err := backup.Verify(cmd.Context(), backup.VerifyOptions{Store: s, ID: id, Latest: latest, Level: level,
+				Scratch: scratch, Tools: f.tools(), Logger: g.logger})
+			if err != nil {
+				return err
+			}
+			if err := g.out.print(res, func(w io.Writer) error { return writeVerify(w, res) }); err != nil {
+				return err
+			}
+			if !res.OK {
+				c := res.Failed()
+				return &exitError{code: exitFailure, err: fmt.Errorf("backup %s failed verification: %s: %s", res.ID, c.Name, c.Detail)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
+	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
+	cmd.Flags().StringVar(&level, "level", backup.LevelRestore, "checksum, toc or restore")
+	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
+	return cmd
+}
+
+func writeVerify(w io.Writer, r *backup.VerifyResult) error {
+	state := "OK"
+	if !r.OK {
+		state = "FAILED"
+	}
+	fmt.Fprintf(w, "backup %s: %s (level %s, %s)\n", r.ID, state, r.Level, r.Duration.Round(10*time.Millisecond))
+	for _, c := range r.Checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %-12s %s\n", mark, c.Name, c.Detail)
+	}
+	return nil
+}
+
+func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
+	var id, targetDSN, tempDir string
+	var latest, clean bool
+	var jobs int
+	cmd := &cobra.Command{
+		Use:   "restore",
+		Short: "Restore a backup into a database",
+		Long: `restore loads a backup into --target-dsn. Connect as the role SPIRE uses:
+objects are created owned by the connecting role. A target that already has
+tables is refused unless --clean.
+
+With --jobs 1 (default) the dump streams into one pg_restore in a single
+transaction, and the end of the stream is held back until the checksum is
+verified, so a corrupted object leaves the target unchanged. With --jobs N > 1
+the dump is first downloaded to a temporary file (pg_restore cannot run
+parallel from a pipe) and checked before the parallel restore starts.
+
+Afterwards it prints the SPIRE schema version found and which spire-server
+releases can start on it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if latest == (id != "") {
+				return usageErrorf("name a backup with --id ID or --latest (one of them)")
+			}
+			if targetDSN == "" {
+				return usageErrorf("--target-dsn is required")
+			}
+			if jobs < 1 {
+				return usageErrorf("invalid --jobs %d: want 1 or more", jobs)
+			}
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			target := g.pgOptions()
+			target.DSN = targetDSN
+			res, err := backup.Restore(cmd.Context(), backup.RestoreOptions{Store: s, ID: id, Latest: latest, Target: target,
+				Clean: clean, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Logger: g.logger})
+			if err != nil {
+				return err
+			}
+			return g.out.print(res, func(w io.Writer) error {
+				fmt.Fprintf(w, "restored %s into %s in %s (jobs %d)\n", res.ID, res.Database, res.Duration.Round(10*time.Millisecond), res.Jobs)
+				if res.SPIRE.Present {
+					fmt.Fprintf(w, "SPIRE schema version %d, code_version %s: %d registration entries\n",
+						res.SPIRE.Version, orNone(res.SPIRE.CodeVersion), res.RowCounts["registered_entries"])
+					fmt.Fprintf(w, "spire-server releases that can start on it: %s\n", res.Compatible.Servers)
+					if res.Compatible.Note != "" {
+						fmt.Fprintf(w, "  (%s)\n", res.Compatible.Note)
+					}
+					fmt.Fprintln(w, "remember: the server's CA keys are not in the database; restore the KeyManager's keys too")
+				} else {
+					fmt.Fprintln(w, "no SPIRE schema in this backup")
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
+	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
+	cmd.Flags().StringVar(&targetDSN, "target-dsn", "", "database to restore into (required)")
+	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first")
+	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
+	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
+	return cmd
+}
+
+func newBackupPruneCmd(g *globals, f *storeFlags) *cobra.Command {
+	var p backup.Policy
+	var within string
+	var dryRun bool
+	var staleAfter time.Duration
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete backups that no retention rule keeps; clean up after failed runs",
+		Long: `prune keeps the union of what each rule keeps (restic-style), and never deletes
+the newest backup nor the newest successfully verified one. It refuses an
+empty policy. It also removes leftovers of failed runs (data without a
+manifest) and aborts incomplete uploads, once older than --stale-after.
+
+  --keep-last N      the N newest
+  --keep-within D    everything within D of the newest backup (30d, 12h, 2w, 6m, 1y)
+  --keep-daily N     the newest of each of the N most recent days with a backup (UTC)
+  --keep-weekly N    likewise per ISO week
+  --keep-monthly N   likewise per month`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if within != "" {
+				span, err := backup.ParseSpan(within)
+				if err != nil {
+					return usageErrorf("--keep-within: %w", err)
+				}
+				p.KeepWithin = span
+			}
+			if err := p.Validate(); err != nil {
+				return usageErrorf("%w", err)
+			}
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := backup.Prune(cmd.Context(), backup.PruneOptions{Store: s, Policy: p, DryRun: dryRun, StaleAfter: staleAfter, Logger: g.logger})
+			if err != nil {
+				return err
+			}
+			return g.out.print(res, func(w io.Writer) error { return writePrune(w, res) })
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&p.KeepLast, "keep-last", 0, "keep the N newest backups")
+	fl.StringVar(&within, "keep-within", "", "keep backups within this span of the newest (e.g. 30d, 2w, 6m, 1y)")
+	fl.IntVar(&p.KeepDaily, "keep-daily", 0, "keep the newest backup of each of the last N days")
+	fl.IntVar(&p.KeepWeekly, "keep-weekly", 0, "keep the newest backup of each of the last N weeks")
+	fl.IntVar(&p.KeepMonthly, "keep-monthly", 0, "keep the newest backup of each of the last N months")
+	fl.BoolVar(&dryRun, "dry-run", false, "print what would be kept and deleted, delete nothing")
+	fl.DurationVar(&staleAfter, "stale-after", 24*time.Hour, "age after which leftovers and incomplete uploads are removed")
+	return cmd
+}
+
+func writePrune(w io.Writer, r *backup.PruneResult) error {
+	verb := "deleted"
+	if r.DryRun {
+		verb = "would delete"
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, d := range r.Decisions {
+		action := "keep"
+		if !d.Keep {
+			action = verb
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", action, d.ID, d.StartedAt.Format(time.RFC3339), strings.Join(d.Reasons, ", "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, id := range r.Leftovers {
+		fmt.Fprintf(w, "%s leftover of a failed run: %s\n", verb, id)
+	}
+	for _, k := range r.Aborted {
+		fmt.Fprintf(w, "aborted incomplete upload: %s\n", k)
+	}
+	_, err := fmt.Fprintf(w, "%d kept, %d %s\n", len(r.Decisions)-len(r.Deleted), len(r.Deleted), verb)
+	return err
+}
+
+// progressReporter shows bytes, rate and elapsed time: a live line on a
+// terminal, a log line every 10 seconds otherwise.
+func progressReporter(g *globals, what string) backup.Progress {
+	f, ok := g.stderr.(*os.File)
+	tty := ok && term.IsTerminal(int(f.Fd()))
+	var lastLog time.Time
+	return func(done int64, elapsed time.Duration) {
+		rate := float64(done) / max(elapsed.Seconds(), 0.001)
+		if tty {
+			fmt.Fprintf(g.stderr, "\r%s: %s  %s/s  %s   ", what, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(rate)), elapsed.Round(time.Second))
+			return
+		}
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			g.logger.Info(what+" progress", "bytes", done, "rate_bytes_per_s", int64(rate), "elapsed", elapsed.Round(time.Second).String())
+		}
+	}
+}
