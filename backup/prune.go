@@ -14,8 +14,9 @@ type PruneOptions struct {
 	Policy Policy
 	DryRun bool
 	// StaleAfter is how old a leftover (data without a manifest) or an
-	// incomplete upload must be before it is removed; default 24h, so that
-	// a backup running right now is never touched.
+	// incomplete upload must be before it is removed; 0 means 24h, so that
+	// a backup running right now is never touched. Negative means "any
+	// age" (only when no backup can be running).
 	StaleAfter time.Duration
 	Now        func() time.Time
 	Logger     *slog.Logger
@@ -40,8 +41,11 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 	if err := o.Policy.Validate(); err != nil {
 		return nil, err
 	}
-	if o.StaleAfter == 0 {
+	switch {
+	case o.StaleAfter == 0:
 		o.StaleAfter = 24 * time.Hour
+	case o.StaleAfter < 0:
+		o.StaleAfter = 0
 	}
 	now := time.Now
 	if o.Now != nil {
@@ -81,7 +85,7 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 				newest = ob.Modified
 			}
 		}
-		if newest.After(cutoff) {
+		if !newest.Before(cutoff) && o.StaleAfter > 0 {
 			logger.Info("leftover too recent to remove (a backup may be running)", "id", id)
 			continue
 		}
@@ -97,7 +101,7 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		return nil, err
 	}
 	for _, u := range uploads {
-		if u.Initiated.After(cutoff) {
+		if !u.Initiated.Before(cutoff) && o.StaleAfter > 0 {
 			continue
 		}
 		res.Aborted = append(res.Aborted, u.Key)

@@ -343,6 +343,12 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
 			if err != nil {
 				return err
 			}
+			if staleAfter < 0 {
+				return usageErrorf("invalid --stale-after %s: want 0 or more", staleAfter)
+			}
+			if staleAfter == 0 {
+				staleAfter = -1 // the library's "any age"
+			}
 			res, err := backup.Prune(cmd.Context(), backup.PruneOptions{Store: s, Policy: p, DryRun: dryRun, StaleAfter: staleAfter, Logger: g.logger})
 			if err != nil {
 				return err
@@ -357,7 +363,7 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
 	fl.IntVar(&p.KeepWeekly, "keep-weekly", 0, "keep the newest backup of each of the last N weeks")
 	fl.IntVar(&p.KeepMonthly, "keep-monthly", 0, "keep the newest backup of each of the last N months")
 	fl.BoolVar(&dryRun, "dry-run", false, "print what would be kept and deleted, delete nothing")
-	fl.DurationVar(&staleAfter, "stale-after", 24*time.Hour, "age after which leftovers and incomplete uploads are removed")
+	fl.DurationVar(&staleAfter, "stale-after", 24*time.Hour, "age after which leftovers and incomplete uploads are removed (0s: any age; only when no backup is running)")
 	return cmd
 }
 

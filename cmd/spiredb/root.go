@@ -74,8 +74,8 @@ in spiredb's output or logs.
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dsn, "dsn", "", "PostgreSQL connection string (URL or key=value); default $SPIREDB_DSN, then PG* variables")
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
-	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	pf.StringVar(&g.logFormat, "log-format", "text", "log format: text or json (logs go to stderr)")
+	pf.StringVar(&g.logLevel, "log-level", envOr("SPIREDB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default $SPIREDB_LOG_LEVEL, else info)")
+	pf.StringVar(&g.logFormat, "log-format", envOr("SPIREDB_LOG_FORMAT", "text"), "log format: text or json, to stderr (default $SPIREDB_LOG_FORMAT, else text)")
 	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions (unless set in the DSN)")
 	pf.DurationVar(&g.statementTimeout, "statement-timeout", 0, "statement_timeout of spiredb's sessions (0: the server's)")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
@@ -121,4 +121,11 @@ func isCobraUsage(err error) bool {
 
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

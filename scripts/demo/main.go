@@ -78,6 +78,23 @@ func run(ctx context.Context, bin string, entries int) error {
 	if err := spiredb(ctx, bin, env, "doctor"); err != nil {
 		return err
 	}
+
+	storeDir, err := os.MkdirTemp("", "spiredb-demo-store-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(storeDir)
+	store := "file://" + storeDir
+	step("Back up to a local store, list, and verify by a real restore")
+	for _, args := range [][]string{
+		{"backup", "run", "--store", store, "--label", "demo"},
+		{"backup", "list", "--store", store},
+		{"backup", "verify", "--store", store, "--latest", "--level", "restore"},
+	} {
+		if err := spiredb(ctx, bin, env, args...); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -88,7 +105,7 @@ func step(title string) { fmt.Printf("\n==> %s\n", title) }
 func spiredb(ctx context.Context, bin string, env []string, args ...string) error {
 	fmt.Printf("$ spiredb %s\n", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(os.Environ(), append(env, "SPIREDB_LOG_LEVEL=warn")...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	err := cmd.Run()
 	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && ee.ExitCode() == 4 {
