@@ -74,9 +74,11 @@ func TestFullCycle(t *testing.T) {
 			require.Equal(t, m2.ID, list[1].ID)
 
 			for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
-				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Scratch: pg.Options{DSN: db.DSN}})
-				require.NoError(t, err)
-				require.True(t, res.OK, "%s: %+v", level, res.Checks)
+				for _, jobs := range []int{1, 2} {
+					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
+					require.NoError(t, err)
+					require.True(t, res.OK, "%s jobs %d: %+v", level, jobs, res.Checks)
+				}
 			}
 			res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, Latest: true, Scratch: pg.Options{DSN: db.DSN}})
 			require.NoError(t, err)
@@ -88,7 +90,8 @@ func TestFullCycle(t *testing.T) {
 			}
 			require.Equal(t, []string{"checksum", "restore", "spire-schema", "row-counts", "amcheck"}, names)
 			require.Contains(t, res.Checks[4].Detail, "bt_index_check passed")
-			requireNoScratchDatabases(t, db)
+			requireNoScratchDatabases(t, db, m.ID)
+			requireNoScratchDatabases(t, db, m2.ID)
 
 			// list shows the stored verification
 			list, err = backup.List(ctx, s)
@@ -144,10 +147,13 @@ func requireSameData(t *testing.T, src, dst *pgtest.DB, table string, missing in
 	require.Equal(t, a, b, "%s differs after restore", table)
 }
 
-func requireNoScratchDatabases(t *testing.T, db *pgtest.DB) {
+// requireNoScratchDatabases checks that verify dropped the scratch database
+// of backup id (other tests verify on the same cluster at the same time).
+func requireNoScratchDatabases(t *testing.T, db *pgtest.DB, id string) {
 	t.Helper()
 	var n int
-	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_database WHERE datname LIKE 'spiredb_verify_%'").Scan(&n))
+	name := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(id, "-", "_"))
+	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_database WHERE datname = $1", name).Scan(&n))
 	require.Zero(t, n, "verify left a scratch database behind")
 }
 
@@ -175,15 +181,19 @@ func TestCorruptionIsDetected(t *testing.T) {
 			for _, c := range cases {
 				_, err := s.Put(ctx, m.ID+"/dump", bytes.NewReader(c.object))
 				require.NoError(t, err)
-				for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
-					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Scratch: pg.Options{DSN: db.DSN}})
+				for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, "restore-streamed"} {
+					jobs := 2
+					if level == "restore-streamed" {
+						level, jobs = backup.LevelRestore, 1
+					}
+					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
 					require.NoError(t, err, "%s %s", c.name, level)
 					require.False(t, res.OK, "%s %s", c.name, level)
 					f := res.Failed()
 					require.Equal(t, "checksum", f.Name, "%s %s: %+v", c.name, level, res.Checks)
 					require.Contains(t, f.Detail, c.detail)
 				}
-				requireNoScratchDatabases(t, db)
+				requireNoScratchDatabases(t, db, m.ID)
 				list, err := backup.List(ctx, s)
 				require.NoError(t, err)
 				require.False(t, list[0].Verified(), "list must show the failed verification")

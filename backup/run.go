@@ -77,9 +77,17 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}()
 
 	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
+	var dbBytes int64
 	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
-		pg_catalog.current_setting('server_version_num')::int`).Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum); err != nil {
+		pg_catalog.current_setting('server_version_num')::int, pg_catalog.pg_database_size(pg_catalog.current_database())`).
+		Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum, &dbBytes); err != nil {
 		return nil, fmt.Errorf("reading server version: %w", err)
+	}
+	store := o.Store
+	if s, ok := store.(sizer); ok {
+		// a dump is smaller than the database it comes from (no index
+		// data), so the database size bounds the part count safely
+		store = s.ForSize(dbBytes)
 	}
 	dumpVersion, dumpMajor, err := o.Tools.Version(ctx, "pg_dump")
 	if err != nil {
@@ -104,17 +112,6 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if err := tx.QueryRow(ctx, "SELECT pg_catalog.pg_export_snapshot()").Scan(&snapshot); err != nil {
 		return nil, fmt.Errorf("exporting snapshot: %w", err)
 	}
-	schema, err := spire.ReadSchema(ctx, tx)
-	if err != nil {
-		return nil, err
-	}
-	if schema.Present {
-		m.SPIRE = &SPIREInfo{SchemaVersion: schema.Version, CodeVersion: schema.CodeVersion, Schema: schema.Schema}
-	}
-	if m.RowCounts, err = spire.CountRows(ctx, tx, schema.Schema); err != nil {
-		return nil, err
-	}
-
 	m.StartedAt = time.Now().UTC()
 	m.ID = newID(m.StartedAt)
 	logger.Info("backup started", "id", m.ID, "database", m.Database, "store", o.Store.String(), "snapshot", snapshot)
@@ -148,13 +145,31 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting pg_dump: %w", err)
 	}
+	// SPIRE's schema and row counts come from the exported snapshot, read
+	// while pg_dump streams that same snapshot.
+	counted := make(chan error, 1)
+	go func() {
+		schema, err := spire.ReadSchema(dumpCtx, tx)
+		if err == nil {
+			if schema.Present {
+				m.SPIRE = &SPIREInfo{SchemaVersion: schema.Version, CodeVersion: schema.CodeVersion, Schema: schema.Schema}
+			}
+			m.RowCounts, err = spire.CountRows(dumpCtx, tx, schema.Schema)
+		}
+		counted <- err
+	}()
 	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, hash: sha256.New(), start: time.Now(), progress: o.Progress}
-	size, err := o.Store.Put(ctx, dumpKey(m.ID), src)
+	size, err := store.Put(ctx, dumpKey(m.ID), src)
+	if err != nil {
+		cancelDump()
+	}
+	if cerr := <-counted; err == nil && cerr != nil {
+		return nil, fmt.Errorf("counting SPIRE rows in the backup snapshot: %w", cerr)
+	}
 	if err != nil {
 		if src.failed { // pg_dump failed on its own: that is the cause
 			return nil, src.dumpErr()
 		}
-		cancelDump()
 		src.wait()
 		return nil, fmt.Errorf("writing backup %s: %w", m.ID, err)
 	}

@@ -36,6 +36,9 @@ type Store interface {
 	String() string
 }
 
+// sizer is implemented by stores whose uploads must be sized up front.
+type sizer interface{ ForSize(expected int64) Store }
+
 // Object is a stored object.
 type Object struct {
 	Key      string
@@ -76,7 +79,8 @@ type StoreOptions struct {
 	SSE         string
 	SSEKMSKeyID string
 	// PartSize and Concurrency bound upload memory: about PartSize ×
-	// (Concurrency+1). Defaults 8 MiB and 2.
+	// (Concurrency+2). Defaults 5 MiB (S3's minimum; Run raises it for
+	// databases large enough to need more than 9,000 parts) and 2.
 	PartSize    int64
 	Concurrency int
 	// S3Credentials, when set, replaces the default credential chain.

@@ -19,6 +19,13 @@ import (
 	"github.com/aws/smithy-go"
 )
 
+// Part sizes: S3's minimum, and how many parts a sized upload may use (S3
+// allows 10,000).
+const (
+	minPartSize    = 5 << 20
+	maxPartsTarget = 9000
+)
+
 // S3Store keeps backups under a bucket prefix. Uploads stream through the
 // transfer manager in parts, so memory stays near PartSize × (Concurrency+1)
 // whatever the object size; an object appears only when its multipart upload
@@ -27,6 +34,8 @@ type S3Store struct {
 	bucket, prefix string
 	client         *s3.Client
 	tm             *transfermanager.Client
+	partSize       int64
+	concurrency    int
 	sse            types.ServerSideEncryption
 	kmsKeyID       string
 }
@@ -52,20 +61,21 @@ func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3
 			so.BaseEndpoint = aws.String(o.S3Endpoint)
 		}
 		so.UsePathStyle = o.S3PathStyle
+		// objects uploaded in parts carry no whole-object checksum; the
+		// manifest's sha256 is what verify checks, so the SDK's warning
+		// about it would only be noise on stderr
+		so.DisableLogOutputChecksumValidationSkipped = true
 	})
 	partSize := o.PartSize
 	if partSize == 0 {
-		partSize = 8 << 20
+		partSize = minPartSize
 	}
 	conc := o.Concurrency
 	if conc == 0 {
 		conc = 2
 	}
-	s := &S3Store{bucket: bucket, prefix: prefix, client: client,
-		tm: transfermanager.New(client, func(to *transfermanager.Options) {
-			to.PartSizeBytes = partSize
-			to.Concurrency = conc
-		})}
+	s := &S3Store{bucket: bucket, prefix: prefix, client: client, concurrency: conc}
+	s.setPartSize(partSize)
 	switch o.SSE {
 	case "":
 	case "AES256":
@@ -80,6 +90,31 @@ func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3
 		return nil, errors.New("--sse-kms-key-id needs --sse aws:kms")
 	}
 	return s, nil
+}
+
+func (s *S3Store) setPartSize(partSize int64) {
+	s.partSize = partSize
+	s.tm = transfermanager.New(s.client, func(to *transfermanager.Options) {
+		to.PartSizeBytes = partSize
+		// the first part is read with a growing buffer up to this
+		// threshold: keep it at one part so memory stays near
+		// PartSize × (Concurrency+2)
+		to.MultipartUploadThreshold = partSize
+		to.Concurrency = s.concurrency
+	})
+}
+
+// ForSize returns the store with a part size large enough for an object of
+// about expected bytes to fit in S3's 10,000 parts (streams have no length
+// to let the uploader choose).
+func (s *S3Store) ForSize(expected int64) Store {
+	need := (expected/maxPartsTarget + (1 << 20)) &^ ((1 << 20) - 1) // round up to MiB
+	if need <= s.partSize {
+		return s
+	}
+	c := *s
+	c.setPartSize(need)
+	return &c
 }
 
 func (s *S3Store) String() string {

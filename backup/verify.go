@@ -8,9 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -67,6 +70,11 @@ type VerifyOptions struct {
 	// Scratch is a connection to the server the scratch database is created
 	// on (any database there; the role needs CREATEDB).
 	Scratch pg.Options
+	// Jobs > 1 (the default is 2) downloads the dump to a temporary file in
+	// TempDir, checks it, and restores it with pg_restore -j; 1 streams with
+	// no temporary file. The amcheck pass uses as many sessions.
+	Jobs    int
+	TempDir string
 	Tools   Tools
 	Logger  *slog.Logger
 }
@@ -78,6 +86,9 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	logger := orDiscard(o.Logger)
 	if o.Level == "" {
 		o.Level = LevelRestore
+	}
+	if o.Jobs <= 0 {
+		o.Jobs = 2
 	}
 	switch o.Level {
 	case LevelChecksum, LevelTOC, LevelRestore:
@@ -226,39 +237,79 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, path, "--no-owner", "--no-privileges", "--exit-on-error", "--dbname="+conninfo)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return err
-	}
+	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--dbname=" + conninfo}
 	stderr := newStderrLog(logger, "pg_restore")
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting pg_restore: %w", err)
-	}
-	cerr := verifyChecksum(ctx, o, m, res, stdin)
-	_ = stdin.Close()
-	werr := cmd.Wait()
-	if cerr != nil {
-		return cerr
+	var werr error
+	if o.Jobs > 1 {
+		f, err := os.CreateTemp(o.TempDir, "spiredb-verify-*.dump")
+		if err != nil {
+			return fmt.Errorf("creating temporary file for the parallel restore: %w", err)
+		}
+		defer os.Remove(f.Name())
+		cerr := verifyChecksum(ctx, o, m, res, f)
+		if err := f.Close(); cerr == nil {
+			cerr = err
+		}
+		if cerr != nil {
+			return cerr
+		}
+		if res.Failed() != nil {
+			return nil // the checksum failed: restoring it proves nothing more
+		}
+		cmd := exec.CommandContext(ctx, path, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...)
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd.Stderr = stderr
+		werr = cmd.Run()
+	} else {
+		cmd := exec.CommandContext(ctx, path, args...)
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return err
+		}
+		cmd.Stderr = stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("starting pg_restore: %w", err)
+		}
+		cerr := verifyChecksum(ctx, o, m, res, stdin)
+		_ = stdin.Close()
+		werr = cmd.Wait()
+		if cerr != nil {
+			return cerr
+		}
 	}
 	if werr != nil {
 		res.add("restore", false, "pg_restore into scratch database failed (%v): %s", werr, stderr.Tail())
 		return nil
 	}
-	res.add("restore", true, "restored into scratch database %s", scratch)
+	res.add("restore", true, "restored into scratch database %s (jobs %d)", scratch, o.Jobs)
 
 	sopts := o.Scratch
 	sopts.Database = scratch
-	sconn, err := pg.Connect(ctx, sopts)
-	if err != nil {
+	// row counts and amcheck run side by side
+	var compared VerifyResult
+	done := make(chan error, 1)
+	go func() {
+		sconn, err := pg.Connect(ctx, sopts)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer sconn.Close(context.WithoutCancel(ctx))
+		compareRestored(ctx, sconn, m, &compared)
+		done <- nil
+	}()
+	var checked VerifyResult
+	ierr := checkIndexes(ctx, sopts, o.Jobs, &checked, logger)
+	if err := <-done; err != nil {
 		return err
 	}
-	defer sconn.Close(context.WithoutCancel(ctx))
-	compareRestored(ctx, sconn, m, res)
-	checkIndexes(ctx, sconn, res, logger)
+	if ierr != nil {
+		return ierr
+	}
+	res.Checks = append(append(res.Checks, compared.Checks...), checked.Checks...)
 	return nil
 }
 
@@ -303,30 +354,81 @@ func compareRestored(ctx context.Context, conn *pgx.Conn, m *Manifest, res *Veri
 	res.add("row-counts", true, "%d tables, %d rows match the manifest (registered_entries %d)", len(m.RowCounts), total, m.RowCounts["registered_entries"])
 }
 
-// checkIndexes runs amcheck's bt_index_check on every btree index when the
-// extension is available.
-func checkIndexes(ctx context.Context, conn *pgx.Conn, res *VerifyResult, logger *slog.Logger) {
+// checkIndexes runs amcheck's bt_index_check on every btree index, over
+// jobs sessions, when the extension is available.
+func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyResult, logger *slog.Logger) error {
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	var available bool
 	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'amcheck')").Scan(&available); err != nil || !available {
 		res.add("amcheck", true, "skipped: the amcheck extension is not available on this server")
-		return
+		return nil
 	}
 	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS amcheck"); err != nil {
 		logger.Warn("amcheck not usable", "err", err)
 		res.add("amcheck", true, "skipped: %v", err)
-		return
+		return nil
 	}
-	var n int
-	err := conn.QueryRow(ctx, `SELECT count(public.bt_index_check(c.oid))
+	rows, err := conn.Query(ctx, `SELECT c.oid::regclass::text
 		FROM pg_catalog.pg_index i
 		JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 		JOIN pg_catalog.pg_am am ON am.oid = c.relam
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE am.amname = 'btree' AND i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-		  AND n.nspname NOT LIKE 'pg_toast%'`).Scan(&n)
+		  AND n.nspname NOT LIKE 'pg\_toast%'
+		ORDER BY pg_catalog.pg_relation_size(c.oid) DESC`)
 	if err != nil {
-		res.add("amcheck", false, "bt_index_check failed: %v", err)
-		return
+		return fmt.Errorf("listing indexes: %w", err)
 	}
-	res.add("amcheck", true, "bt_index_check passed on %d btree indexes", n)
+	indexes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("listing indexes: %w", err)
+	}
+	work := make(chan string, len(indexes))
+	for _, ix := range indexes {
+		work <- ix
+	}
+	close(work)
+	var mu sync.Mutex
+	var failures []string
+	var wg sync.WaitGroup
+	var connErr error
+	for w := range max(jobs, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := conn
+			if w > 0 {
+				var err error
+				if c, err = pg.Connect(ctx, opts); err != nil {
+					mu.Lock()
+					connErr = err
+					mu.Unlock()
+					return
+				}
+				defer c.Close(context.WithoutCancel(ctx))
+			}
+			for ix := range work {
+				if _, err := c.Exec(ctx, "SELECT public.bt_index_check($1::regclass)", ix); err != nil {
+					mu.Lock()
+					failures = append(failures, fmt.Sprintf("%s: %v", ix, err))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if connErr != nil {
+		return connErr
+	}
+	if len(failures) > 0 {
+		sort.Strings(failures)
+		res.add("amcheck", false, "bt_index_check failed on %d of %d btree indexes: %s", len(failures), len(indexes), strings.Join(failures, "; "))
+		return nil
+	}
+	res.add("amcheck", true, "bt_index_check passed on %d btree indexes", len(indexes))
+	return nil
 }

@@ -28,7 +28,7 @@ func s3CLI(b *s3test.Bucket, prefix string) (env []string, flags []string) {
 	return env, flags
 }
 
-func s3StoreOf(t *testing.T, b *s3test.Bucket, prefix string) backup.Store {
+func s3StoreOf(t testing.TB, b *s3test.Bucket, prefix string) backup.Store {
 	t.Helper()
 	s, err := backup.OpenStore(context.Background(), "s3://"+b.Name+"/"+prefix, backup.StoreOptions{
 		S3Endpoint: b.Endpoint, S3PathStyle: true, S3Region: s3test.Region,

@@ -29,7 +29,7 @@ var (
 )
 
 // spiredbCLI builds the real spiredb binary once per test run.
-func spiredbCLI(t *testing.T) string {
+func spiredbCLI(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "spiredb-cli-")

@@ -171,8 +171,9 @@ func verifiedText(v *backup.VerifyResult) string {
 }
 
 func newBackupVerifyCmd(g *globals, f *storeFlags) *cobra.Command {
-	var id, level, scratchDSN string
+	var id, level, scratchDSN, tempDir string
 	var latest bool
+	var jobs int
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Verify a backup: checksum, table of contents, or a real restore (default)",
@@ -183,6 +184,10 @@ func newBackupVerifyCmd(g *globals, f *storeFlags) *cobra.Command {
             the --dsn server), compare SPIRE's schema version and every table's row
             count with the manifest, run amcheck's bt_index_check when available,
             and drop the scratch database
+
+With --jobs N > 1 (default 2) the restore level downloads the dump to a
+temporary file, checks it, and restores with pg_restore -j N; --jobs 1 streams
+with no temporary file.
 
 The result is stored next to the manifest and shown by list. Exit 1 when a
 check fails; the message names the check.`,
@@ -196,6 +201,9 @@ check fails; the message names the check.`,
 			if latest == (id != "") {
 				return usageErrorf("name a backup with --id ID or --latest (one of them)")
 			}
+			if jobs < 1 {
+				return usageErrorf("invalid --jobs %d: want 1 or more", jobs)
+			}
 			s, err := f.open(cmd)
 			if err != nil {
 				return err
@@ -205,7 +213,7 @@ check fails; the message names the check.`,
 				scratch.DSN = scratchDSN
 			}
 			res, err := backup.Verify(cmd.Context(), backup.VerifyOptions{Store: s, ID: id, Latest: latest, Level: level,
-				Scratch: scratch, Tools: f.tools(), Logger: g.logger})
+				Scratch: scratch, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Logger: g.logger})
 			if err != nil {
 				return err
 			}
@@ -223,6 +231,8 @@ check fails; the message names the check.`,
 	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
 	cmd.Flags().StringVar(&level, "level", backup.LevelRestore, "checksum, toc or restore")
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
+	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore and amcheck sessions (1: stream, no temporary file)")
+	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
 	return cmd
 }
 
