@@ -93,8 +93,10 @@ says so and exits 0 without writing anything.`,
 			if err != nil {
 				return err
 			}
+			progress, endProgress := progressReporter(g, "backup")
 			m, err := backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Compress: compress,
-				Label: label, Tools: f.tools(), Logger: g.logger, Progress: progressReporter(g, "backup")})
+				Label: label, Tools: f.tools(), Logger: g.logger, Progress: progress})
+			endProgress()
 			if errors.Is(err, backup.ErrBackupRunning) {
 				g.logger.Info(err.Error() + "; nothing written")
 				return g.out.print(map[string]any{"skipped": true, "reason": err.Error()}, func(w io.Writer) error {
@@ -404,14 +406,21 @@ func writePrune(w io.Writer, r *backup.PruneResult) error {
 }
 
 // progressReporter shows bytes, rate and elapsed time: a live line on a
-// terminal, a log line every 10 seconds otherwise.
-func progressReporter(g *globals, what string) backup.Progress {
+// terminal, a log line every 10 seconds otherwise. Call end when done.
+func progressReporter(g *globals, what string) (progress backup.Progress, end func()) {
 	f, ok := g.stderr.(*os.File)
 	tty := ok && term.IsTerminal(int(f.Fd()))
 	var lastLog time.Time
+	shown := false
+	end = func() {
+		if shown {
+			fmt.Fprintln(g.stderr)
+		}
+	}
 	return func(done int64, elapsed time.Duration) {
 		rate := float64(done) / max(elapsed.Seconds(), 0.001)
 		if tty {
+			shown = true
 			fmt.Fprintf(g.stderr, "\r%s: %s  %s/s  %s   ", what, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(rate)), elapsed.Round(time.Second))
 			return
 		}
@@ -419,5 +428,5 @@ func progressReporter(g *globals, what string) backup.Progress {
 			lastLog = time.Now()
 			g.logger.Info(what+" progress", "bytes", done, "rate_bytes_per_s", int64(rate), "elapsed", elapsed.Round(time.Second).String())
 		}
-	}
+	}, end
 }

@@ -53,8 +53,19 @@ var (
 	startErr error
 )
 
-// Start starts a versitygw of its own; the caller must Stop it.
-func Start(ctx context.Context) (_ *Server, err error) {
+// Options place a server somewhere other than 127.0.0.1 (benchmarks).
+type Options struct {
+	// Netns runs the server inside this network namespace (ip netns exec),
+	// listening on Host; the namespace must route to and from the caller.
+	Netns string
+	Host  string
+}
+
+// Start starts a versitygw of its own on 127.0.0.1; the caller must Stop it.
+func Start(ctx context.Context) (*Server, error) { return StartWith(ctx, Options{}) }
+
+// StartWith starts a versitygw placed by o; the caller must Stop it.
+func StartWith(ctx context.Context, o Options) (_ *Server, err error) {
 	bin, err := harness.Binary("versitygw")
 	if err != nil {
 		return nil, err
@@ -77,15 +88,22 @@ func Start(ctx context.Context) (_ *Server, err error) {
 	if err := os.Mkdir(data, 0o755); err != nil {
 		return nil, err
 	}
-	port, err := pgcluster.FreePort(0, 0)
-	if err != nil {
+	host, port := "127.0.0.1", 0
+	if o.Netns != "" {
+		host, port = o.Host, 9000 // a namespace of our own: the port is free
+	} else if port, err = pgcluster.FreePort(0, 0); err != nil {
 		return nil, err
 	}
-	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", port)
+	s.Endpoint = fmt.Sprintf("http://%s:%d", host, port)
 	if s.logf, err = os.Create(filepath.Join(dir, "versitygw.log")); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port), "--region", Region, "--quiet", "posix", data)
+	args := []string{"--port", fmt.Sprintf("%s:%d", host, port), "--region", Region, "--quiet", "posix", data}
+	cmd := exec.Command(bin, args...)
+	if o.Netns != "" {
+		// ip execs versitygw in place: same pid, same parent-death signal
+		cmd = exec.Command("ip", append([]string{"netns", "exec", o.Netns, bin}, args...)...)
+	}
 	// keys through the environment, not argv (ps would show them)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY_ID="+s.AccessKey, "ROOT_SECRET_ACCESS_KEY="+s.SecretKey)
 	cmd.Stdout, cmd.Stderr = s.logf, s.logf
