@@ -11,7 +11,6 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/spiredb/spiredb/backup"
 )
@@ -408,20 +407,16 @@ func writePrune(w io.Writer, r *backup.PruneResult) error {
 // progressReporter shows bytes, rate and elapsed time: a live line on a
 // terminal, a log line every 10 seconds otherwise. Call end when done.
 func progressReporter(g *globals, what string) (progress backup.Progress, end func()) {
-	f, ok := g.stderr.(*os.File)
-	tty := ok && term.IsTerminal(int(f.Fd()))
 	var lastLog time.Time
-	shown := false
 	end = func() {
-		if shown {
-			fmt.Fprintln(g.stderr)
+		if g.status != nil {
+			g.status.End()
 		}
 	}
 	return func(done int64, elapsed time.Duration) {
 		rate := float64(done) / max(elapsed.Seconds(), 0.001)
-		if tty {
-			shown = true
-			fmt.Fprintf(g.stderr, "\r%s: %s  %s/s  %s   ", what, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(rate)), elapsed.Round(time.Second))
+		if g.status != nil {
+			g.status.Status(fmt.Sprintf("%s: %s  %s/s  %s", what, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(rate)), elapsed.Round(time.Second)))
 			return
 		}
 		if time.Since(lastLog) >= 10*time.Second {

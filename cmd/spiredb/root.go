@@ -27,6 +27,7 @@ type globals struct {
 	statementTimeout time.Duration
 
 	stdout, stderr io.Writer
+	status         *statusWriter // stderr when it is a terminal, else nil
 	logger         *slog.Logger
 	out            *printer
 }
@@ -57,7 +58,11 @@ in spiredb's output or logs.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			logger, err := logging.New(stderr, g.logLevel, g.logFormat)
+			logw := stderr
+			if g.status = newStatusWriter(stderr); g.status != nil {
+				logw = g.status
+			}
+			logger, err := logging.New(logw, g.logLevel, g.logFormat)
 			if err != nil {
 				return usageErrorf("%w", err)
 			}
