@@ -57,6 +57,8 @@ restore, and restic-style retention.
 
 Stores: s3://bucket/prefix (AWS default credential chain; --s3-endpoint or
 AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRunE,
 	}
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.url, "store", "", "backup store: s3://bucket/prefix or file:///dir (default $SPIREDB_STORE)")

@@ -105,3 +105,27 @@ func TestBackupVerifyFailureExits1NamingTheCheck(t *testing.T) {
 	out, _, _ = runArgs(t, "backup", "list", "--store", "file://"+dir)
 	require.Contains(t, out, "FAILED (checksum) restore")
 }
+
+func TestReplicaUsageAndRefusals(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"replica", "bootstrap", "--data-dir", "/tmp/x"},
+		{"replica", "bootstrap", "--primary-dsn", "x"},
+		{"replica", "status", "--max-lag", "lots"},
+		{"replica", "promote", "--max-lag", "-5s"},
+		{"replica", "nonsense"},
+	} {
+		out, errOut, code := runArgs(t, args...)
+		require.Equal(t, exitUsage, code, "%v: %s", args, errOut)
+		require.Empty(t, out)
+		require.Equal(t, 0, strings.Count(strings.TrimSpace(errOut), "\n"), "one line for %v: %q", args, errOut)
+	}
+	db := pgtest.NewDB(t)
+	out, errOut, code := runArgs(t, "replica", "promote", "--dsn", db.DSN)
+	require.Equal(t, exitFailure, code)
+	require.Empty(t, out)
+	require.Contains(t, errOut, "not a standby")
+	out, _, code = runArgs(t, "replica", "status", "--dsn", db.DSN)
+	require.Equal(t, exitOK, code)
+	require.Contains(t, out, "no standbys connected")
+}

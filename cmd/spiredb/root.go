@@ -87,7 +87,7 @@ in spiredb's output or logs.
 	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
 
-	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g))
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g), newReplicaCmd(g))
 	return root
 }
 
@@ -133,4 +133,13 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// groupRunE makes a command group fail on an unknown subcommand (cobra
+// prints help and exits 0 otherwise) and print its help when called bare.
+func groupRunE(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
+	}
+	return cmd.Help()
 }

@@ -348,6 +348,14 @@ func (c *Cluster) Halt() error {
 	return errors.New("postgres did not stop; killed")
 }
 
+// Restart starts a halted server again on the same port.
+func (c *Cluster) Restart(ctx context.Context) error {
+	if err := c.Halt(); err != nil {
+		return err
+	}
+	return c.start(ctx)
+}
+
 // Crash stops the server without a shutdown checkpoint (SIGQUIT), as a
 // power loss or OOM kill would.
 func (c *Cluster) Crash() {

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,8 +22,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/integration"
+	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/replication"
 )
 
 func main() {
@@ -54,11 +58,11 @@ func run(ctx context.Context, bin string, entries int) error {
 	fmt.Printf("  PostgreSQL on 127.0.0.1:%d, data in %s\n", c.Port, c.DataDir)
 
 	step(fmt.Sprintf("Load a SPIRE datastore: spire-server v1.13.3's schema and %d entries (COPY)", entries))
-	dsn, err := c.CreateDatabase(ctx, "spire")
+	spireDSN, err := c.CreateDatabase(ctx, "spire")
 	if err != nil {
 		return err
 	}
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := pgx.Connect(ctx, spireDSN)
 	if err != nil {
 		return err
 	}
@@ -72,7 +76,7 @@ func run(ctx context.Context, bin string, entries int) error {
 
 	// The DSN goes through the environment, as in a Kubernetes Job: it
 	// carries a password, and spiredb never prints it.
-	env := []string{"SPIREDB_DSN=" + dsn}
+	env := []string{"SPIREDB_DSN=" + spireDSN}
 
 	step("spiredb doctor")
 	if err := spiredb(ctx, bin, env, "doctor"); err != nil {
@@ -95,15 +99,37 @@ func run(ctx context.Context, bin string, entries int) error {
 			return err
 		}
 	}
+
+	step("Bootstrap a streaming standby, check it, promote it")
+	port, err := pgcluster.FreePort(0, 0)
+	if err != nil {
+		return err
+	}
+	standbyDir := filepath.Join(c.Dir, "standby")
+	defer func() { _ = replication.StopStandby(context.WithoutCancel(ctx), "", standbyDir) }()
+	standby := *c
+	standby.Port = port
+	for _, args := range [][]string{
+		{"replica", "bootstrap", "--primary-dsn", c.DSN("postgres"), "--data-dir", standbyDir, "--start", "--port", strconv.Itoa(port)},
+		{"replica", "status"},
+	} {
+		if err := spiredb(ctx, bin, env, args...); err != nil {
+			return err
+		}
+	}
+	if err := spiredb(ctx, bin, []string{"SPIREDB_DSN=" + standby.DSN("spire")}, "replica", "promote"); err != nil {
+		return err
+	}
 	return nil
 }
 
 func step(title string) { fmt.Printf("\n==> %s\n", title) }
 
-// spiredb runs the CLI, showing the command. Exit code 4 (warnings) is a
+// spiredb runs the CLI, showing the command (DSNs come from the
+// environment so that the shown commands carry no password). Exit code 4 (warnings) is a
 // normal outcome for doctor on a fresh cluster.
 func spiredb(ctx context.Context, bin string, env []string, args ...string) error {
-	fmt.Printf("$ spiredb %s\n", strings.Join(args, " "))
+	fmt.Printf("$ spiredb %s\n", dsn.RedactText(strings.Join(args, " ")))
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), append(env, "SPIREDB_LOG_LEVEL=warn")...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr

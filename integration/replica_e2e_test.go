@@ -1,0 +1,121 @@
+package integration_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/internal/spiretest"
+	"github.com/spiredb/spiredb/replication"
+)
+
+// Server A writes to the primary and reads through ro_connection_string from
+// a standby that spiredb bootstrapped; 2,000 entries go through A's API; the
+// standby is reported ready, promoted, and server B on it serves the same
+// entries and accepts a new one.
+func TestReplicaServesSpireAndPromotes(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	primary := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"synchronous_commit": "on"}})
+	_, err := primary.CreateDatabase(ctx, "spire")
+	require.NoError(t, err)
+
+	port, err := pgcluster.FreePort(0, 0)
+	require.NoError(t, err)
+	dir := filepath.Join(primary.Dir, "standby")
+	out, errOut, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir,
+		"--start", "--port", fmt.Sprint(port), "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
+	var br replication.BootstrapResult
+	require.NoError(t, json.Unmarshal([]byte(out), &br))
+	require.True(t, br.Streaming)
+	require.NotContains(t, out+errOut, primary.Password)
+	standby := *primary
+	standby.Port = port
+
+	// SPIRE creates its schema on the primary at first start; reads through
+	// ro_connection_string must not reach the standby before it has
+	// replayed that schema (a brand-new datastore whose first start points
+	// at a standby can crash with `relation "registered_entries" does not
+	// exist`). So: create the datastore, wait for the standby, then add
+	// ro_connection_string, as an operator adding a standby would.
+	first, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: primary.KVDSN("spire")})
+	require.NoError(t, err)
+	first.Stop()
+	require.Eventually(t, func() bool {
+		c, err := pg.Connect(ctx, pg.Options{DSN: standby.DSN("spire")})
+		if err != nil {
+			return false
+		}
+		defer c.Close(ctx)
+		var ok bool
+		return c.QueryRow(ctx, "SELECT to_regclass('public.migrations') IS NOT NULL").Scan(&ok) == nil && ok
+	}, time.Minute, 50*time.Millisecond)
+
+	a, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: primary.KVDSN("spire"), ROConnectionString: standby.KVDSN("spire")})
+	require.NoError(t, err)
+	t.Cleanup(a.Stop)
+	require.NoError(t, a.CreateEntries(ctx, spirefixture.GenerateEntries(2000, 11, nil)))
+	// A's entry listing reads from the standby: let it catch up first
+	require.Eventually(t, func() bool {
+		c, err := pg.Connect(ctx, pg.Options{DSN: standby.DSN("spire")})
+		if err != nil {
+			return false
+		}
+		defer c.Close(ctx)
+		var n int
+		return c.QueryRow(ctx, "SELECT count(*) FROM registered_entries").Scan(&n) == nil && n == 2000
+	}, time.Minute, 50*time.Millisecond)
+	want, err := a.Show(ctx)
+	require.NoError(t, err)
+
+	// the standby is ready for SPIRE's reads once caught up
+	require.Eventually(t, func() bool {
+		_, _, code := runCLI(t, nil, "replica", "status", "--dsn", primary.DSN("spire"), "--max-lag", "1MB")
+		return code == 0
+	}, time.Minute, 200*time.Millisecond)
+	out, _, _ = runCLI(t, nil, "replica", "status", "--dsn", primary.DSN("spire"), "-o", "json")
+	var st replication.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Len(t, st.Standbys, 1)
+	require.True(t, st.Standbys[0].Ready)
+
+	// the primary is lost: stop SPIRE A, promote, fence what is left
+	a.Halt()
+	out, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var pr replication.PromoteResult
+	require.NoError(t, json.Unmarshal([]byte(out), &pr))
+	require.EqualValues(t, 2, pr.Timeline)
+	_, errOut, code = runCLI(t, nil, "replica", "fence", "--dsn", primary.DSN("spire"))
+	require.Equal(t, 0, code, errOut)
+
+	b, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: standby.KVDSN("spire")})
+	require.NoError(t, err)
+	t.Cleanup(b.Stop)
+	got, err := b.Show(ctx)
+	require.NoError(t, err)
+	require.JSONEq(t, string(want), string(got), "the promoted standby serves different entries")
+	require.NoError(t, b.CreateEntries(ctx, spirefixture.GenerateEntries(2001, 11, nil)[2000:]))
+	n, err := b.Count(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2001, n)
+
+	// the fenced old primary refuses writes
+	conn, err := pg.Connect(ctx, pg.Options{DSN: primary.DSN("spire")})
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "DELETE FROM registered_entries")
+	require.Equal(t, "25006", pg.SQLState(err))
+}

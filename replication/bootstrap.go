@@ -1,0 +1,371 @@
+package replication
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/dsn"
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgcluster"
+)
+
+// BootstrapOptions configure Bootstrap.
+type BootstrapOptions struct {
+	Primary pg.Options
+	// DataDir must be absent or empty.
+	DataDir string
+	// Slot is the physical slot to create (default: spiredb_ + the data
+	// directory's base name).
+	Slot string
+	// Start starts the standby on Port and waits until the primary reports
+	// it streaming.
+	Start bool
+	Port  int
+	// BinDir holds pg_basebackup and pg_ctl (default: pg_config --bindir,
+	// else the newest /usr/lib/postgresql/*/bin).
+	BinDir string
+	// MaxRate throttles the copy (pg_basebackup --max-rate, e.g. "50M")
+	// to spare the primary's disks; empty is unthrottled.
+	MaxRate string
+	// StartTimeout bounds the wait for streaming (default 2m).
+	StartTimeout time.Duration
+	Logger       *slog.Logger
+	// Progress reports bytes copied and the estimated total.
+	Progress func(done, total int64)
+}
+
+// BootstrapResult says what Bootstrap did.
+type BootstrapResult struct {
+	Slot      string        `json:"slot"`
+	DataDir   string        `json:"data_dir"`
+	Bytes     int64         `json:"bytes"`
+	Duration  time.Duration `json:"duration_ns"`
+	Started   bool          `json:"started"`
+	Port      int           `json:"port,omitempty"`
+	Streaming bool          `json:"streaming"`
+}
+
+var slotRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Bootstrap makes a streaming standby of the primary in DataDir. When the
+// copy fails it drops the slot it created and removes what it wrote.
+func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err error) {
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if o.DataDir == "" {
+		return nil, errors.New("no data directory: pass --data-dir")
+	}
+	dir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.Slot == "" {
+		o.Slot = "spiredb_" + strings.Map(func(r rune) rune {
+			if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+				return r
+			}
+			return '_'
+		}, strings.ToLower(filepath.Base(dir)))
+		if len(o.Slot) > 63 {
+			o.Slot = o.Slot[:63]
+		}
+	}
+	if !slotRE.MatchString(o.Slot) {
+		return nil, fmt.Errorf("invalid slot name %q: lower-case letters, digits and _ only, at most 63", o.Slot)
+	}
+	if o.Start && o.Port <= 0 {
+		return nil, errors.New("--start needs --port for the standby")
+	}
+	bin, err := pgcluster.FindBinDir(o.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := pgcluster.ServerCredential()
+	if err != nil {
+		return nil, err
+	}
+
+	conn, err := pg.Connect(ctx, o.Primary)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := preflight(ctx, conn, o.Slot, dir); err != nil {
+		return nil, err
+	}
+
+	createdDir := false
+	if _, statErr := os.Stat(dir); os.IsNotExist(statErr) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
+		createdDir = true
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)", o.Slot); err != nil {
+		return nil, fmt.Errorf("creating slot %s: %w", o.Slot, err)
+	}
+	logger.Info("slot created", "slot", o.Slot)
+	defer func() {
+		if err == nil {
+			return
+		}
+		cleanupFailed(context.WithoutCancel(ctx), o.Primary, o.Slot, dir, createdDir, logger)
+	}()
+
+	start := time.Now()
+	res := &BootstrapResult{Slot: o.Slot, DataDir: dir}
+	conninfo := dsn.StripPassword(o.Primary.DSN)
+	cfg, err := pg.ParseConfig(o.Primary)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-D", dir, "-R", "-X", "stream", "-S", o.Slot, "-c", "fast", "-P", "-w"}
+	if o.MaxRate != "" {
+		args = append(args, "--max-rate="+o.MaxRate)
+	}
+	if conninfo != "" {
+		args = append(args, "-d", conninfo)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_basebackup"), args...)
+	// pg_basebackup -R writes this connection's parameters into the
+	// standby's primary_conninfo: the application_name it records is how
+	// the primary will name the standby (pg_stat_replication,
+	// synchronous_standby_names), so make it the slot name.
+	cmd.Env = append(os.Environ(), "PGAPPNAME="+o.Slot)
+	if cfg.Password != "" {
+		cmd.Env = append(cmd.Env, "PGPASSWORD="+cfg.Password)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
+	cmd.Dir = "/"
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting pg_basebackup: %w", err)
+	}
+	tail := readProgress(stderr, o.Progress, &res.Bytes, logger)
+	if werr := cmd.Wait(); werr != nil {
+		return nil, fmt.Errorf("pg_basebackup failed (%w): %s", werr, dsn.RedactText(tail()))
+	}
+	res.Duration = time.Since(start)
+	logger.Info("base backup done", "dir", dir, "bytes", res.Bytes, "duration", res.Duration.Round(time.Millisecond))
+
+	if !o.Start {
+		return res, nil
+	}
+	if err := startStandby(ctx, bin, dir, o.Port, cred); err != nil {
+		return nil, err
+	}
+	res.Started, res.Port = true, o.Port
+	timeout := o.StartTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	if err := waitStreaming(ctx, conn, o.Slot, timeout); err != nil {
+		return res, err
+	}
+	res.Streaming = true
+	return res, nil
+}
+
+// preflight checks everything that can be checked before touching anything.
+func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) error {
+	var inRecovery, canReplicate, slotTaken bool
+	var walLevel string
+	var freeSenders int
+	var dbBytes int64
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_is_in_recovery(),
+		pg_catalog.current_setting('wal_level'),
+		pg_catalog.current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_catalog.pg_stat_replication),
+		(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
+		EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
+		(SELECT sum(pg_catalog.pg_database_size(oid)) FROM pg_catalog.pg_database)::bigint`, slot).
+		Scan(&inRecovery, &walLevel, &freeSenders, &canReplicate, &slotTaken, &dbBytes)
+	if err != nil {
+		return fmt.Errorf("checking the primary: %w", err)
+	}
+	switch {
+	case inRecovery:
+		return errors.New("the --primary-dsn server is itself a standby; bootstrap from the primary")
+	case walLevel != "replica" && walLevel != "logical":
+		return fmt.Errorf("wal_level is %q on the primary: set it to replica and restart", walLevel)
+	case freeSenders < 2:
+		return fmt.Errorf("only %d free WAL sender(s) on the primary; pg_basebackup -X stream needs 2: raise max_wal_senders", freeSenders)
+	case !canReplicate:
+		return errors.New("the primary role has neither REPLICATION nor SUPERUSER: ALTER ROLE ... REPLICATION")
+	case slotTaken:
+		return fmt.Errorf("slot %q already exists on the primary: pick another --slot, or drop it (replica slots --drop %s)", slot, slot)
+	}
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return fmt.Errorf("data directory %s is not empty", dir)
+	} else if err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	parent := dir
+	for {
+		if _, err := os.Stat(parent); err == nil {
+			break
+		}
+		parent = filepath.Dir(parent)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(parent, &fs); err == nil {
+		free := int64(fs.Bavail) * fs.Bsize
+		need := dbBytes + dbBytes/10 + 256<<20 // databases, 10%, WAL
+		if free < need {
+			return fmt.Errorf("not enough disk for the standby under %s: %s free, about %s needed", parent, formatBytes(free), formatBytes(need))
+		}
+	}
+	return nil
+}
+
+var progressRE = regexp.MustCompile(`(\d+)/(\d+) kB`)
+
+// readProgress parses pg_basebackup -P output (\r-separated) into the
+// callback and keeps the last non-progress lines for errors.
+func readProgress(r io.Reader, progress func(done, total int64), bytesDone *int64, logger *slog.Logger) func() string {
+	var last []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(r)
+		sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+			if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
+				return i + 1, data[:i], nil
+			}
+			if atEOF && len(data) > 0 {
+				return len(data), data, nil
+			}
+			return 0, nil, nil
+		})
+		for sc.Scan() {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" {
+				continue
+			}
+			if m := progressRE.FindStringSubmatch(line); m != nil {
+				d, _ := strconv.ParseInt(m[1], 10, 64)
+				t, _ := strconv.ParseInt(m[2], 10, 64)
+				*bytesDone = d << 10
+				if progress != nil {
+					progress(d<<10, t<<10)
+				}
+				continue
+			}
+			logger.Info(dsn.RedactText(line), "program", "pg_basebackup")
+			last = append(last, line)
+			if len(last) > 5 {
+				last = last[1:]
+			}
+		}
+	}()
+	return func() string {
+		<-done
+		return strings.Join(last, "; ")
+	}
+}
+
+// cleanupFailed drops the slot (retrying while the primary comes back) and
+// removes what the copy wrote.
+func cleanupFailed(ctx context.Context, primary pg.Options, slot, dir string, createdDir bool, logger *slog.Logger) {
+	if createdDir {
+		_ = os.RemoveAll(dir)
+	} else if entries, err := os.ReadDir(dir); err == nil {
+		for _, e := range entries {
+			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := DropSlot(ctx, primary, slot)
+		if err == nil || strings.Contains(err.Error(), "no replication slot") {
+			logger.Info("bootstrap failed: slot dropped and data directory removed", "slot", slot, "dir", dir)
+			return
+		}
+		if time.Now().After(deadline) {
+			logger.Error("bootstrap failed and the slot could not be dropped: drop it by hand",
+				"slot", slot, "command", "spiredb replica slots --drop "+slot, "err", err)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func startStandby(ctx context.Context, bin, dir string, port int, cred *syscall.Credential) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_ctl"), "-D", dir, "-o", "-p "+strconv.Itoa(port),
+		"-l", filepath.Join(dir, "startup.log"), "-w", "-t", "120", "start")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	cmd.Dir = "/"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b, _ := os.ReadFile(filepath.Join(dir, "startup.log"))
+		return fmt.Errorf("starting the standby: %w: %s %s", err, strings.TrimSpace(string(out)), lastLine(string(b)))
+	}
+	return nil
+}
+
+// StopStandby stops a standby started by Bootstrap (pg_ctl stop -m fast).
+func StopStandby(ctx context.Context, binDir, dir string) error {
+	bin, err := pgcluster.FindBinDir(binDir)
+	if err != nil {
+		return err
+	}
+	cred, err := pgcluster.ServerCredential()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_ctl"), "-D", dir, "-m", "fast", "-w", "stop")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	cmd.Dir = "/"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_ctl stop: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func waitStreaming(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		var state *string
+		if err := conn.QueryRow(ctx, `SELECT (SELECT r.state FROM pg_catalog.pg_replication_slots s
+			JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1)`, slot).Scan(&state); err != nil {
+			return fmt.Errorf("waiting for streaming: %w", err)
+		}
+		if state != nil && *state == "streaming" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the standby did not start streaming on slot %s within %s", slot, timeout)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}

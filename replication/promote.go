@@ -1,0 +1,221 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/pg"
+)
+
+// ErrNotStandby is returned when asked to promote a primary.
+var ErrNotStandby = errors.New("this server is not a standby (pg_is_in_recovery() is false): nothing to promote")
+
+// LagError is returned when a standby is too far behind to promote safely.
+type LagError struct{ Why string }
+
+func (e *LagError) Error() string {
+	return "refusing to promote: replay " + e.Why + "; wait for it to catch up, raise --max-lag, or pass --force to accept losing what it has not replayed"
+}
+
+// PromoteOptions configure Promote.
+type PromoteOptions struct {
+	Conn pg.Options
+	// MaxLag refuses promotion when replay is further behind what the
+	// standby has received (default 16 MiB); Force overrides it.
+	MaxLag Limit
+	Force  bool
+	// Wait bounds waiting for replay to catch up and for the promotion
+	// itself (default 60s).
+	Wait   time.Duration
+	Logger *slog.Logger
+}
+
+// PromoteResult says what happened.
+type PromoteResult struct {
+	Timeline     int32         `json:"timeline"`
+	PromotionLSN string        `json:"promotion_lsn"`
+	Duration     time.Duration `json:"duration_ns"`
+	ReplayedTo   string        `json:"replayed_to"`
+	Slots        []string      `json:"slots_to_recreate,omitempty"`
+	NextSteps    []string      `json:"next_steps"`
+}
+
+// Promote turns a standby into a primary: refuse on a primary or when
+// replay lags past MaxLag (unless Force), wait until replay reaches what was
+// received, pg_promote(true, wait), CHECKPOINT, confirm it left recovery and
+// report the new timeline.
+func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Wait <= 0 {
+		o.Wait = 60 * time.Second
+	}
+	if o.MaxLag.IsZero() {
+		o.MaxLag = Limit{Bytes: 16 << 20}
+	}
+	conn, err := pg.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	start := time.Now()
+	st, err := ReadStatus(ctx, conn, o.MaxLag)
+	if err != nil {
+		return nil, err
+	}
+	if st.Role != "standby" {
+		return nil, ErrNotStandby
+	}
+	r := st.Receiver
+	if over, why := o.MaxLag.Exceeded(r.ReplayGapBytes, time.Duration(r.ReplayDelaySecs*float64(time.Second))); over && !o.Force {
+		return nil, &LagError{Why: why}
+	}
+	if r.ReplayPaused {
+		if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_wal_replay_resume()"); err != nil {
+			return nil, fmt.Errorf("resuming paused replay: %w", err)
+		}
+		logger.Info("replay was paused; resumed it before promoting")
+	}
+	// Replay everything received; the WAL receiver may still be adding more
+	// when the primary is alive, so aim at what was received when we looked.
+	deadline := time.Now().Add(o.Wait)
+	for {
+		var caughtUp bool
+		if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn", r.ReceiveLSN).Scan(&caughtUp); err != nil {
+			return nil, fmt.Errorf("waiting for replay: %w", err)
+		}
+		if caughtUp || r.ReceiveLSN == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			if !o.Force {
+				return nil, fmt.Errorf("replay did not reach %s within %s; nothing changed", r.ReceiveLSN, o.Wait)
+			}
+			logger.Warn("promoting before replay caught up (--force)", "received", r.ReceiveLSN)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	res := &PromoteResult{}
+	_ = conn.QueryRow(ctx, "SELECT coalesce(pg_catalog.pg_last_wal_replay_lsn()::text, '')").Scan(&res.ReplayedTo)
+
+	var promoted bool
+	waitSecs := max(int(o.Wait.Seconds()), 1)
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_promote(true, $1)", waitSecs).Scan(&promoted); err != nil {
+		return nil, fmt.Errorf("pg_promote: %w", err)
+	}
+	if !promoted {
+		return nil, fmt.Errorf("pg_promote did not finish within %ds; check the server log", waitSecs)
+	}
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return nil, fmt.Errorf("checkpoint after promotion: %w", err)
+	}
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_current_wal_lsn()::text,
+		(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())`).Scan(&inRecovery, &res.PromotionLSN, &res.Timeline); err != nil {
+		return nil, fmt.Errorf("confirming promotion: %w", err)
+	}
+	if inRecovery {
+		return nil, errors.New("the server still reports recovery after pg_promote")
+	}
+	res.Duration = time.Since(start)
+	rows, err := conn.Query(ctx, "SELECT slot_name::text FROM pg_catalog.pg_replication_slots ORDER BY 1")
+	if err == nil {
+		res.Slots, _ = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	res.NextSteps = []string{
+		"fence the old primary if it is still running: spiredb replica fence --dsn OLD_PRIMARY_DSN (or stop it)",
+		"point SPIRE's connection_string at this server and restart or roll the spire-servers",
+		"rebuild the other standbys from this server: spiredb replica bootstrap --primary-dsn NEW_PRIMARY_DSN ...",
+		"drop the old primary's slots once its standbys are rebuilt: spiredb replica slots --dsn OLD_PRIMARY_DSN --drop NAME",
+	}
+	logger.Info("promoted", "timeline", res.Timeline, "lsn", res.PromotionLSN, "duration", res.Duration.Round(time.Millisecond))
+	return res, nil
+}
+
+// FenceResult says what Fence did.
+type FenceResult struct {
+	AlreadyFenced bool  `json:"already_fenced"`
+	Terminated    []int `json:"terminated_pids"`
+}
+
+// Fence makes a reachable old primary refuse writes: ALTER SYSTEM SET
+// default_transaction_read_only = on, reload, and end the sessions that hold
+// a write transaction. It is idempotent. A session can still SET
+// default_transaction_read_only = off: for a hard fence, stop the server or
+// close it in pg_hba.conf.
+func Fence(ctx context.Context, opts pg.Options) (*FenceResult, error) {
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	res := &FenceResult{}
+	var current string
+	if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT setting FROM pg_catalog.pg_file_settings
+		WHERE name = 'default_transaction_read_only' AND applied ORDER BY seqno DESC LIMIT 1), 'off')`).Scan(&current); err != nil {
+		return nil, fmt.Errorf("reading the configuration: %w", err)
+	}
+	res.AlreadyFenced = current == "on"
+	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET default_transaction_read_only = on"); err != nil {
+		return nil, fmt.Errorf("ALTER SYSTEM: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+		return nil, fmt.Errorf("reloading the configuration: %w", err)
+	}
+	rows, err := conn.Query(ctx, `SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+		WHERE backend_xid IS NOT NULL AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend'`)
+	if err != nil {
+		return nil, fmt.Errorf("ending write transactions: %w", err)
+	}
+	for rows.Next() {
+		var pid int
+		var ok bool
+		if err := rows.Scan(&pid, &ok); err == nil && ok {
+			res.Terminated = append(res.Terminated, pid)
+		}
+	}
+	rows.Close()
+	return res, rows.Err()
+}
+
+// ListSlots lists the replication slots; DropSlot drops one that no standby
+// is using.
+func ListSlots(ctx context.Context, opts pg.Options) ([]Slot, error) {
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return readSlots(ctx, conn)
+}
+
+// DropSlot drops a replication slot; it refuses an active one.
+func DropSlot(ctx context.Context, opts pg.Options, name string) error {
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var active *bool
+	if err := conn.QueryRow(ctx, "SELECT (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", name).Scan(&active); err != nil {
+		return err
+	}
+	if active == nil {
+		return fmt.Errorf("no replication slot %q", name)
+	}
+	if *active {
+		return fmt.Errorf("slot %q is in use by a standby: stop that standby first", name)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", name); err != nil {
+		return fmt.Errorf("dropping slot %s: %w", name, err)
+	}
+	return nil
+}

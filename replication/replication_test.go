@@ -1,0 +1,282 @@
+package replication_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/replication"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// standby bootstraps a started standby of primary, stopped when the test
+// ends. Its data directory lives in the primary's harness directory, where
+// a later run's CleanStale finds it if this process dies.
+func standby(t *testing.T, primary *pgcluster.Cluster, name string) (dir string, port int, dsn string) {
+	t.Helper()
+	port, err := pgcluster.FreePort(0, 0)
+	require.NoError(t, err)
+	dir = filepath.Join(primary.Dir, name)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var progressCalls int
+	res, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")},
+		DataDir: dir, Start: true, Port: port, Progress: func(done, total int64) { progressCalls++ }})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
+	require.True(t, res.Streaming)
+	require.Equal(t, "spiredb_"+name, res.Slot)
+	require.Positive(t, res.Bytes)
+	require.Positive(t, progressCalls)
+	other := *primary
+	other.Port = port
+	return dir, port, other.DSN("postgres")
+}
+
+func exec(t *testing.T, dsn, sql string, args ...any) error {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(context.Background(), sql, args...)
+	return err
+}
+
+func count(t *testing.T, dsn string) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var n int
+	require.NoError(t, conn.QueryRow(context.Background(), "SELECT count(*) FROM t").Scan(&n))
+	return n
+}
+
+func TestBootstrapStatusPromoteFence(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	pdsn := primary.DSN("postgres")
+	require.NoError(t, exec(t, pdsn, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g"))
+
+	_, _, sdsn := standby(t, primary, "standby1")
+
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: pdsn}, replication.Limit{Bytes: 16 << 20})
+	require.NoError(t, err)
+	require.Equal(t, "primary", st.Role)
+	require.Len(t, st.Standbys, 1)
+	require.Equal(t, "streaming", st.Standbys[0].State)
+	require.True(t, st.Standbys[0].Ready, st.Standbys[0].Reason)
+	require.Equal(t, "spiredb_standby1", st.Standbys[0].Slot)
+	require.Equal(t, "spiredb_standby1", st.Standbys[0].ApplicationName, "the standby is named after its slot")
+	require.Len(t, st.Slots, 1)
+	require.True(t, st.Slots[0].Active)
+	require.Equal(t, "reserved", st.Slots[0].WALStatus)
+	require.Empty(t, st.Problems)
+
+	// rows replicate
+	require.NoError(t, exec(t, pdsn, "INSERT INTO t SELECT g FROM generate_series(1001, 2000) g"))
+	require.Eventually(t, func() bool { return count(t, sdsn) == 2000 }, 30*time.Second, 50*time.Millisecond)
+
+	sst, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Equal(t, "standby", sst.Role)
+	require.Equal(t, "streaming", sst.Receiver.Status)
+	require.Equal(t, "spiredb_standby1", sst.Receiver.Slot)
+	require.EqualValues(t, 1, sst.Receiver.Timeline)
+
+	// the standby refuses writes before promotion
+	require.Error(t, exec(t, sdsn, "INSERT INTO t VALUES (0)"))
+
+	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, res.Timeline)
+	require.NotEmpty(t, res.PromotionLSN)
+	require.NotEmpty(t, res.NextSteps)
+	require.NoError(t, exec(t, sdsn, "INSERT INTO t VALUES (0)"), "the promoted server accepts writes")
+	require.Equal(t, 2001, count(t, sdsn))
+
+	// promoting it again is refused: it is a primary now
+	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
+	require.ErrorIs(t, err, replication.ErrNotStandby)
+
+	// fence the old primary: a session holding a write transaction is ended,
+	// new writes are refused, and fencing again is a no-op
+	holder, err := pgx.Connect(ctx, pdsn)
+	require.NoError(t, err)
+	defer holder.Close(ctx)
+	_, err = holder.Exec(ctx, "BEGIN; INSERT INTO t VALUES (-1)")
+	require.NoError(t, err)
+	fr, err := replication.Fence(ctx, pg.Options{DSN: pdsn})
+	require.NoError(t, err)
+	require.False(t, fr.AlreadyFenced)
+	require.Len(t, fr.Terminated, 1)
+	err = exec(t, pdsn, "INSERT INTO t VALUES (-2)")
+	require.Equal(t, "25006", pg.SQLState(err), "old primary still takes writes: %v", err)
+	fr, err = replication.Fence(ctx, pg.Options{DSN: pdsn})
+	require.NoError(t, err)
+	require.True(t, fr.AlreadyFenced)
+}
+
+func TestPromoteRefusals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	pdsn := primary.DSN("postgres")
+	require.NoError(t, exec(t, pdsn, "CREATE TABLE t (id int, pad text)"))
+
+	// on a primary: refused, nothing changed
+	_, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: pdsn}})
+	require.ErrorIs(t, err, replication.ErrNotStandby)
+
+	_, _, sdsn := standby(t, primary, "lagging")
+	// pause replay, then write: the standby receives but does not replay
+	require.NoError(t, exec(t, sdsn, "SELECT pg_wal_replay_pause()"))
+	require.NoError(t, exec(t, pdsn, "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
+	require.Eventually(t, func() bool {
+		st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+		return err == nil && st.Receiver.ReplayGapBytes > 1<<20
+	}, 30*time.Second, 50*time.Millisecond)
+
+	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, MaxLag: replication.Limit{Bytes: 1 << 20}})
+	var le *replication.LagError
+	require.ErrorAs(t, err, &le)
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Equal(t, "standby", st.Role, "a refused promotion changed something")
+
+	// the primary's status shows it lagging, so not ready, past a small limit
+	pst, err := replication.GetStatus(ctx, pg.Options{DSN: pdsn}, replication.Limit{Bytes: 1 << 20})
+	require.NoError(t, err)
+	require.Len(t, pst.Standbys, 1)
+	require.False(t, pst.Standbys[0].Ready)
+	require.Contains(t, pst.Standbys[0].Reason, "lagging")
+
+	// --force promotes anyway: replay is resumed and everything the standby
+	// has received is replayed. Wait until it has received all the primary
+	// wrote, so that losing nothing is the expected outcome.
+	var primaryLSN string
+	pconn, err := pgx.Connect(ctx, pdsn)
+	require.NoError(t, err)
+	require.NoError(t, pconn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&primaryLSN))
+	_ = pconn.Close(ctx)
+	require.Eventually(t, func() bool {
+		sconn, err := pgx.Connect(ctx, sdsn)
+		if err != nil {
+			return false
+		}
+		defer sconn.Close(ctx)
+		var ok bool
+		return sconn.QueryRow(ctx, "SELECT pg_last_wal_receive_lsn() >= $1::pg_lsn", primaryLSN).Scan(&ok) == nil && ok
+	}, 30*time.Second, 50*time.Millisecond)
+	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, MaxLag: replication.Limit{Bytes: 1 << 20}, Force: true})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, res.Timeline)
+	require.Equal(t, 20000, count(t, sdsn))
+}
+
+func TestBootstrapChecks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.Cluster(t)
+	opts := pg.Options{DSN: primary.DSN("postgres")}
+	base := t.TempDir()
+	cases := []struct {
+		o    replication.BootstrapOptions
+		want string
+	}{
+		{replication.BootstrapOptions{Primary: opts, DataDir: base, Slot: "ok_slot"}, "is not empty"}, // t.TempDir holds nothing… until we add a file
+		{replication.BootstrapOptions{Primary: opts, DataDir: filepath.Join(base, "x"), Slot: "Bad-Name"}, "invalid slot name"},
+		{replication.BootstrapOptions{Primary: opts, DataDir: filepath.Join(base, "y"), Start: true}, "--start needs --port"},
+		{replication.BootstrapOptions{Primary: opts}, "no data directory"},
+	}
+	require.NoError(t, exec(t, opts.DSN, "SELECT 1"))
+	require.NoError(t, writeFile(filepath.Join(base, "PG_VERSION")))
+	for _, c := range cases {
+		_, err := replication.Bootstrap(ctx, c.o)
+		require.ErrorContains(t, err, c.want)
+	}
+	// an existing slot is refused
+	require.NoError(t, exec(t, opts.DSN, "SELECT pg_create_physical_replication_slot('taken')"))
+	t.Cleanup(func() { _ = exec(t, opts.DSN, "SELECT pg_drop_replication_slot('taken')") })
+	_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: opts, DataDir: filepath.Join(base, "z"), Slot: "taken"})
+	require.ErrorContains(t, err, `slot "taken" already exists`)
+	// a standby is not a primary
+	_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: "postgres://x:y@127.0.0.1:1/db?connect_timeout=1"}, DataDir: filepath.Join(base, "w")})
+	var ce *pg.ConnectError
+	require.True(t, errors.As(err, &ce))
+}
+
+// The primary stops in the middle of the copy: the error is clean, the slot
+// is dropped (once the primary is back) and the partial directory is gone.
+func TestBootstrapPrimaryStopsMidway(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	pdsn := primary.DSN("postgres")
+	require.NoError(t, exec(t, pdsn, "CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 200000) g"))
+	dir := filepath.Join(primary.Dir, "broken")
+
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		_ = primary.Halt()
+		time.Sleep(2 * time.Second)
+		_ = primary.Restart(context.Background())
+	}()
+	_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: pdsn}, DataDir: dir, MaxRate: "8M"})
+	require.ErrorContains(t, err, "pg_basebackup failed")
+	require.NoDirExists(t, dir)
+	require.Eventually(t, func() bool { return exec(t, pdsn, "SELECT 1") == nil }, 30*time.Second, 100*time.Millisecond)
+	slots, err := replication.ListSlots(ctx, pg.Options{DSN: pdsn})
+	require.NoError(t, err)
+	require.Empty(t, slots, "the slot of the failed bootstrap was left behind")
+}
+
+// A slot whose WAL was removed shows as lost, and no standby is ready.
+func TestLostSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"max_slot_wal_keep_size": "'1MB'", "wal_keep_size": "0"}))
+	pdsn := primary.DSN("postgres")
+	require.NoError(t, exec(t, pdsn, "CREATE TABLE t (id int, pad text)"))
+	dir, _, _ := standby(t, primary, "victim")
+	require.NoError(t, replication.StopStandby(ctx, "", dir))
+	for range 4 {
+		require.NoError(t, exec(t, pdsn, "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
+		require.NoError(t, exec(t, pdsn, "SELECT pg_switch_wal()"))
+		require.NoError(t, exec(t, pdsn, "CHECKPOINT"))
+	}
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: pdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Len(t, st.Slots, 1)
+	require.Equal(t, "lost", st.Slots[0].WALStatus)
+	require.Contains(t, st.Problems[0], "slot spiredb_victim is lost")
+	for _, s := range st.Standbys {
+		require.False(t, s.Ready)
+	}
+}
+
+func writeFile(path string) error { return osWriteFile(path, []byte("15\n"), 0o600) }
+
+var osWriteFile = os.WriteFile
+
+// replicationOpts: the harness turns synchronous_commit off for speed, and
+// then a commit can still sit unflushed, unsent to any standby, after
+// COMMIT returns. Replication tests run with it on, as production does.
+func replicationOpts(extra map[string]string) pgcluster.Options {
+	settings := map[string]string{"synchronous_commit": "on"}
+	for k, v := range extra {
+		settings[k] = v
+	}
+	return pgcluster.Options{Settings: settings}
+}
