@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/pg"
@@ -59,6 +60,17 @@ func (t Tools) Version(ctx context.Context, name string) (string, int, error) {
 		return "", 0, fmt.Errorf("%s: %w", p, err)
 	}
 	return full, major, nil
+}
+
+// command prepares program path with args: killed with ctx and with this
+// process, env as given (nil: inherit), stderr forwarded to the logger and
+// kept for error messages (the returned stderrLog).
+func command(ctx context.Context, path string, env []string, stderr *stderrLog, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Stderr = stderr
+	return cmd
 }
 
 // ParseToolVersion reads "pg_dump (PostgreSQL) 15.18 (Debian …)".

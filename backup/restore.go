@@ -10,9 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/spiredb/spiredb/internal/pg"
@@ -152,15 +150,12 @@ func restoreStream(ctx context.Context, o RestoreOptions, m *Manifest, path stri
 	defer rc.Close()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cmd := exec.CommandContext(rctx, path, append(args, "--single-transaction")...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := newStderrLog(logger, "pg_restore")
+	cmd := command(rctx, path, env, stderr, append(args, "--single-transaction")...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
 	}
-	stderr := newStderrLog(logger, "pg_restore")
-	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting pg_restore: %w", err)
 	}
@@ -213,12 +208,8 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 	if err := checkSum(m, n, h); err != nil {
 		return fmt.Errorf("restore of %s not started: %w", m.ID, err)
 	}
-	cmd := exec.CommandContext(ctx, path, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr := newStderrLog(logger, "pg_restore")
-	cmd.Stderr = stderr
-	if err := cmd.Run(); err != nil {
+	if err := command(ctx, path, env, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {
 		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())
 	}
 	return nil

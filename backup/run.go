@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -133,11 +132,8 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	dumpCtx, cancelDump := context.WithCancel(ctx)
 	defer cancelDump()
-	cmd := exec.CommandContext(dumpCtx, path, args...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr := newStderrLog(logger, "pg_dump")
-	cmd.Stderr = stderr
+	cmd := command(dumpCtx, path, env, stderr, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

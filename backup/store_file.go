@@ -104,30 +104,38 @@ func (s *FileStore) Get(_ context.Context, key string) (io.ReadCloser, error) {
 	return f, err
 }
 
-// List walks the directory under prefix, skipping partial files.
-func (s *FileStore) List(_ context.Context, prefix string) ([]Object, error) {
-	var out []Object
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
+// walk calls fn with the key and info of every file in the store (a
+// directory or file removed meanwhile is skipped).
+func (s *FileStore) walk(fn func(key string, info fs.FileInfo)) error {
+	return filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
 			}
 			return err
 		}
-		if d.IsDir() || strings.Contains(d.Name(), partialMarker) || strings.HasPrefix(d.Name(), ".check-") {
-			return nil
-		}
-		rel, _ := filepath.Rel(s.root, p)
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
+		if d.IsDir() {
 			return nil
 		}
 		info, err := d.Info()
 		if err != nil {
-			return nil // removed meanwhile
+			return nil
+		}
+		rel, _ := filepath.Rel(s.root, p)
+		fn(filepath.ToSlash(rel), info)
+		return nil
+	})
+}
+
+// List returns the objects under prefix, skipping partial files.
+func (s *FileStore) List(_ context.Context, prefix string) ([]Object, error) {
+	var out []Object
+	err := s.walk(func(key string, info fs.FileInfo) {
+		name := path.Base(key)
+		if strings.Contains(name, partialMarker) || strings.HasPrefix(name, ".check-") || !strings.HasPrefix(key, prefix) {
+			return
 		}
 		out = append(out, Object{Key: key, Size: info.Size(), Modified: info.ModTime()})
-		return nil
 	})
 	return out, err
 }
@@ -159,25 +167,10 @@ func (s *FileStore) removeEmptyParents(dir string) {
 // Incomplete lists partial files left by killed writers.
 func (s *FileStore) Incomplete(_ context.Context) ([]Upload, error) {
 	var out []Upload
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
+	err := s.walk(func(key string, info fs.FileInfo) {
+		if base, _, ok := strings.Cut(key, partialMarker); ok {
+			out = append(out, Upload{Key: base, ID: key, Initiated: info.ModTime()})
 		}
-		if d.IsDir() || !strings.Contains(d.Name(), partialMarker) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		rel, _ := filepath.Rel(s.root, p)
-		key := filepath.ToSlash(rel)
-		base, _, _ := strings.Cut(key, partialMarker)
-		out = append(out, Upload{Key: base, ID: key, Initiated: info.ModTime()})
-		return nil
 	})
 	return out, err
 }

@@ -9,12 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -177,15 +175,14 @@ func verifyTOC(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyRes
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, path, "--list")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := newStderrLog(orDiscard(o.Logger), "pg_restore")
+	cmd := command(ctx, path, nil, stderr, "--list")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
 	}
 	var out strings.Builder
-	stderr := newStderrLog(orDiscard(o.Logger), "pg_restore")
-	cmd.Stdout, cmd.Stderr = &out, stderr
+	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting pg_restore: %w", err)
 	}
@@ -256,20 +253,13 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 		if res.Failed() != nil {
 			return nil // the checksum failed: restoring it proves nothing more
 		}
-		cmd := exec.CommandContext(ctx, path, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...)
-		cmd.Env = env
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		cmd.Stderr = stderr
-		werr = cmd.Run()
+		werr = command(ctx, path, env, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run()
 	} else {
-		cmd := exec.CommandContext(ctx, path, args...)
-		cmd.Env = env
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		cmd := command(ctx, path, env, stderr, args...)
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			return err
 		}
-		cmd.Stderr = stderr
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("starting pg_restore: %w", err)
 		}

@@ -91,25 +91,37 @@ func TestBackupSurvivesSIGKILL(t *testing.T) {
 	s := s3StoreOf(t, b, "kill")
 	args := append([]string{"backup", "run", "--dsn", db.DSN, "--compress", "0"}, store...)
 
-	// one full run tells how long a backup takes
-	spiredbCLI(t) // built before the clock starts
-	start := time.Now()
 	_, errOut, code := runCLI(t, env, args...)
 	require.Equal(t, 0, code, errOut)
-	full := time.Since(start)
-	t.Logf("a full backup takes %s", full)
 
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	complete, dirty := 1, 0
 	for i := range 6 {
+		before, err := s.Incomplete(ctx)
+		require.NoError(t, err)
 		cmd := exec.Command(spiredbCLI(t), args...)
 		cmd.Env = append(cmd.Environ(), env...)
 		require.NoError(t, cmd.Start())
-		delay := time.Duration(float64(full) * (0.15 + 0.75*r.Float64()))
-		time.Sleep(delay)
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		start := time.Now()
+		if i%3 == 0 {
+			// early: connecting, taking the lock, exporting the snapshot
+			time.Sleep(time.Duration(r.Int64N(int64(300 * time.Millisecond))))
+		} else {
+			// a random moment into the upload, once the store shows it
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				ups, err := s.Incomplete(ctx)
+				require.NoError(t, err)
+				if len(ups) > len(before) || len(exited) > 0 {
+					break
+				}
+			}
+			time.Sleep(time.Duration(r.Int64N(int64(200 * time.Millisecond))))
+		}
 		_ = cmd.Process.Signal(syscall.SIGKILL)
-		err := cmd.Wait()
-		if err == nil {
+		delay := time.Since(start)
+		if err := <-exited; err == nil {
 			complete++ // finished before the kill landed
 		}
 
@@ -125,7 +137,7 @@ func TestBackupSurvivesSIGKILL(t *testing.T) {
 		require.NoError(t, err)
 		objs, err := s.List(ctx, "")
 		require.NoError(t, err)
-		if len(ups) > 0 || len(objs) > 3*complete {
+		if len(ups) > len(before) || len(objs) > 3*complete {
 			dirty++
 		}
 		t.Logf("kill %d after %s: %d complete, %d incomplete uploads, %d objects", i, delay, len(list), len(ups), len(objs))

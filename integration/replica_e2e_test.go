@@ -53,30 +53,14 @@ func TestReplicaServesSpireAndPromotes(t *testing.T) {
 	first, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: primary.KVDSN("spire")})
 	require.NoError(t, err)
 	first.Stop()
-	require.Eventually(t, func() bool {
-		c, err := pg.Connect(ctx, pg.Options{DSN: standby.DSN("spire")})
-		if err != nil {
-			return false
-		}
-		defer c.Close(ctx)
-		var ok bool
-		return c.QueryRow(ctx, "SELECT to_regclass('public.migrations') IS NOT NULL").Scan(&ok) == nil && ok
-	}, time.Minute, 50*time.Millisecond)
+	waitTrue(t, standby.DSN("spire"), "SELECT to_regclass('public.migrations') IS NOT NULL")
 
 	a, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: primary.KVDSN("spire"), ROConnectionString: standby.KVDSN("spire")})
 	require.NoError(t, err)
 	t.Cleanup(a.Stop)
 	require.NoError(t, a.CreateEntries(ctx, spirefixture.GenerateEntries(2000, 11, nil)))
 	// A's entry listing reads from the standby: let it catch up first
-	require.Eventually(t, func() bool {
-		c, err := pg.Connect(ctx, pg.Options{DSN: standby.DSN("spire")})
-		if err != nil {
-			return false
-		}
-		defer c.Close(ctx)
-		var n int
-		return c.QueryRow(ctx, "SELECT count(*) FROM registered_entries").Scan(&n) == nil && n == 2000
-	}, time.Minute, 50*time.Millisecond)
+	waitTrue(t, standby.DSN("spire"), "SELECT count(*) = 2000 FROM registered_entries")
 	want, err := a.Show(ctx)
 	require.NoError(t, err)
 
@@ -118,4 +102,20 @@ func TestReplicaServesSpireAndPromotes(t *testing.T) {
 	defer conn.Close(ctx)
 	_, err = conn.Exec(ctx, "DELETE FROM registered_entries")
 	require.Equal(t, "25006", pg.SQLState(err))
+}
+
+// waitTrue polls a boolean query on dsn until it returns true (a minute at
+// most).
+func waitTrue(t *testing.T, dsn, query string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		ctx := context.Background()
+		c, err := pg.Connect(ctx, pg.Options{DSN: dsn})
+		if err != nil {
+			return false
+		}
+		defer c.Close(ctx)
+		var ok bool
+		return c.QueryRow(ctx, query).Scan(&ok) == nil && ok
+	}, time.Minute, 50*time.Millisecond, "waiting for: %s", query)
 }

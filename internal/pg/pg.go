@@ -178,3 +178,29 @@ func SQLState(err error) string {
 	}
 	return ""
 }
+
+// CreateDatabase creates database name through an administrative session.
+func CreateDatabase(ctx context.Context, admin Options, name string) error {
+	conn, err := Connect(ctx, admin)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return fmt.Errorf("creating database %s: %w", name, err)
+	}
+	return nil
+}
+
+// DropDatabase drops database name if it exists, ending its sessions.
+func DropDatabase(ctx context.Context, admin Options, name string) error {
+	conn, err := Connect(ctx, admin)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("dropping database %s: %w", name, err)
+	}
+	return nil
+}

@@ -289,26 +289,15 @@ func (c *Cluster) PID() int {
 
 // CreateDatabase creates a database and returns its DSN.
 func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, error) {
-	conn, err := pg.Connect(ctx, pg.Options{DSN: c.DSN("postgres")})
-	if err != nil {
+	if err := pg.CreateDatabase(ctx, pg.Options{DSN: c.DSN("postgres")}, name); err != nil {
 		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return c.DSN(name), nil
 }
 
 // DropDatabase drops a database, ending its sessions.
 func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
-	conn, err := pg.Connect(ctx, pg.Options{DSN: c.DSN("postgres")})
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
-	return err
+	return pg.DropDatabase(ctx, pg.Options{DSN: c.DSN("postgres")}, name)
 }
 
 // Stop shuts the server down (fast, then immediate after 10s) and removes

@@ -75,26 +75,15 @@ func (s *Server) DSN(db string) string {
 
 // CreateDatabase creates a database and returns its DSN.
 func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
-	conn, err := pg.Connect(ctx, pg.Options{DSN: s.DSN("postgres")})
-	if err != nil {
+	if err := pg.CreateDatabase(ctx, pg.Options{DSN: s.DSN("postgres")}, name); err != nil {
 		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return s.DSN(name), nil
 }
 
 // DropDatabase drops a database, ending its sessions.
 func (s *Server) DropDatabase(ctx context.Context, name string) error {
-	conn, err := pg.Connect(ctx, pg.Options{DSN: s.DSN("postgres")})
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
-	return err
+	return pg.DropDatabase(ctx, pg.Options{DSN: s.DSN("postgres")}, name)
 }
 
 func randHex(n int) string {
