@@ -16,9 +16,21 @@ const ownerFile = "owner"
 
 // WriteOwner records the current process (pid and start time, so a reused
 // pid is not mistaken for it) as the owner of dir.
+//
+// The file is written to a temporary name and renamed into place: a
+// concurrent CleanStale (another test package) must never read it half
+// written and take a live cluster for an orphan.
 func WriteOwner(dir string) error {
 	pid := os.Getpid()
-	return os.WriteFile(filepath.Join(dir, ownerFile), fmt.Appendf(nil, "%d %s\n", pid, procStart(pid)), 0o644)
+	return writeAtomic(filepath.Join(dir, ownerFile), fmt.Appendf(nil, "%d %s\n", pid, procStart(pid)))
+}
+
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // procStart returns field 22 of /proc/PID/stat (start time in clock ticks),
@@ -43,15 +55,12 @@ func procStart(pid int) string {
 // ownerAlive reports whether the process that created dir still runs.
 func ownerAlive(dir string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-	if err != nil {
-		// no owner file yet: being created right now, or garbage. Give a
-		// fresh directory the benefit of the doubt.
+	f := strings.Fields(string(b))
+	if err != nil || len(f) != 2 {
+		// no usable owner file: a directory being created right now, or
+		// garbage. Give a fresh directory the benefit of the doubt.
 		st, serr := os.Stat(dir)
 		return serr == nil && time.Since(st.ModTime()) < time.Minute
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return false
 	}
 	pid, _ := strconv.Atoi(f[0])
 	return pid > 0 && procStart(pid) == f[1]
@@ -138,7 +147,7 @@ func stopPID(pid int) {
 // RecordChild writes dir/name.pid so that CleanStale can stop a helper
 // process (versitygw, spire-server) whose owner died.
 func RecordChild(dir, name string, pid int) error {
-	return os.WriteFile(filepath.Join(dir, name+".pid"), fmt.Appendf(nil, "%d %s\n", pid, procStart(pid)), 0o644)
+	return writeAtomic(filepath.Join(dir, name+".pid"), fmt.Appendf(nil, "%d %s\n", pid, procStart(pid)))
 }
 
 // stopChildren stops the helper processes recorded in dir whose pid and
