@@ -40,10 +40,19 @@ func (s *FileStore) path(key string) (string, error) {
 	return filepath.Join(s.root, filepath.FromSlash(clean)), nil
 }
 
-// Check makes sure the directory exists and is writable.
+// Check makes sure the directory, when it exists, is a writable directory.
+// A missing one is fine: it holds no backups, and the first Put creates it
+// (read-only commands must not create it).
 func (s *FileStore) Check(_ context.Context) error {
-	if err := os.MkdirAll(s.root, 0o750); err != nil {
+	st, err := os.Stat(s.root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return &StoreError{Store: s.String(), Err: err}
+	}
+	if !st.IsDir() {
+		return &StoreError{Store: s.String(), Err: errors.New("not a directory")}
 	}
 	f, err := os.CreateTemp(s.root, ".check-")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -145,4 +146,24 @@ func TestOpenStoreRejectsBadURLs(t *testing.T) {
 		require.Error(t, err, u)
 		require.NotContains(t, err.Error(), "secret@", u)
 	}
+}
+
+func TestFileStoreReadOnlyCommandsDoNotCreateIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir() + "/not/yet"
+	s, err := backup.NewFileStore(dir)
+	require.NoError(t, err)
+	require.NoError(t, s.Check(ctx))
+	list, err := backup.List(ctx, s)
+	require.NoError(t, err)
+	require.Empty(t, list)
+	require.NoDirExists(t, dir)
+	_, err = s.Put(ctx, "a/b", strings.NewReader("x"))
+	require.NoError(t, err)
+	require.FileExists(t, dir+"/a/b")
+
+	file, err := backup.NewFileStore(dir + "/a/b")
+	require.NoError(t, err)
+	require.ErrorContains(t, file.Check(ctx), "not a directory")
 }
