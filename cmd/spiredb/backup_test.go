@@ -129,3 +129,31 @@ func TestReplicaUsageAndRefusals(t *testing.T) {
 	require.Equal(t, exitOK, code)
 	require.Contains(t, out, "no standbys connected")
 }
+
+func TestTune(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"tune", "recommend"},
+		{"tune", "recommend", "--ram", "lots", "--cpus", "2"},
+		{"tune", "recommend", "--ram", "16GB", "--cpus", "2", "--storage", "tape"},
+		{"tune", "recommend", "--ram", "16GB", "--cpus", "2", "--spire-servers", "100"},
+		{"tune", "check", "--ram", "16GB"},
+		{"version", "-o", "sql"},
+	} {
+		out, errOut, code := runArgs(t, args...)
+		require.Equal(t, exitUsage, code, "%v: %s", args, errOut)
+		require.Empty(t, out, "%v", args)
+		require.Equal(t, 0, strings.Count(strings.TrimSpace(errOut), "\n"), "one line for %v: %q", args, errOut)
+	}
+	out, _, code := runArgs(t, "tune", "recommend", "--ram", "8GB", "--cpus", "2", "-o", "conf")
+	require.Equal(t, exitOK, code)
+	require.Contains(t, out, "shared_buffers = '2GB'")
+
+	db := pgtest.NewDB(t)
+	out, errOut, code := runArgs(t, "tune", "check", "--dsn", db.DSN, "--ram", "8GB", "--cpus", "2", "-o", "json")
+	require.Equal(t, exitFailure, code, errOut) // the harness runs with 128MB shared_buffers
+	var diffs []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &diffs))
+	require.NotEmpty(t, diffs)
+	require.NotContains(t, out+errOut, db.Cluster.Password)
+}

@@ -78,7 +78,7 @@ in spiredb's output or logs.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%w", err) })
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.dsn, "dsn", "", "PostgreSQL connection string (URL or key=value); default $SPIREDB_DSN, then PG* variables")
-	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json (tune recommend also: conf, sql)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("SPIREDB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default $SPIREDB_LOG_LEVEL, else info)")
 	pf.StringVar(&g.logFormat, "log-format", envOr("SPIREDB_LOG_FORMAT", "text"), "log format: text or json, to stderr (default $SPIREDB_LOG_FORMAT, else text)")
 	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions (unless set in the DSN)")
@@ -87,7 +87,7 @@ in spiredb's output or logs.
 	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
 
-	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g), newReplicaCmd(g))
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g), newReplicaCmd(g), newTuneCmd(g))
 	return root
 }
 

@@ -1,0 +1,145 @@
+package tuning_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/tuning"
+)
+
+func TestParseSize(t *testing.T) {
+	t.Parallel()
+	good := map[string]int64{"1024": 1024, "512MB": 512 << 20, "16GB": 16 << 30, "16GiB": 16 << 30, "16G": 16 << 30,
+		"1.5G": 3 << 29, "64kB": 64 << 10, "2T": 2 << 40, " 8 GB ": 8 << 30}
+	for in, want := range good {
+		got, err := tuning.ParseSize(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "GB", "-1GB", "16 gigs", "1e9", "16PB", "99999999999T"} {
+		_, err := tuning.ParseSize(in)
+		require.Error(t, err, in)
+	}
+}
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"16GB", "1.5G", "512", "64kB", "x", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := tuning.ParseSize(s)
+		if err == nil {
+			require.GreaterOrEqual(t, n, int64(0))
+		}
+	})
+}
+
+// size parses a postgresql.conf size back to bytes.
+func size(t *testing.T, v string) int64 {
+	t.Helper()
+	n, err := tuning.ParseSize(strings.Trim(v, "'"))
+	require.NoError(t, err, v)
+	return n
+}
+
+func TestRecommendTable(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		in                              tuning.Inputs
+		maxConn, sharedBuffers, workMem string
+		randomPageCost                  string
+	}{
+		{tuning.Inputs{RAM: 16 << 30, CPUs: 4, Storage: "ssd", SpireServers: 3}, "320", "4GB", "11MB", "1.1"},
+		{tuning.Inputs{RAM: 64 << 30, CPUs: 16, Storage: "network", SpireServers: 3}, "320", "16GB", "59MB", "1.5"},
+		{tuning.Inputs{RAM: 4 << 30, CPUs: 2, Storage: "hdd", SpireServers: 2, MaxOpenConns: 50}, "120", "1GB", "7MB", "4"},
+		{tuning.Inputs{RAM: 8 << 30, CPUs: 8, SpireServers: 10, Pooler: "pgbouncer"}, "52", "2GB", "34MB", "1.1"},
+	}
+	for _, c := range cases {
+		r, err := tuning.Recommend(c.in)
+		require.NoError(t, err, "%+v", c.in)
+		get := func(name string) string {
+			s, ok := r.Get(name)
+			require.True(t, ok, name)
+			return s.Value
+		}
+		require.Equal(t, c.maxConn, get("max_connections"), "%+v", c.in)
+		require.Equal(t, c.sharedBuffers, get("shared_buffers"), "%+v", c.in)
+		require.Equal(t, c.workMem, get("work_mem"), "%+v", c.in)
+		require.Equal(t, c.randomPageCost, get("random_page_cost"), "%+v", c.in)
+		require.Equal(t, "'pg_stat_statements'", get("shared_preload_libraries"))
+	}
+}
+
+// Whatever the inputs, the worst case fits in RAM and nothing goes below
+// PostgreSQL's minimums; or the answer is a clear refusal.
+func TestRecommendInvariants(t *testing.T) {
+	t.Parallel()
+	for _, ram := range []int64{256 << 20, 512 << 20, 1 << 30, 2 << 30, 8 << 30, 32 << 30, 256 << 30, 2 << 40} {
+		for _, cpus := range []int{1, 2, 4, 16, 96} {
+			for _, servers := range []int{1, 3, 10, 50} {
+				for _, conns := range []int{10, 100, 500} {
+					for _, pooler := range []string{"none", "pgbouncer"} {
+						in := tuning.Inputs{RAM: ram, CPUs: cpus, SpireServers: servers, MaxOpenConns: conns, Pooler: pooler}
+						name := fmt.Sprintf("%+v", in)
+						r, err := tuning.Recommend(in)
+						if err != nil {
+							require.Contains(t, err.Error(), "pgbouncer", name)
+							require.Equal(t, "none", pooler, "with a pooler everything must fit: %s", name)
+							continue
+						}
+						require.LessOrEqual(t, r.WorstCaseMemory, ram, name)
+						get := func(n string) string { s, _ := r.Get(n); return s.Value }
+						sb, wm, mw := size(t, get("shared_buffers")), size(t, get("work_mem")), size(t, get("maintenance_work_mem"))
+						require.GreaterOrEqual(t, sb, int64(128<<10), name)
+						require.GreaterOrEqual(t, wm, int64(64<<10), name)
+						require.GreaterOrEqual(t, mw, int64(1<<20), name)
+						require.LessOrEqual(t, sb, ram/4+(1<<20), name)
+						require.LessOrEqual(t, size(t, get("effective_cache_size")), ram, name)
+						var maxConn int
+						_, _ = fmt.Sscan(get("max_connections"), &maxConn)
+						require.GreaterOrEqual(t, maxConn, 1, name)
+						require.LessOrEqual(t, maxConn, 262143, name)
+						if pooler == "none" {
+							require.GreaterOrEqual(t, maxConn, servers*conns, "SPIRE's connections must fit: %s", name)
+						}
+						for _, s := range r.Settings {
+							require.NotEmpty(t, s.Reason, s.Name)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestRecommendRefusesBadInputs(t *testing.T) {
+	t.Parallel()
+	for _, in := range []tuning.Inputs{
+		{RAM: 100 << 20, CPUs: 2},
+		{RAM: 8 << 30, CPUs: 0},
+		{RAM: 8 << 30, CPUs: 2, Storage: "tape"},
+		{RAM: 8 << 30, CPUs: 2, Pooler: "pgpool"},
+		{RAM: 8 << 30, CPUs: 2, SpireServers: 100, MaxOpenConns: 100}, // 10,020 connections
+	} {
+		_, err := tuning.Recommend(in)
+		require.Error(t, err, "%+v", in)
+	}
+}
+
+func TestRecommendRenderings(t *testing.T) {
+	t.Parallel()
+	r, err := tuning.Recommend(tuning.Inputs{RAM: 16 << 30, CPUs: 4})
+	require.NoError(t, err)
+	conf := r.Conf()
+	require.Contains(t, conf, "shared_buffers = '4GB'")
+	require.Contains(t, conf, "random_page_cost = 1.1")
+	require.Contains(t, conf, "shared_preload_libraries = 'pg_stat_statements'")
+	sql := r.SQL()
+	require.Contains(t, sql, "ALTER SYSTEM SET shared_buffers = '4GB'; -- needs a restart")
+	require.Contains(t, sql, "ALTER SYSTEM SET work_mem = ")
+	require.Contains(t, sql, "ALTER TABLE registered_entries_events SET (autovacuum_vacuum_scale_factor = 0.02")
+	require.Contains(t, sql, "SELECT pg_reload_conf();")
+}
