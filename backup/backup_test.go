@@ -41,97 +41,92 @@ func runBackup(t *testing.T, db *pgtest.DB, s backup.Store, label string) *backu
 }
 
 func TestFullCycle(t *testing.T) {
-	t.Parallel()
-	for name, mk := range storeKinds {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			s := mk(t)
-			db := spireDB(t, 3000)
+	forEachStore(t, func(t *testing.T, s backup.Store) {
+		ctx := context.Background()
+		db := spireDB(t, 3000)
 
-			m := runBackup(t, db, s, "first")
-			require.Equal(t, "first", m.Label)
-			require.NotNil(t, m.SPIRE)
-			require.Equal(t, 23, m.SPIRE.SchemaVersion)
-			require.Equal(t, "1.13.3", m.SPIRE.CodeVersion)
-			require.EqualValues(t, 3000, m.RowCounts["registered_entries"])
-			require.Len(t, m.RowCounts, len(spire.Tables))
-			require.Positive(t, m.Size)
-			require.Len(t, m.SHA256, 64)
-			require.Equal(t, "custom", m.Format)
-			require.True(t, strings.HasPrefix(m.PgDumpVersion, "15"))
+		m := runBackup(t, db, s, "first")
+		require.Equal(t, "first", m.Label)
+		require.NotNil(t, m.SPIRE)
+		require.Equal(t, 23, m.SPIRE.SchemaVersion)
+		require.Equal(t, "1.13.3", m.SPIRE.CodeVersion)
+		require.EqualValues(t, 3000, m.RowCounts["registered_entries"])
+		require.Len(t, m.RowCounts, len(spire.Tables))
+		require.Positive(t, m.Size)
+		require.Len(t, m.SHA256, 64)
+		require.Equal(t, "custom", m.Format)
+		require.True(t, strings.HasPrefix(m.PgDumpVersion, "15"))
 
-			// a second backup after a change; the manifests tell them apart
-			_, err := db.Pool.Exec(ctx, "DELETE FROM registered_entries WHERE id <= 10")
-			require.NoError(t, err)
-			m2 := runBackup(t, db, s, "second")
-			require.EqualValues(t, 2990, m2.RowCounts["registered_entries"])
+		// a second backup after a change; the manifests tell them apart
+		_, err := db.Pool.Exec(ctx, "DELETE FROM registered_entries WHERE id <= 10")
+		require.NoError(t, err)
+		m2 := runBackup(t, db, s, "second")
+		require.EqualValues(t, 2990, m2.RowCounts["registered_entries"])
 
-			list, err := backup.List(ctx, s)
-			require.NoError(t, err)
-			require.Len(t, list, 2)
-			require.Equal(t, m.ID, list[0].ID)
-			require.Equal(t, m2.ID, list[1].ID)
+		list, err := backup.List(ctx, s)
+		require.NoError(t, err)
+		require.Len(t, list, 2)
+		require.Equal(t, m.ID, list[0].ID)
+		require.Equal(t, m2.ID, list[1].ID)
 
-			for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
-				for _, jobs := range []int{1, 2} {
-					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
-					require.NoError(t, err)
-					require.True(t, res.OK, "%s jobs %d: %+v", level, jobs, res.Checks)
-				}
-			}
-			res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, Latest: true, Scratch: pg.Options{DSN: db.DSN}})
-			require.NoError(t, err)
-			require.Equal(t, m2.ID, res.ID)
-			require.Equal(t, backup.LevelRestore, res.Level)
-			names := []string{}
-			for _, c := range res.Checks {
-				names = append(names, c.Name)
-			}
-			require.Equal(t, []string{"checksum", "restore", "spire-schema", "row-counts", "amcheck"}, names)
-			require.Contains(t, res.Checks[4].Detail, "bt_index_check passed")
-			requireNoScratchDatabases(t, db, m.ID)
-			requireNoScratchDatabases(t, db, m2.ID)
-
-			// list shows the stored verification
-			list, err = backup.List(ctx, s)
-			require.NoError(t, err)
-			require.True(t, list[1].Verified())
-
-			// restore, streamed and parallel, into new databases
+		for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
 			for _, jobs := range []int{1, 2} {
-				target := pgtest.NewDB(t)
-				rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
 				require.NoError(t, err)
-				require.EqualValues(t, 3000, rr.RowCounts["registered_entries"])
-				require.Equal(t, 23, rr.SPIRE.Version)
-				require.Equal(t, "v1.8.0 to v1.13.x", rr.Compatible.Servers)
-				requireSameData(t, db, target, "registered_entries", 10) // the source lost 10 rows after the first backup
-
-				// a second restore into the now non-empty target is refused…
-				_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
-				var ne *backup.NotEmptyError
-				require.ErrorAs(t, err, &ne)
-				// …unless --clean
-				rr, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true})
-				require.NoError(t, err)
-				require.EqualValues(t, 2990, rr.RowCounts["registered_entries"])
-				requireSameData(t, db, target, "registered_entries", 0)
+				require.True(t, res.OK, "%s jobs %d: %+v", level, jobs, res.Checks)
 			}
+		}
+		res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, Latest: true, Scratch: pg.Options{DSN: db.DSN}})
+		require.NoError(t, err)
+		require.Equal(t, m2.ID, res.ID)
+		require.Equal(t, backup.LevelRestore, res.Level)
+		names := []string{}
+		for _, c := range res.Checks {
+			names = append(names, c.Name)
+		}
+		require.Equal(t, []string{"checksum", "restore", "spire-schema", "row-counts", "amcheck"}, names)
+		require.Contains(t, res.Checks[4].Detail, "bt_index_check passed")
+		requireNoScratchDatabases(t, db, m.ID)
+		requireNoScratchDatabases(t, db, m2.ID)
 
-			// prune --keep-last 1: m2 is kept (newest, newest verified), m goes
-			pr, err := backup.Prune(ctx, backup.PruneOptions{Store: s, Policy: backup.Policy{KeepLast: 1}})
+		// list shows the stored verification
+		list, err = backup.List(ctx, s)
+		require.NoError(t, err)
+		require.True(t, list[1].Verified())
+
+		// restore, streamed and parallel, into new databases
+		for _, jobs := range []int{1, 2} {
+			target := pgtest.NewDB(t)
+			rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
 			require.NoError(t, err)
-			require.Equal(t, []string{m.ID}, pr.Deleted)
-			list, err = backup.List(ctx, s)
+			require.EqualValues(t, 3000, rr.RowCounts["registered_entries"])
+			require.Equal(t, 23, rr.SPIRE.Version)
+			require.Equal(t, "v1.8.0 to v1.13.x", rr.Compatible.Servers)
+			requireSameData(t, db, target, "registered_entries", 10) // the source lost 10 rows after the first backup
+
+			// a second restore into the now non-empty target is refused…
+			_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+			var ne *backup.NotEmptyError
+			require.ErrorAs(t, err, &ne)
+			// …unless --clean
+			rr, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true})
 			require.NoError(t, err)
-			require.Len(t, list, 1)
-			require.Equal(t, m2.ID, list[0].ID)
-			objs, err := s.List(ctx, m.ID+"/")
-			require.NoError(t, err)
-			require.Empty(t, objs, "prune left objects of the deleted backup")
-		})
-	}
+			require.EqualValues(t, 2990, rr.RowCounts["registered_entries"])
+			requireSameData(t, db, target, "registered_entries", 0)
+		}
+
+		// prune --keep-last 1: m2 is kept (newest, newest verified), m goes
+		pr, err := backup.Prune(ctx, backup.PruneOptions{Store: s, Policy: backup.Policy{KeepLast: 1}})
+		require.NoError(t, err)
+		require.Equal(t, []string{m.ID}, pr.Deleted)
+		list, err = backup.List(ctx, s)
+		require.NoError(t, err)
+		require.Len(t, list, 1)
+		require.Equal(t, m2.ID, list[0].ID)
+		objs, err := s.List(ctx, m.ID+"/")
+		require.NoError(t, err)
+		require.Empty(t, objs, "prune left objects of the deleted backup")
+	})
 }
 
 // requireSameData compares a table's rows between two databases; the
@@ -160,56 +155,51 @@ func requireNoScratchDatabases(t *testing.T, db *pgtest.DB, id string) {
 // A flipped byte and a truncated object fail verification with a message
 // naming the check; restoring them leaves the target untouched.
 func TestCorruptionIsDetected(t *testing.T) {
-	t.Parallel()
-	for name, mk := range storeKinds {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			s := mk(t)
-			db := spireDB(t, 2000)
-			m := runBackup(t, db, s, "")
-			orig := readObject(t, s, m.ID+"/dump")
+	forEachStore(t, func(t *testing.T, s backup.Store) {
+		ctx := context.Background()
+		db := spireDB(t, 2000)
+		m := runBackup(t, db, s, "")
+		orig := readObject(t, s, m.ID+"/dump")
 
-			cases := []struct {
-				name   string
-				object []byte
-				detail string
-			}{
-				{"flipped", flip(orig, len(orig)/2), "sha256 mismatch"},
-				{"truncated", orig[:len(orig)*2/3], "size mismatch"},
-			}
-			for _, c := range cases {
-				_, err := s.Put(ctx, m.ID+"/dump", bytes.NewReader(c.object))
-				require.NoError(t, err)
-				for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, "restore-streamed"} {
-					jobs := 2
-					if level == "restore-streamed" {
-						level, jobs = backup.LevelRestore, 1
-					}
-					res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
-					require.NoError(t, err, "%s %s", c.name, level)
-					require.False(t, res.OK, "%s %s", c.name, level)
-					f := res.Failed()
-					require.Equal(t, "checksum", f.Name, "%s %s: %+v", c.name, level, res.Checks)
-					require.Contains(t, f.Detail, c.detail)
+		cases := []struct {
+			name   string
+			object []byte
+			detail string
+		}{
+			{"flipped", flip(orig, len(orig)/2), "sha256 mismatch"},
+			{"truncated", orig[:len(orig)*2/3], "size mismatch"},
+		}
+		for _, c := range cases {
+			_, err := s.Put(ctx, m.ID+"/dump", bytes.NewReader(c.object))
+			require.NoError(t, err)
+			for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, "restore-streamed"} {
+				jobs := 2
+				if level == "restore-streamed" {
+					level, jobs = backup.LevelRestore, 1
 				}
-				requireNoScratchDatabases(t, db, m.ID)
-				list, err := backup.List(ctx, s)
-				require.NoError(t, err)
-				require.False(t, list[0].Verified(), "list must show the failed verification")
+				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
+				require.NoError(t, err, "%s %s", c.name, level)
+				require.False(t, res.OK, "%s %s", c.name, level)
+				f := res.Failed()
+				require.Equal(t, "checksum", f.Name, "%s %s: %+v", c.name, level, res.Checks)
+				require.Contains(t, f.Detail, c.detail)
+			}
+			requireNoScratchDatabases(t, db, m.ID)
+			list, err := backup.List(ctx, s)
+			require.NoError(t, err)
+			require.False(t, list[0].Verified(), "list must show the failed verification")
 
-				for _, jobs := range []int{1, 2} {
-					target := pgtest.NewDB(t)
-					_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
-					require.Error(t, err, "%s jobs %d", c.name, jobs)
-					require.Contains(t, err.Error(), "mismatch")
-					var rels int
-					require.NoError(t, target.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'").Scan(&rels))
-					require.Zero(t, rels, "%s jobs %d: a failed restore changed the target", c.name, jobs)
-				}
+			for _, jobs := range []int{1, 2} {
+				target := pgtest.NewDB(t)
+				_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
+				require.Error(t, err, "%s jobs %d", c.name, jobs)
+				require.Contains(t, err.Error(), "mismatch")
+				var rels int
+				require.NoError(t, target.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'").Scan(&rels))
+				require.Zero(t, rels, "%s jobs %d: a failed restore changed the target", c.name, jobs)
 			}
-		})
-	}
+		}
+	})
 }
 
 func readObject(t *testing.T, s backup.Store, key string) []byte {

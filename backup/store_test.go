@@ -43,63 +43,70 @@ func s3Options(b *s3test.Bucket) backup.StoreOptions {
 		S3Credentials: &backup.StaticCredentials{AccessKey: b.AccessKey, SecretKey: b.SecretKey}}
 }
 
-func TestStoreContract(t *testing.T) {
+// forEachStore runs fn in a parallel subtest for each kind of store, each
+// with a fresh store of its own.
+func forEachStore(t *testing.T, fn func(t *testing.T, s backup.Store)) {
 	t.Parallel()
 	for name, mk := range storeKinds {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			ctx := context.Background()
-			s := mk(t)
-			require.NoError(t, s.Check(ctx))
-
-			// a multi-part object streams through and back intact
-			big := make([]byte, 17<<20+123)
-			_, _ = rand.Read(big)
-			n, err := s.Put(ctx, "a/big", io.MultiReader(bytes.NewReader(big)))
-			require.NoError(t, err)
-			require.EqualValues(t, len(big), n)
-			rc, err := s.Get(ctx, "a/big")
-			require.NoError(t, err)
-			h := sha256.New()
-			got, err := io.Copy(h, rc)
-			require.NoError(t, err)
-			require.NoError(t, rc.Close())
-			require.EqualValues(t, len(big), got)
-			require.Equal(t, sha256.Sum256(big), [32]byte(h.Sum(nil)))
-
-			_, err = s.Put(ctx, "a/small.json", bytes.NewReader([]byte(`{}`)))
-			require.NoError(t, err)
-			_, err = s.Put(ctx, "b/other", bytes.NewReader([]byte("x")))
-			require.NoError(t, err)
-
-			objs, err := s.List(ctx, "a/")
-			require.NoError(t, err)
-			require.Equal(t, []string{"a/big", "a/small.json"}, keys(objs))
-			all, err := s.List(ctx, "")
-			require.NoError(t, err)
-			require.Len(t, all, 3)
-
-			// a failed upload leaves no object
-			_, err = s.Put(ctx, "c/broken", io.MultiReader(bytes.NewReader(big[:11<<20]), errReader{}))
-			require.Error(t, err)
-			_, err = s.Get(ctx, "c/broken")
-			require.ErrorIs(t, err, backup.ErrNotFound)
-			objs, err = s.List(ctx, "c/")
-			require.NoError(t, err)
-			require.Empty(t, objs)
-
-			require.NoError(t, s.Delete(ctx, "a/big", "a/small.json", "a/never-existed"))
-			objs, err = s.List(ctx, "a/")
-			require.NoError(t, err)
-			require.Empty(t, objs)
-			_, err = s.Get(ctx, "a/big")
-			require.ErrorIs(t, err, backup.ErrNotFound)
-
-			ups, err := s.Incomplete(ctx)
-			require.NoError(t, err)
-			require.Empty(t, ups, "a failed Put must not leave an incomplete upload behind")
+			fn(t, mk(t))
 		})
 	}
+}
+
+func TestStoreContract(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s backup.Store) {
+		ctx := context.Background()
+		require.NoError(t, s.Check(ctx))
+
+		// a multi-part object streams through and back intact
+		big := make([]byte, 17<<20+123)
+		_, _ = rand.Read(big)
+		n, err := s.Put(ctx, "a/big", io.MultiReader(bytes.NewReader(big)))
+		require.NoError(t, err)
+		require.EqualValues(t, len(big), n)
+		rc, err := s.Get(ctx, "a/big")
+		require.NoError(t, err)
+		h := sha256.New()
+		got, err := io.Copy(h, rc)
+		require.NoError(t, err)
+		require.NoError(t, rc.Close())
+		require.EqualValues(t, len(big), got)
+		require.Equal(t, sha256.Sum256(big), [32]byte(h.Sum(nil)))
+
+		_, err = s.Put(ctx, "a/small.json", bytes.NewReader([]byte(`{}`)))
+		require.NoError(t, err)
+		_, err = s.Put(ctx, "b/other", bytes.NewReader([]byte("x")))
+		require.NoError(t, err)
+
+		objs, err := s.List(ctx, "a/")
+		require.NoError(t, err)
+		require.Equal(t, []string{"a/big", "a/small.json"}, keys(objs))
+		all, err := s.List(ctx, "")
+		require.NoError(t, err)
+		require.Len(t, all, 3)
+
+		// a failed upload leaves no object
+		_, err = s.Put(ctx, "c/broken", io.MultiReader(bytes.NewReader(big[:11<<20]), errReader{}))
+		require.Error(t, err)
+		_, err = s.Get(ctx, "c/broken")
+		require.ErrorIs(t, err, backup.ErrNotFound)
+		objs, err = s.List(ctx, "c/")
+		require.NoError(t, err)
+		require.Empty(t, objs)
+
+		require.NoError(t, s.Delete(ctx, "a/big", "a/small.json", "a/never-existed"))
+		objs, err = s.List(ctx, "a/")
+		require.NoError(t, err)
+		require.Empty(t, objs)
+		_, err = s.Get(ctx, "a/big")
+		require.ErrorIs(t, err, backup.ErrNotFound)
+
+		ups, err := s.Incomplete(ctx)
+		require.NoError(t, err)
+		require.Empty(t, ups, "a failed Put must not leave an incomplete upload behind")
+	})
 }
 
 type errReader struct{}
