@@ -45,6 +45,9 @@ type Options struct {
 	DiskKeys bool
 	// Dir, when set, is reused (restart with the same keys); else a new dir.
 	Dir string
+	// Experimental are lines of the server's experimental block, e.g.
+	// "events_based_cache = true", "prune_events_older_than = \"10s\"".
+	Experimental []string
 }
 
 // Server is a running spire-server.
@@ -130,13 +133,17 @@ func (s *Server) config(o Options) string {
 	if o.DisableMigration {
 		ds += "\n      disable_migration = true"
 	}
+	experimental := ""
+	if len(o.Experimental) > 0 {
+		experimental = "\n  experimental {\n    " + strings.Join(o.Experimental, "\n    ") + "\n  }"
+	}
 	return fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"
   socket_path = %q
   trust_domain = %q
   data_dir = %q
-  log_level = "WARN"
+  log_level = "WARN"%s
 }
 
 plugins {
@@ -148,7 +155,7 @@ plugins {
   %s
   NodeAttestor "join_token" { plugin_data {} }
 }
-`, s.Port, s.Socket, TrustDomain, filepath.Join(s.Dir, "data"), ds, km)
+`, s.Port, s.Socket, TrustDomain, filepath.Join(s.Dir, "data"), experimental, ds, km)
 }
 
 func (s *Server) waitHealthy(ctx context.Context) error {
@@ -201,6 +208,10 @@ func (s *Server) LogTail(n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// CLI runs `spire-server SUBCOMMAND... -socketPath S FLAGS...` against this
+// server and returns its standard output.
+func (s *Server) CLI(ctx context.Context, args ...string) ([]byte, error) { return s.cli(ctx, args...) }
 
 // cli runs `spire-server SUBCOMMAND... -socketPath S ARGS`.
 func (s *Server) cli(ctx context.Context, args ...string) ([]byte, error) {
