@@ -64,7 +64,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	defer conn.Close(context.WithoutCancel(ctx))
 
 	var locked bool
-	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey).Scan(&locked); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey).Scan(&locked); err != nil {
 		return nil, fmt.Errorf("taking the backup lock: %w", err)
 	}
 	if !locked {
@@ -72,12 +72,12 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	// the session ends with conn: that releases the lock too
 	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_catalog.pg_advisory_unlock($1)", lockKey)
+		_, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", lockKey)
 	}()
 
 	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
 	var dbBytes int64
-	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
 		pg_catalog.current_setting('server_version_num')::int, pg_catalog.pg_database_size(pg_catalog.current_database())`).
 		Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum, &dbBytes); err != nil {
 		return nil, fmt.Errorf("reading server version: %w", err)
@@ -104,11 +104,11 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		return nil, fmt.Errorf("starting snapshot transaction: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, "SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
+	if _, err := tx.Exec(ctx, pg.Marker+"SET LOCAL idle_in_transaction_session_timeout = 0"); err != nil {
 		return nil, err
 	}
 	var snapshot string
-	if err := tx.QueryRow(ctx, "SELECT pg_catalog.pg_export_snapshot()").Scan(&snapshot); err != nil {
+	if err := tx.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_export_snapshot()").Scan(&snapshot); err != nil {
 		return nil, fmt.Errorf("exporting snapshot: %w", err)
 	}
 	m.StartedAt = time.Now().UTC()

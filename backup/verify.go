@@ -214,14 +214,14 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	defer admin.Close(context.WithoutCancel(ctx))
 	scratch := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
 	ident := pgx.Identifier{scratch}.Sanitize()
-	if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
+	if _, err := admin.Exec(ctx, pg.Marker+"DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("dropping leftover scratch database: %w", err)
 	}
-	if _, err := admin.Exec(ctx, "CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
+	if _, err := admin.Exec(ctx, pg.Marker+"CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
 		return fmt.Errorf("creating scratch database %s: %w", scratch, err)
 	}
 	defer func() {
-		if _, err := admin.Exec(context.WithoutCancel(ctx), "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
+		if _, err := admin.Exec(context.WithoutCancel(ctx), pg.Marker+"DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
 			logger.Error("dropping scratch database", "database", scratch, "err", err)
 		}
 	}()
@@ -353,16 +353,16 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var available bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'amcheck')").Scan(&available); err != nil || !available {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'amcheck')").Scan(&available); err != nil || !available {
 		res.add("amcheck", true, "skipped: the amcheck extension is not available on this server")
 		return nil
 	}
-	if _, err := conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS amcheck"); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"CREATE EXTENSION IF NOT EXISTS amcheck"); err != nil {
 		logger.Warn("amcheck not usable", "err", err)
 		res.add("amcheck", true, "skipped: %v", err)
 		return nil
 	}
-	rows, err := conn.Query(ctx, `SELECT c.oid::regclass::text
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT c.oid::regclass::text
 		FROM pg_catalog.pg_index i
 		JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
 		JOIN pg_catalog.pg_am am ON am.oid = c.relam
@@ -402,7 +402,7 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 				defer c.Close(context.WithoutCancel(ctx))
 			}
 			for ix := range work {
-				if _, err := c.Exec(ctx, "SELECT public.bt_index_check($1::regclass)", ix); err != nil {
+				if _, err := c.Exec(ctx, pg.Marker+"SELECT public.bt_index_check($1::regclass)", ix); err != nil {
 					mu.Lock()
 					failures = append(failures, fmt.Sprintf("%s: %v", ix, err))
 					mu.Unlock()

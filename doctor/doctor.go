@@ -99,7 +99,7 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 	var inRecovery bool
 	var preload string
 	var extVersion *string
-	err = tx.QueryRow(ctx, `SELECT pg_catalog.current_setting('server_version'),
+	err = tx.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_setting('server_version'),
 		pg_catalog.current_setting('server_version_num')::int,
 		pg_catalog.pg_is_in_recovery(),
 		pg_catalog.current_database(),

@@ -123,7 +123,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 			return nil, err
 		}
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_create_physical_replication_slot($1, true)", o.Slot); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_create_physical_replication_slot($1, true)", o.Slot); err != nil {
 		return nil, fmt.Errorf("creating slot %s: %w", o.Slot, err)
 	}
 	logger.Info("slot created", "slot", o.Slot)
@@ -197,7 +197,7 @@ func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) error {
 	var walLevel string
 	var freeSenders int
 	var dbBytes int64
-	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_is_in_recovery(),
+	err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.pg_is_in_recovery(),
 		pg_catalog.current_setting('wal_level'),
 		pg_catalog.current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_catalog.pg_stat_replication),
 		(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
@@ -349,7 +349,7 @@ func waitStreaming(ctx context.Context, conn *pgx.Conn, slot string, timeout tim
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		var state *string
-		if err := conn.QueryRow(ctx, `SELECT (SELECT r.state FROM pg_catalog.pg_replication_slots s
+		if err := conn.QueryRow(ctx, pg.Marker+`SELECT (SELECT r.state FROM pg_catalog.pg_replication_slots s
 			JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1)`, slot).Scan(&state); err != nil {
 			return fmt.Errorf("waiting for streaming: %w", err)
 		}

@@ -78,7 +78,7 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 		return nil, &LagError{Why: why}
 	}
 	if r.ReplayPaused {
-		if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_wal_replay_resume()"); err != nil {
+		if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_wal_replay_resume()"); err != nil {
 			return nil, fmt.Errorf("resuming paused replay: %w", err)
 		}
 		logger.Info("replay was paused; resumed it before promoting")
@@ -88,7 +88,7 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	deadline := time.Now().Add(o.Wait)
 	for {
 		var caughtUp bool
-		if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn", r.ReceiveLSN).Scan(&caughtUp); err != nil {
+		if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_last_wal_replay_lsn() >= $1::pg_lsn", r.ReceiveLSN).Scan(&caughtUp); err != nil {
 			return nil, fmt.Errorf("waiting for replay: %w", err)
 		}
 		if caughtUp || r.ReceiveLSN == "" {
@@ -104,21 +104,21 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	res := &PromoteResult{}
-	_ = conn.QueryRow(ctx, "SELECT coalesce(pg_catalog.pg_last_wal_replay_lsn()::text, '')").Scan(&res.ReplayedTo)
+	_ = conn.QueryRow(ctx, pg.Marker+"SELECT coalesce(pg_catalog.pg_last_wal_replay_lsn()::text, '')").Scan(&res.ReplayedTo)
 
 	var promoted bool
 	waitSecs := max(int(o.Wait.Seconds()), 1)
-	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_promote(true, $1)", waitSecs).Scan(&promoted); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_promote(true, $1)", waitSecs).Scan(&promoted); err != nil {
 		return nil, fmt.Errorf("pg_promote: %w", err)
 	}
 	if !promoted {
 		return nil, fmt.Errorf("pg_promote did not finish within %ds; check the server log", waitSecs)
 	}
-	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"CHECKPOINT"); err != nil {
 		return nil, fmt.Errorf("checkpoint after promotion: %w", err)
 	}
 	var inRecovery bool
-	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_current_wal_lsn()::text,
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_current_wal_lsn()::text,
 		(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())`).Scan(&inRecovery, &res.PromotionLSN, &res.Timeline); err != nil {
 		return nil, fmt.Errorf("confirming promotion: %w", err)
 	}
@@ -126,7 +126,7 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 		return nil, errors.New("the server still reports recovery after pg_promote")
 	}
 	res.Duration = time.Since(start)
-	rows, err := conn.Query(ctx, "SELECT slot_name::text FROM pg_catalog.pg_replication_slots ORDER BY 1")
+	rows, err := conn.Query(ctx, pg.Marker+"SELECT slot_name::text FROM pg_catalog.pg_replication_slots ORDER BY 1")
 	if err == nil {
 		res.Slots, _ = pgx.CollectRows(rows, pgx.RowTo[string])
 	}
@@ -159,18 +159,18 @@ func Fence(ctx context.Context, opts pg.Options) (*FenceResult, error) {
 	defer conn.Close(context.WithoutCancel(ctx))
 	res := &FenceResult{}
 	var current string
-	if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT setting FROM pg_catalog.pg_file_settings
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT coalesce((SELECT setting FROM pg_catalog.pg_file_settings
 		WHERE name = 'default_transaction_read_only' AND applied ORDER BY seqno DESC LIMIT 1), 'off')`).Scan(&current); err != nil {
 		return nil, fmt.Errorf("reading the configuration: %w", err)
 	}
 	res.AlreadyFenced = current == "on"
-	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET default_transaction_read_only = on"); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"ALTER SYSTEM SET default_transaction_read_only = on"); err != nil {
 		return nil, fmt.Errorf("ALTER SYSTEM: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_reload_conf()"); err != nil {
 		return nil, fmt.Errorf("reloading the configuration: %w", err)
 	}
-	rows, err := conn.Query(ctx, `SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
 		WHERE backend_xid IS NOT NULL AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend'`)
 	if err != nil {
 		return nil, fmt.Errorf("ending write transactions: %w", err)
@@ -205,7 +205,7 @@ func DropSlot(ctx context.Context, opts pg.Options, name string) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var active *bool
-	if err := conn.QueryRow(ctx, "SELECT (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", name).Scan(&active); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", name).Scan(&active); err != nil {
 		return err
 	}
 	if active == nil {
@@ -214,7 +214,7 @@ func DropSlot(ctx context.Context, opts pg.Options, name string) error {
 	if *active {
 		return fmt.Errorf("slot %q is in use by a standby: stop that standby first", name)
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", name); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_drop_replication_slot($1)", name); err != nil {
 		return fmt.Errorf("dropping slot %s: %w", name, err)
 	}
 	return nil

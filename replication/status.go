@@ -82,7 +82,7 @@ func GetStatus(ctx context.Context, opts pg.Options, maxLag Limit) (*Status, err
 func ReadStatus(ctx context.Context, conn *pgx.Conn, maxLag Limit) (*Status, error) {
 	st := &Status{MaxLag: maxLag, At: time.Now().UTC()}
 	var inRecovery bool
-	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('server_version')").Scan(&inRecovery, &st.Server); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.current_setting('server_version')").Scan(&inRecovery, &st.Server); err != nil {
 		return nil, fmt.Errorf("reading server role: %w", err)
 	}
 	if inRecovery {
@@ -109,7 +109,7 @@ func ReadStatus(ctx context.Context, conn *pgx.Conn, maxLag Limit) (*Status, err
 		return nil, err
 	}
 	st.Slots = slots
-	rows, err := conn.Query(ctx, `SELECT r.pid, coalesce(r.application_name, ''), coalesce(host(r.client_addr), ''),
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT r.pid, coalesce(r.application_name, ''), coalesce(host(r.client_addr), ''),
 		coalesce(r.state, ''), coalesce(r.sync_state, ''),
 		coalesce(r.sent_lsn::text, ''), coalesce(r.write_lsn::text, ''), coalesce(r.flush_lsn::text, ''), coalesce(r.replay_lsn::text, ''),
 		coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn), 0)::bigint,
@@ -170,7 +170,7 @@ func judge(s *Standby, slots map[string]Slot, maxLag Limit) {
 }
 
 func readSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
-	rows, err := conn.Query(ctx, `SELECT slot_name::text, slot_type, active, active_pid, coalesce(wal_status, ''),
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT slot_name::text, slot_type, active, active_pid, coalesce(wal_status, ''),
 		coalesce(restart_lsn::text, ''),
 		coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::bigint,
 		safe_wal_size
@@ -194,7 +194,7 @@ func readSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 func readReceiver(ctx context.Context, conn *pgx.Conn) (*Receiver, error) {
 	r := &Receiver{}
 	var status, sender, slot *string
-	err := conn.QueryRow(ctx, `SELECT
+	err := conn.QueryRow(ctx, pg.Marker+`SELECT
 		(SELECT status FROM pg_catalog.pg_stat_wal_receiver),
 		(SELECT sender_host FROM pg_catalog.pg_stat_wal_receiver),
 		(SELECT slot_name FROM pg_catalog.pg_stat_wal_receiver),

@@ -17,6 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/spiredb/spiredb/internal/pg"
 )
 
 // Tables is every table SPIRE 1.13 creates, in dependency-free order.
@@ -60,7 +62,7 @@ type Schema struct {
 // search_path that has one.
 func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 	var nsp *string
-	if err := q.QueryRow(ctx, `SELECT (SELECT n.nspname FROM pg_catalog.pg_class c
+	if err := q.QueryRow(ctx, pg.Marker+`SELECT (SELECT n.nspname FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.oid = pg_catalog.to_regclass('migrations'))`).Scan(&nsp); err != nil {
 		return Schema{}, fmt.Errorf("looking for SPIRE's migrations table: %w", err)
@@ -71,7 +73,7 @@ func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 	s := Schema{Present: true, Schema: *nsp}
 	var code *string
 	var version *int
-	err := q.QueryRow(ctx, "SELECT version, code_version FROM "+pgx.Identifier{*nsp, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
+	err := q.QueryRow(ctx, pg.Marker+"SELECT version, code_version FROM "+pgx.Identifier{*nsp, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}
@@ -94,7 +96,7 @@ func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, er
 	if nsp == "" {
 		nsp = "public"
 	}
-	rows, err := q.Query(ctx, `SELECT c.relname FROM pg_catalog.pg_class c
+	rows, err := q.Query(ctx, pg.Marker+`SELECT c.relname FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relkind IN ('r','p') AND c.relname = ANY($2)`, nsp, Tables)
 	if err != nil {
@@ -111,7 +113,7 @@ func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, er
 	for i, t := range present {
 		parts[i] = fmt.Sprintf("SELECT %s::text, count(*) FROM %s", quoteLiteral(t), pgx.Identifier{nsp, t}.Sanitize())
 	}
-	rows, err = q.Query(ctx, strings.Join(parts, " UNION ALL "))
+	rows, err = q.Query(ctx, pg.Marker+strings.Join(parts, " UNION ALL "))
 	if err != nil {
 		return nil, fmt.Errorf("counting SPIRE rows: %w", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/internal/pg"
 )
 
 // Difference is a live setting that does not match the recommendation.
@@ -28,7 +30,7 @@ func CheckSettings(ctx context.Context, conn *pgx.Conn, r *Recommendation) ([]Di
 	for i, s := range r.Settings {
 		names[i] = s.Name
 	}
-	rows, err := conn.Query(ctx, `SELECT name, setting, coalesce(unit, ''), vartype FROM pg_catalog.pg_settings WHERE name = ANY($1)`, names)
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT name, setting, coalesce(unit, ''), vartype FROM pg_catalog.pg_settings WHERE name = ANY($1)`, names)
 	if err != nil {
 		return nil, fmt.Errorf("reading pg_settings: %w", err)
 	}

@@ -22,6 +22,11 @@ import (
 	"github.com/spiredb/spiredb/internal/dsn"
 )
 
+// Marker begins every statement spiredb sends, so that pg_stat_statements
+// (which records neither application_name nor the session; comments survive
+// into its query text) can tell spiredb's own statements from SPIRE's.
+const Marker = "/* spiredb */ "
+
 // Defaults for the session settings spiredb applies.
 const (
 	DefaultApplicationName = "spiredb"
@@ -186,7 +191,7 @@ func CreateDatabase(ctx context.Context, admin Options, name string) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if _, err := conn.Exec(ctx, Marker+"CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return fmt.Errorf("creating database %s: %w", name, err)
 	}
 	return nil
@@ -199,7 +204,7 @@ func DropDatabase(ctx context.Context, admin Options, name string) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+	if _, err := conn.Exec(ctx, Marker+"DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("dropping database %s: %w", name, err)
 	}
 	return nil
