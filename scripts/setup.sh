@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for tests, benchmarks and the demo on a Debian machine:
-#   - PostgreSQL 15 server, contrib and hypopg from apt, when missing;
+#   - PostgreSQL 15 server, contrib and hypopg from apt, when missing, and a
+#     C compiler (spiredb links libpg_query through cgo);
 #   - versitygw (a real S3 server) and spire-server built into the cache,
 #     when missing or of another version.
 # Seconds when everything is present. Cache: $SPIREDB_CACHE, else
@@ -26,7 +27,7 @@ as_root() {
 
 apt_packages() {
   local missing=()
-  for p in postgresql postgresql-contrib postgresql-15-hypopg; do
+  for p in postgresql postgresql-contrib postgresql-15-hypopg gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
