@@ -17,6 +17,7 @@ import (
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
+	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/tuning"
 )
 
@@ -122,7 +123,7 @@ func TestStatsTopOnRealSpireServer(t *testing.T) {
 	assert.Equal(t, 2, r.Operations[0].Shapes, "first page and later pages are two shapes")
 
 	// ... which are one shape, on one line
-	fp, err := tuning.Fingerprint(`SELECT * FROM "bundles" WHERE (trust_domain in ($1,$2))`)
+	fp, err := spire.Fingerprint(`SELECT * FROM "bundles" WHERE (trust_domain in ($1,$2))`)
 	require.NoError(t, err)
 	bundles := findGroup(r.Groups, func(g tuning.Group) bool { return g.Fingerprint == fp })
 	require.NotNil(t, bundles)

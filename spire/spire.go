@@ -217,3 +217,27 @@ func minorOf(v string) int {
 	}
 	return m
 }
+
+// Indexes are the indexes SPIRE 1.13 creates (besides its primary keys),
+// by name, with their table: spiredb never proposes dropping one.
+// integration/testdata/spire-schema.sql, made by a real spire-server, is
+// checked against this list.
+var Indexes = map[string]string{
+	"idx_attested_node_entries_expires_at":     "attested_node_entries",
+	"idx_ca_journals_active_jwt_authority_id":  "ca_journals",
+	"idx_ca_journals_active_x509_authority_id": "ca_journals",
+	"idx_dns_entry": "dns_names",
+	"idx_federated_registration_entries_registered_entry_id": "federated_registration_entries",
+	"idx_node_resolver_map":                                  "node_resolver_map_entries",
+	"idx_registered_entries_expiry":                          "registered_entries",
+	"idx_registered_entries_hint":                            "registered_entries",
+	"idx_registered_entries_parent_id":                       "registered_entries",
+	"idx_registered_entries_spiffe_id":                       "registered_entries",
+	"idx_selector_entry":                                     "selectors",
+	"idx_selectors_type_value":                               "selectors",
+	"uix_attested_node_entries_spiffe_id":                    "attested_node_entries",
+	"uix_bundles_trust_domain":                               "bundles",
+	"uix_federated_trust_domains_trust_domain":               "federated_trust_domains",
+	"uix_join_tokens_token":                                  "join_tokens",
+	"uix_registered_entries_entry_id":                        "registered_entries",
+}

@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/spire"
 )
 
 // Group is one statement shape: every pg_stat_statements row whose text has
@@ -96,7 +98,7 @@ func fingerprintAll(stmts []Statement) []fingerprinted {
 		wg.Go(func() {
 			for k := w; k < len(todo); k += workers {
 				i := todo[k]
-				fp, err := Fingerprint(stmts[i].Query)
+				fp, err := spire.Fingerprint(stmts[i].Query)
 				if err != nil {
 					out[i] = fingerprinted{fp: fmt.Sprintf("queryid:%d", stmts[i].QueryID), err: err.Error()}
 					continue
@@ -130,7 +132,7 @@ func GroupStatements(stmts []Statement) []Group {
 			index[fps[i].fp] = k
 			groups = append(groups, Group{Fingerprint: fps[i].fp, ParseError: fps[i].err})
 			if fps[i].err == "" {
-				groups[k].Label = SpireLabel(fps[i].fp)
+				groups[k].Label = spire.Label(fps[i].fp)
 			}
 		}
 		groups[k].add(s)

@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/spire"
 )
 
 const (
@@ -101,25 +103,10 @@ func TestNewReportRejectsUnknownOrder(t *testing.T) {
 	assert.NotNil(t, r.Groups, "an empty list, not null, in JSON")
 }
 
-func TestSpireCatalogLabels(t *testing.T) {
-	c, err := SpireCatalog()
+func TestUnknownStatementsStayUnlabelled(t *testing.T) {
+	fp, err := spire.Fingerprint(reloadFirstPage)
 	require.NoError(t, err)
-	require.NotEmpty(t, c.Statements)
-	labels, err := loadLabels(spireCatalogJSON)
-	require.NoError(t, err)
-	seen := map[string]bool{}
-	for _, s := range c.Statements {
-		fp, err := Fingerprint(s.Query)
-		require.NoError(t, err)
-		assert.Equal(t, s.Label, labels[fp], "one label per shape: %s", s.Query)
-		seen[s.Label] = true
-	}
-	for _, l := range []string{"cache reload page", "similar-entry lookup", "entry insert", "selector insert", "events poll", "events prune", "expiry prune", "node fetch"} {
-		assert.True(t, seen[l], "the catalog names %q", l)
-	}
-	fp, err := Fingerprint(reloadFirstPage)
-	require.NoError(t, err)
-	assert.Empty(t, SpireLabel(fp), "a statement SPIRE does not run stays unlabelled")
+	assert.Empty(t, spire.Label(fp), "a statement SPIRE does not run stays unlabelled")
 }
 
 func writeFile(path, content string) error { return os.WriteFile(path, []byte(content), 0o600) }
@@ -214,7 +201,7 @@ func TestSnapshotFileRoundTrip(t *testing.T) {
 // comment keeps SPIRE's shapes), so each of the 10,000 is parsed: the worst
 // case, where rows of several roles sharing one text would be parsed once.
 func BenchmarkGroupStatements(b *testing.B) {
-	c, err := SpireCatalog()
+	c, err := spire.Statements()
 	require.NoError(b, err)
 	stmts := make([]Statement, 10000)
 	for i := range stmts {

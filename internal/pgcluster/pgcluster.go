@@ -354,6 +354,9 @@ func (c *Cluster) Crash() {
 	}
 }
 
+// LogFile is the server log's path (the server's stderr).
+func (c *Cluster) LogFile() string { return c.logPath }
+
 // LogTail returns the last n lines of the server log.
 func (c *Cluster) LogTail(n int) string {
 	b, _ := os.ReadFile(c.logPath)

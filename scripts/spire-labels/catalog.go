@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/spiredb/spiredb/internal/spiretest"
-	"github.com/spiredb/spiredb/tuning"
+	"github.com/spiredb/spiredb/spire"
 )
 
 // rules name SPIRE's operations from the text of its statements (gorm v1
@@ -69,8 +69,8 @@ func label(query string) string {
 // writeCatalog labels the statements, fails on any no rule names (so a new
 // SPIRE version's statements are looked at), and writes the catalog sorted
 // by label then text, one statement per fingerprint.
-func writeCatalog(out string, stmts []observed) error {
-	cat := tuning.Catalog{
+func writeCatalog(out string, stmts []observed, examples map[string]*spire.Example) error {
+	cat := spire.Catalog{
 		SpireVersion: spiretest.Version,
 		GeneratedBy:  "make spire-labels (scripts/spire-labels): do not edit",
 	}
@@ -82,7 +82,7 @@ func writeCatalog(out string, stmts []observed) error {
 			unlabelled = append(unlabelled, fmt.Sprintf("  [%s] %.200s", s.Phase, strings.Join(strings.Fields(s.Query), " ")))
 			continue
 		}
-		fp, err := tuning.Fingerprint(s.Query)
+		fp, err := spire.Fingerprint(s.Query)
 		if err != nil {
 			return fmt.Errorf("fingerprint of %.80q: %w", s.Query, err)
 		}
@@ -90,7 +90,7 @@ func writeCatalog(out string, stmts []observed) error {
 			continue
 		}
 		seen[fp] = true
-		cat.Statements = append(cat.Statements, tuning.CatalogStatement{Label: l, Phase: s.Phase, Query: s.Query})
+		cat.Statements = append(cat.Statements, spire.Statement{Label: l, Phase: s.Phase, Query: s.Query, Example: examples[fp]})
 	}
 	if len(unlabelled) > 0 {
 		return fmt.Errorf("%d statements match no rule in scripts/spire-labels/catalog.go; add rules:\n%s", len(unlabelled), strings.Join(unlabelled, "\n"))

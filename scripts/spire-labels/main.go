@@ -1,4 +1,4 @@
-// Command spire-labels regenerates tuning/spire_statements.json, the catalog
+// Command spire-labels regenerates spire/statements.json, the catalog
 // that lets `spiredb stats top` name the SPIRE operation behind a statement.
 //
 // It runs the real spire-server (the version the harness builds) against a
@@ -25,14 +25,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/integration"
+	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
-	"github.com/spiredb/spiredb/tuning"
 )
 
 func main() {
-	out := flag.String("out", "tuning/spire_statements.json", "output file")
+	out := flag.String("out", "spire/statements.json", "output file")
 	pruneWait := flag.Duration("prune-wait", 5*time.Minute+20*time.Second, "how long to let SPIRE run for its 5-minute expiry prune (0 skips it)")
 	raw := flag.Bool("raw", false, "print every statement with its phase instead of writing the catalog")
 	flag.Parse()
@@ -64,8 +64,8 @@ func (r *recorder) phase(ctx context.Context, name string, fn func() error) erro
 	if err := fn(); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	rows, err := r.conn.Query(ctx, tuning.Marker+`SELECT queryid, calls, query FROM pg_stat_statements
-		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND strpos(query, $1) = 0`, tuning.Marker)
+	rows, err := r.conn.Query(ctx, pg.Marker+`SELECT queryid, calls, query FROM pg_stat_statements
+		WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND strpos(query, $1) = 0`, pg.Marker)
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,10 @@ func (r *recorder) phase(ctx context.Context, name string, fn func() error) erro
 func run(out string, pruneWait time.Duration, raw bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	c, err := pgcluster.Start(ctx, pgcluster.Options{BinDir: os.Getenv("SPIREDB_PG_BIN")})
+	// log_statement = 'all': the log gives each statement as spire-server
+	// sent it, with its literals and bound parameters (the catalog's
+	// examples, which the index benchmark runs)
+	c, err := pgcluster.Start(ctx, pgcluster.Options{BinDir: os.Getenv("SPIREDB_PG_BIN"), Settings: map[string]string{"log_statement": "'all'"}})
 	if err != nil {
 		return err
 	}
@@ -109,7 +112,7 @@ func run(out string, pruneWait time.Duration, raw bool) error {
 	if _, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 12000, Agents: 5}); err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, tuning.Marker+"SELECT pg_stat_statements_reset()"); err != nil {
+	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_stat_statements_reset()"); err != nil {
 		return err
 	}
 	r := &recorder{conn: conn, seen: map[int64]bool{}}
@@ -233,5 +236,9 @@ func run(out string, pruneWait time.Duration, raw bool) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(r.stmts)
 	}
-	return writeCatalog(out, r.stmts)
+	examples, err := examplesFromLog(c.LogFile())
+	if err != nil {
+		return fmt.Errorf("reading the server log: %w", err)
+	}
+	return writeCatalog(out, r.stmts, examples)
 }
