@@ -142,7 +142,12 @@ func TestBackupSurvivesSIGKILL(t *testing.T) {
 		}
 		t.Logf("kill %d after %s: %d complete, %d incomplete uploads, %d objects", i, delay, len(list), len(ups), len(objs))
 
-		// the next run succeeds: the killed run's session and lock are gone
+		// the next run succeeds once the killed run's sessions are gone
+		// (PostgreSQL notices a dead client only when it next talks to it;
+		// until then its session still holds the overlap lock, and a run
+		// then would rightly skip)
+		waitTrue(t, db.DSN, `SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database()
+			AND pid <> pg_backend_pid() AND application_name IN ('spiredb', 'pg_dump')`)
 		_, errOut, code = runCLI(t, env, args...)
 		require.Equal(t, 0, code, "run after kill %d: %s", i, errOut)
 		complete++

@@ -1,4 +1,12 @@
-// Package sql will embed the SQL that operators may also read and run by
-// hand (catalog queries, SPIRE index and view definitions). Importers alias
-// it, e.g. spiresql.
+// Package sql embeds the SQL that operators may also read and run by hand:
+// the definitions of spiredb's materialized views over SPIRE's tables.
+// Importers alias it, e.g. spiresql.
 package sql
+
+import "embed"
+
+// Views holds views/NAME.sql: the SELECT of each materialized view, with
+// {{schema}} standing for SPIRE's schema.
+//
+//go:embed views/*.sql
+var Views embed.FS

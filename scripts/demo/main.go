@@ -93,6 +93,28 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
+	step("SPIRE's index set: plan, build concurrently, then check index health (exit 4: warnings)")
+	for _, args := range [][]string{
+		{"indexes", "plan"},
+		{"indexes", "apply"},
+		{"indexes", "check"},
+	} {
+		if err := spiredb(ctx, bin, env, args...); err != nil {
+			return err
+		}
+	}
+
+	step("A read model for audits: spiredb.entry_selectors, created, refreshed concurrently")
+	for _, args := range [][]string{
+		{"views", "create"},
+		{"views", "refresh"},
+		{"views", "status"},
+	} {
+		if err := spiredb(ctx, bin, env, args...); err != nil {
+			return err
+		}
+	}
+
 	storeDir, err := os.MkdirTemp("", "spiredb-demo-store-")
 	if err != nil {
 		return err
