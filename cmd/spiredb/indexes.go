@@ -80,7 +80,11 @@ func measured(m indexes.Measurement) string {
 	if m.AfterMs == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (%.4g → %.4g ms, ×%.1f; writes +%.0f%%)", m.BeforeMs, m.AfterMs, m.Speedup(), 100*m.WriteOverhead)
+	speedup := fmt.Sprintf("×%.2f", m.Speedup())
+	if m.Speedup() >= 10 {
+		speedup = fmt.Sprintf("×%.0f", m.Speedup())
+	}
+	return fmt.Sprintf(" (%.4g → %.4g ms, %s; writes +%.0f%%)", m.BeforeMs, m.AfterMs, speedup, 100*m.WriteOverhead)
 }
 
 func newIndexesApplyCmd(g *globals) *cobra.Command {
