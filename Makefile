@@ -42,7 +42,7 @@ fmt: ## gofmt the tree
 fmt-check: ## fail when gofmt would change something
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-spire-fixture: setup ## regenerate integration/testdata/spire-schema.sql from a real spire-server
+spire-fixture: setup ## regenerate spire/schema.sql from a real spire-server
 	$(GO) run ./scripts/spire-fixture
 
 spire-labels: setup ## regenerate tuning/spire_statements.json (SPIRE's statements by operation) from a real spire-server, ~6 min

@@ -220,7 +220,7 @@ func minorOf(v string) int {
 
 // Indexes are the indexes SPIRE 1.13 creates (besides its primary keys),
 // by name, with their table: spiredb never proposes dropping one.
-// integration/testdata/spire-schema.sql, made by a real spire-server, is
+// spire/schema.sql, made by a real spire-server, is
 // checked against this list.
 var Indexes = map[string]string{
 	"idx_attested_node_entries_expires_at":     "attested_node_entries",

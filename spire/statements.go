@@ -59,6 +59,13 @@ func (e *Example) Args() []any {
 //go:embed statements.json
 var catalogJSON []byte
 
+// SchemaSQL is the schema spire-server 1.13.3 created (pg_dump
+// --schema-only) with its migrations row: what `make spire-fixture` wrote
+// from a real run. The linter's knowledge of SPIRE's tables comes from it.
+//
+//go:embed schema.sql
+var SchemaSQL string
+
 var labels = sync.OnceValues(func() (map[string]string, error) {
 	return loadLabels(catalogJSON)
 })

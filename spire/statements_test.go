@@ -44,7 +44,7 @@ func TestCatalogLabels(t *testing.T) {
 // The index list matches what a real spire-server created (the fixture
 // `make spire-fixture` dumps).
 func TestIndexesMatchSpireSchema(t *testing.T) {
-	b, err := os.ReadFile("../integration/testdata/spire-schema.sql")
+	b, err := os.ReadFile("schema.sql")
 	require.NoError(t, err)
 	re := regexp.MustCompile(`CREATE (?:UNIQUE )?INDEX (\S+) ON public\.(\S+) `)
 	got := map[string]string{}

@@ -1,4 +1,4 @@
-// Command spire-fixture regenerates integration/testdata/spire-schema.sql:
+// Command spire-fixture regenerates spire/schema.sql:
 // it starts a throwaway cluster, runs the real spire-server on a fresh
 // database so that SPIRE creates its schema, and dumps that schema plus
 // SPIRE's `migrations` row. Run it with `make spire-fixture`; never edit the
@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	out := flag.String("out", "integration/testdata/spire-schema.sql", "output file")
+	out := flag.String("out", "spire/schema.sql", "output file")
 	flag.Parse()
 	if err := run(*out); err != nil {
 		fmt.Fprintln(os.Stderr, "spire-fixture:", err)
