@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -18,11 +19,25 @@ import (
 func newMigrateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate",
-		Short: "Migrations for a live SPIRE database: a safety linter",
-		Args:  cobra.ArbitraryArgs,
-		RunE:  groupRunE,
+		Short: "Migrations for a live SPIRE database: runner, batched backfills, safety linter",
+		Long: `migrate applies spiredb's own migrations (embedded; its spiredb schema and
+bookkeeping tables) or, with --source, an operator's directory of
+golang-migrate files (NNNN_name.up.sql / .down.sql), on a database SPIRE keeps
+writing to. Each migration runs in one transaction under lock_timeout, retried
+on lock timeouts; a failure rolls back and leaves the version as it was:
+never dirty. A file whose first line is "-- spiredb:no-transaction" runs
+statement by statement outside a transaction (CREATE INDEX CONCURRENTLY).
+SPIRE's own tables are SPIRE's to migrate: spiredb never touches its
+migrations table.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: groupRunE,
 	}
-	cmd.AddCommand(newMigrateLintCmd(g))
+	rf := &runnerFlags{}
+	cmd.PersistentFlags().StringVar(&rf.source, "source", "", "an operator's migrations directory (file://DIR or DIR); default: spiredb's own")
+	cmd.PersistentFlags().DurationVar(&rf.lockWait, "lock-wait", 30*time.Second, "how long to wait for another run's migration lock")
+	cmd.PersistentFlags().StringVar(&rf.table, "version-table", "", "version table in the spiredb schema (default schema_migrations; operator_migrations with --source)")
+	cmd.AddCommand(newMigrateUpCmd(g, rf), newMigrateDownCmd(g, rf), newMigrateStatusCmd(g, rf), newMigrateForceCmd(g, rf),
+		newMigrateCreateCmd(g), newMigrateBackfillCmd(g), newMigrateLintCmd(g))
 	return cmd
 }
 

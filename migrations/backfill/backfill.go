@@ -1,0 +1,713 @@
+// Package backfill changes every row of a live table in short batches:
+// keyset pagination on the primary key (never OFFSET), bounded by the
+// largest key at the start (rows inserted during the run are left alone),
+// each batch its own transaction under lock_timeout, retried on lock
+// timeouts and deadlocks, with its checkpoint written in that same
+// transaction — so a crashed or cancelled job resumes where it stopped and
+// updates no row twice. The batch size adapts toward a target duration;
+// the job pauses while standbys lag or other sessions wait on the table.
+// Adaptive batches never lock more than 0.1% of the table's rows at once.
+package backfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/replication"
+)
+
+// Spec is what to change.
+type Spec struct {
+	// Name identifies the job for --resume, --status and --cancel.
+	Name  string
+	Table string // [schema.]table with a primary key
+	// Set is the SET clause: "col = expr[, col2 = expr2]".
+	Set string
+	// Where, optional, limits the rows changed (the keyset still walks
+	// the whole key range).
+	Where string
+}
+
+// Options shape a run.
+type Options struct {
+	// BatchSize fixes the rows per batch; 0 adapts it toward
+	// TargetBatchDuration, starting at 1,000.
+	BatchSize           int
+	TargetBatchDuration time.Duration
+	// MaxReplicaLag pauses the job while any standby's replay lag exceeds
+	// it (bytes or time); zero does not look.
+	MaxReplicaLag replication.Limit
+	// PauseOnLockWaits pauses while other sessions wait for locks on the
+	// table.
+	PauseOnLockWaits bool
+	// Rest is a pause after each batch, as a fraction of the batch's
+	// duration (0.5: rest half as long as the batch took): room for
+	// SPIRE's own writes on a busy server. 0 runs batches back to back.
+	Rest float64
+	// LockTimeout is each batch's lock_timeout (default 2s).
+	LockTimeout time.Duration
+	Retry       pg.RetryPolicy
+	// Progress, when set, is called after each batch and while paused.
+	Progress func(Progress)
+	Logger   *slog.Logger
+}
+
+// Progress is the state of a running job.
+type Progress struct {
+	Job       string        `json:"job"`
+	Rows      int64         `json:"rows"`
+	Batches   int64         `json:"batches"`
+	BatchSize int           `json:"batch_size"`
+	Rate      float64       `json:"rows_per_second"`
+	Fraction  float64       `json:"fraction"` // of the key range, when the key is one integer column; else -1
+	ETA       time.Duration `json:"eta_ns"`
+	Paused    string        `json:"paused,omitempty"`
+}
+
+// Job is a backfill's checkpoint row.
+type Job struct {
+	Name       string     `json:"name"`
+	Table      string     `json:"table"`
+	Set        string     `json:"set"`
+	Where      string     `json:"where,omitempty"`
+	KeyColumns []string   `json:"key_columns"`
+	MaxKey     []string   `json:"max_key"`
+	LastKey    []string   `json:"last_key,omitempty"`
+	RowsDone   int64      `json:"rows_done"`
+	Batches    int64      `json:"batches"`
+	BatchSize  int        `json:"batch_size"`
+	State      string     `json:"state"`
+	Error      string     `json:"error,omitempty"`
+	StartedAt  time.Time  `json:"started_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+}
+
+// Job states.
+const (
+	Running   = "running"
+	Cancelled = "cancelled"
+	Failed    = "failed"
+	Done      = "done"
+)
+
+var (
+	// ErrNoJobsTable means spiredb's migrations have not run.
+	ErrNoJobsTable = errors.New("spiredb.backfill_jobs does not exist: run spiredb migrate up first")
+	// ErrCancelled is returned when the job was cancelled while running.
+	ErrCancelled = errors.New("the job was cancelled")
+)
+
+// JobExistsError is returned for a new job with the name of an existing one.
+type JobExistsError struct{ Job Job }
+
+func (e *JobExistsError) Error() string {
+	return fmt.Sprintf("a backfill job %q already exists (%s, %d rows done): --resume %s to continue it, or choose another --name", e.Job.Name, e.Job.State, e.Job.RowsDone, e.Job.Name)
+}
+
+// table is a resolved target.
+type table struct {
+	ident    string   // quoted, qualified
+	regclass string   // for ::regclass
+	keys     []string // primary key columns
+	types    []string // their types
+}
+
+func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
+	var oid *uint32
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.to_regclass($1)::oid", name).Scan(&oid); err != nil {
+		return nil, err
+	}
+	if oid == nil {
+		return nil, fmt.Errorf("no table %q", name)
+	}
+	t := &table{}
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`, *oid).Scan(&t.ident); err != nil {
+		return nil, err
+	}
+	t.regclass = t.ident
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT pg_catalog.quote_ident(a.attname), pg_catalog.format_type(a.atttypid, a.atttypmod)
+		FROM pg_catalog.pg_index x JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey::int2[])
+		WHERE x.indrelid = $1 AND x.indisprimary ORDER BY pg_catalog.array_position(x.indkey::int2[], a.attnum)`, *oid)
+	if err != nil {
+		return nil, err
+	}
+	var k, typ string
+	if _, err := pgx.ForEachRow(rows, []any{&k, &typ}, func() error {
+		t.keys = append(t.keys, k)
+		t.types = append(t.types, typ)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(t.keys) == 0 {
+		return nil, fmt.Errorf("%s has no primary key: backfill pages by it", t.ident)
+	}
+	return t, nil
+}
+
+// validate parses the statement the job will run: one UPDATE, nothing else.
+func validate(spec Spec) error {
+	if strings.TrimSpace(spec.Set) == "" {
+		return errors.New(`--set is required ("col = expr")`)
+	}
+	q := "UPDATE t SET " + spec.Set
+	if spec.Where != "" {
+		q += " WHERE (" + spec.Where + ")"
+	}
+	res, err := pg_query.Parse(q)
+	if err != nil {
+		return fmt.Errorf("--set/--where do not parse as one UPDATE: %w", err)
+	}
+	if len(res.Stmts) != 1 || res.Stmts[0].Stmt.GetUpdateStmt() == nil {
+		return errors.New("--set/--where must make one UPDATE statement")
+	}
+	return nil
+}
+
+func (t *table) keyList() string { return "(" + strings.Join(t.keys, ", ") + ")" }
+
+// params renders ($n::type, ...) for a key starting at parameter n.
+func (t *table) params(n int) string {
+	parts := make([]string, len(t.keys))
+	for i := range t.keys {
+		parts[i] = fmt.Sprintf("$%d::%s", n+i, t.types[i])
+	}
+	return "(" + strings.Join(parts, ", ") + ")"
+}
+
+// keyText selects the key as text. The aliases matter: a bare "id::text"
+// would be named id, and ORDER BY id would then sort the text.
+func (t *table) keyText() string {
+	parts := make([]string, len(t.keys))
+	for i, k := range t.keys {
+		parts[i] = fmt.Sprintf("%s::text AS spiredb_key_%d", k, i)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (t *table) orderBy(desc bool) string {
+	parts := make([]string, len(t.keys))
+	for i, k := range t.keys {
+		parts[i] = k
+		if desc {
+			parts[i] += " DESC"
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Plan is what a dry run reports.
+type Plan struct {
+	Table      string   `json:"table"`
+	KeyColumns []string `json:"key_columns"`
+	MaxKey     []string `json:"max_key"`
+	Rows       int64    `json:"rows"` // rows in the key range matching --where
+	SQL        []string `json:"sql"`
+}
+
+// DryRun resolves the table and reports the statements a batch runs and
+// how many rows match, changing nothing.
+func DryRun(ctx context.Context, conn *pgx.Conn, spec Spec) (*Plan, error) {
+	if err := validate(spec); err != nil {
+		return nil, err
+	}
+	t, err := resolve(ctx, conn, spec.Table)
+	if err != nil {
+		return nil, err
+	}
+	maxKey, err := t.maxKey(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Table: t.ident, KeyColumns: t.keys, MaxKey: maxKey}
+	sel, upd := t.statements(spec, false)
+	p.SQL = []string{sel, upd, "UPDATE spiredb.backfill_jobs SET last_key = <batch end>, rows_done = rows_done + <rows> ... -- same transaction"}
+	if maxKey == nil {
+		return p, nil
+	}
+	where := ""
+	if spec.Where != "" {
+		where = " AND (" + spec.Where + ")"
+	}
+	args := make([]any, len(maxKey))
+	for i, v := range maxKey {
+		args[i] = v
+	}
+	err = conn.QueryRow(ctx, pg.Marker+"SELECT count(*) FROM "+t.ident+" WHERE "+t.keyList()+" <= "+t.params(1)+where, args...).Scan(&p.Rows)
+	return p, err
+}
+
+func (t *table) maxKey(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	row := make([]string, len(t.keys))
+	dest := make([]any, len(t.keys))
+	for i := range row {
+		dest[i] = &row[i]
+	}
+	err := conn.QueryRow(ctx, pg.Marker+"SELECT "+t.keyText()+" FROM "+t.ident+" ORDER BY "+t.orderBy(true)+" LIMIT 1").Scan(dest...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	return row, err
+}
+
+// statements are a batch's range query and update; first has no lower bound.
+func (t *table) statements(spec Spec, first bool) (sel, upd string) {
+	k := len(t.keys)
+	lower := t.keyList() + " > " + t.params(1) + " AND "
+	maxAt, lim := 1+k, 1+2*k
+	if first {
+		lower = ""
+		maxAt, lim = 1, 1+k
+	}
+	sel = fmt.Sprintf("SELECT %s FROM %s WHERE %s%s <= %s ORDER BY %s LIMIT $%d",
+		t.keyText(), t.ident, lower, t.keyList(), t.params(maxAt), t.orderBy(false), lim)
+	where := ""
+	if spec.Where != "" {
+		where = " AND (" + spec.Where + ")"
+	}
+	endAt := 1 + k
+	if first {
+		endAt = 1
+	}
+	upd = fmt.Sprintf("UPDATE %s SET %s WHERE %s%s <= %s%s", t.ident, spec.Set, lower, t.keyList(), t.params(endAt), where)
+	return sel, upd
+}
+
+func lockKey(name string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("spiredb.backfill." + name))
+	return int64(h.Sum64())
+}
+
+func jobsTable(ctx context.Context, conn *pgx.Conn) error {
+	var ok bool
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.to_regclass('spiredb.backfill_jobs') IS NOT NULL").Scan(&ok); err != nil {
+		return err
+	}
+	if !ok {
+		return ErrNoJobsTable
+	}
+	return nil
+}
+
+// Start creates a job and runs it to the end (or until ctx ends, it is
+// cancelled, or it fails).
+func Start(ctx context.Context, conn *pgx.Conn, spec Spec, opts Options) (*Job, error) {
+	if err := validate(spec); err != nil {
+		return nil, err
+	}
+	if spec.Name == "" {
+		return nil, errors.New("the job needs a name (--name)")
+	}
+	if err := jobsTable(ctx, conn); err != nil {
+		return nil, err
+	}
+	t, err := resolve(ctx, conn, spec.Table)
+	if err != nil {
+		return nil, err
+	}
+	if existing, err := Get(ctx, conn, spec.Name); err == nil {
+		return nil, &JobExistsError{Job: *existing}
+	}
+	maxKey, err := t.maxKey(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	state := Running
+	if maxKey == nil {
+		state = Done // an empty table
+	}
+	_, err = conn.Exec(ctx, pg.Marker+`INSERT INTO spiredb.backfill_jobs (name, table_name, set_clause, where_clause, key_columns, max_key, batch_size, state, finished_at)
+		VALUES ($1, $2, $3, $4, $5, coalesce($6, '{}'::text[]), $7, $8, CASE WHEN $8 = 'done' THEN now() END)`,
+		spec.Name, t.ident, spec.Set, spec.Where, t.keys, maxKey, max(opts.BatchSize, 1000), state)
+	if pg.SQLState(err) == "23505" {
+		existing, _ := Get(ctx, conn, spec.Name)
+		if existing != nil {
+			return nil, &JobExistsError{Job: *existing}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating the job: %w", err)
+	}
+	return Resume(ctx, conn, spec.Name, opts)
+}
+
+// Resume runs a job from its last checkpoint.
+func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Job, error) {
+	if err := jobsTable(ctx, conn); err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = pg.DefaultLockTimeout
+	}
+	if opts.TargetBatchDuration == 0 {
+		opts.TargetBatchDuration = 200 * time.Millisecond
+	}
+	var got bool
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey(name)).Scan(&got); err != nil {
+		return nil, err
+	}
+	if !got {
+		return nil, fmt.Errorf("backfill job %q is already running in another session", name)
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", lockKey(name))
+	}()
+
+	job, err := Get(ctx, conn, name)
+	if err != nil {
+		return nil, err
+	}
+	switch job.State {
+	case Done:
+		return job, nil
+	case Cancelled, Failed:
+		if _, err := conn.Exec(ctx, pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'running', error = NULL, updated_at = now() WHERE name = $1", name); err != nil {
+			return nil, err
+		}
+	}
+	t, err := resolve(ctx, conn, job.Table)
+	if err != nil {
+		return job, err
+	}
+	if len(t.keys) != len(job.KeyColumns) {
+		return job, fmt.Errorf("the primary key of %s changed since the job started", job.Table)
+	}
+	spec := Spec{Name: name, Table: job.Table, Set: job.Set, Where: job.Where}
+	r := &run{conn: conn, t: t, spec: spec, opts: opts, log: log, job: job, size: job.BatchSize, start: time.Now(), maxSize: 100_000}
+	if opts.BatchSize > 0 {
+		r.size = opts.BatchSize
+	} else {
+		// a batch holds its rows locked until it commits: keep it under
+		// 0.1% of the table, so fewer than 1 in 1,000 concurrent writes can
+		// meet one of its locks and writers' p99 stays where it was
+		var rows float64
+		if err := conn.QueryRow(ctx, pg.Marker+"SELECT greatest(reltuples, 0) FROM pg_catalog.pg_class WHERE oid = $1::regclass", t.regclass).Scan(&rows); err == nil {
+			r.maxSize = max(100, min(100_000, int(rows/1000)))
+		}
+		r.size = min(r.size, r.maxSize)
+	}
+	r.rangeInfo(ctx)
+	err = r.loop(ctx)
+	final, gerr := Get(context.WithoutCancel(ctx), conn, name)
+	if gerr == nil {
+		job = final
+	}
+	return job, err
+}
+
+type run struct {
+	conn     *pgx.Conn
+	t        *table
+	spec     Spec
+	opts     Options
+	log      *slog.Logger
+	job      *Job
+	size     int
+	maxSize  int
+	start    time.Time
+	rowsRun  int64
+	minKey   float64
+	maxKey   float64
+	fraction bool
+	// startFrac is the fraction done when this run began (a resume)
+	startFrac float64
+}
+
+// rangeInfo prepares the progress fraction for a single integer key.
+func (r *run) rangeInfo(ctx context.Context) {
+	if len(r.t.keys) != 1 || !strings.Contains(r.t.types[0], "int") || len(r.job.MaxKey) != 1 {
+		return
+	}
+	var lo *int64
+	if err := r.conn.QueryRow(ctx, pg.Marker+"SELECT min("+r.t.keys[0]+")::int8 FROM "+r.t.ident).Scan(&lo); err != nil || lo == nil {
+		return
+	}
+	hi, err := strconv.ParseFloat(r.job.MaxKey[0], 64)
+	if err != nil || hi <= float64(*lo) {
+		return
+	}
+	r.minKey, r.maxKey, r.fraction = float64(*lo), hi, true
+	if len(r.job.LastKey) == 1 {
+		if last, err := strconv.ParseFloat(r.job.LastKey[0], 64); err == nil {
+			r.startFrac = (last - r.minKey) / (r.maxKey - r.minKey)
+		}
+	}
+}
+
+func (r *run) progress(paused string) {
+	if r.opts.Progress == nil {
+		return
+	}
+	p := Progress{Job: r.job.Name, Rows: r.job.RowsDone, Batches: r.job.Batches, BatchSize: r.size, Paused: paused, Fraction: -1}
+	if el := time.Since(r.start).Seconds(); el > 0 {
+		p.Rate = float64(r.rowsRun) / el
+	}
+	if r.fraction && len(r.job.LastKey) == 1 {
+		if last, err := strconv.ParseFloat(r.job.LastKey[0], 64); err == nil {
+			p.Fraction = min(1, (last-r.minKey)/(r.maxKey-r.minKey))
+			if covered := p.Fraction - r.startFrac; covered > 0 {
+				// the rest of the range at this run's pace
+				p.ETA = time.Duration(float64(time.Since(r.start)) * (1 - p.Fraction) / covered)
+			}
+		}
+	}
+	r.opts.Progress(p)
+}
+
+func (r *run) loop(ctx context.Context) error {
+	for {
+		if err := r.waitForRoom(ctx); err != nil {
+			return err
+		}
+		began := time.Now()
+		var more bool
+		err := pg.Retry(ctx, r.opts.Retry, func(ctx context.Context) error {
+			var err error
+			more, err = r.batch(ctx)
+			return err
+		})
+		if errors.Is(err, ErrCancelled) {
+			return err
+		}
+		if err != nil {
+			_, _ = r.conn.Exec(context.WithoutCancel(ctx), pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'failed', error = $2, updated_at = now() WHERE name = $1 AND state = 'running'",
+				r.job.Name, err.Error())
+			return err
+		}
+		r.progress("")
+		if !more {
+			return nil
+		}
+		if r.opts.Rest > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(r.opts.Rest * float64(time.Since(began)))):
+			}
+		}
+		if r.opts.BatchSize == 0 {
+			r.size = min(r.maxSize, adapt(r.size, time.Since(began), r.opts.TargetBatchDuration))
+		}
+	}
+}
+
+// adapt moves the batch size toward the target duration, at most doubling
+// or halving per batch, within [100, 100000].
+func adapt(size int, took, target time.Duration) int {
+	if took <= 0 {
+		return min(size*2, 100_000)
+	}
+	f := float64(target) / float64(took)
+	f = max(0.5, min(2, f))
+	return max(100, min(100_000, int(float64(size)*f)))
+}
+
+// waitForRoom pauses while standbys lag or sessions wait on the table.
+func (r *run) waitForRoom(ctx context.Context) error {
+	for {
+		reason := ""
+		if !r.opts.MaxReplicaLag.IsZero() {
+			var bytes int64
+			var lag time.Duration
+			err := r.conn.QueryRow(ctx, pg.Marker+`SELECT coalesce(max(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)), 0)::int8,
+				coalesce(max(replay_lag), '0'::interval) FROM pg_catalog.pg_stat_replication`).Scan(&bytes, &lag)
+			if err != nil {
+				return err
+			}
+			if over, why := r.opts.MaxReplicaLag.Exceeded(bytes, lag); over {
+				reason = "replica lag: " + why
+			}
+		}
+		if reason == "" && r.opts.PauseOnLockWaits {
+			var waiting int
+			err := r.conn.QueryRow(ctx, pg.Marker+`SELECT count(*) FROM pg_catalog.pg_locks WHERE relation = $1::regclass AND NOT granted`, r.t.regclass).Scan(&waiting)
+			if err != nil {
+				return err
+			}
+			if waiting > 0 {
+				reason = fmt.Sprintf("%d sessions wait for locks on %s", waiting, r.t.ident)
+			}
+		}
+		if reason == "" {
+			return nil
+		}
+		r.log.Info("backfill paused", "job", r.job.Name, "reason", reason)
+		r.progress(reason)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// batch runs one batch in its own transaction: the job row locked (so a
+// cancel waits for the batch), the next key range read, its rows updated,
+// the checkpoint moved. It reports whether more batches remain.
+func (r *run) batch(ctx context.Context) (bool, error) {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
+		return false, err
+	}
+	var state string
+	var last []string
+	if err := tx.QueryRow(ctx, pg.Marker+"SELECT state, last_key FROM spiredb.backfill_jobs WHERE name = $1 FOR UPDATE", r.job.Name).Scan(&state, &last); err != nil {
+		return false, err
+	}
+	if state == Cancelled {
+		return false, ErrCancelled
+	}
+	first := len(last) == 0
+	sel, upd := r.t.statements(r.spec, first)
+	var args []any
+	if !first {
+		for _, v := range last {
+			args = append(args, v)
+		}
+	}
+	for _, v := range r.job.MaxKey {
+		args = append(args, v)
+	}
+	args = append(args, r.size)
+	rows, err := tx.Query(ctx, pg.Marker+sel, args...)
+	if err != nil {
+		return false, err
+	}
+	var end []string
+	n := 0
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			rows.Close()
+			return false, err
+		}
+		end = end[:0]
+		for _, v := range vals {
+			end = append(end, fmt.Sprint(v))
+		}
+		n++
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, err
+	}
+	if n == 0 {
+		if _, err := tx.Exec(ctx, pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'done', finished_at = now(), updated_at = now() WHERE name = $1", r.job.Name); err != nil {
+			return false, err
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return false, err
+		}
+		r.job.State = Done
+		return false, nil
+	}
+	uargs := []any{}
+	if !first {
+		for _, v := range last {
+			uargs = append(uargs, v)
+		}
+	}
+	for _, v := range end {
+		uargs = append(uargs, v)
+	}
+	tag, err := tx.Exec(ctx, pg.Marker+upd, uargs...)
+	if err != nil {
+		return false, err
+	}
+	// a short batch is the last: the job is done in the same transaction
+	final := n < r.size
+	if _, err := tx.Exec(ctx, pg.Marker+`UPDATE spiredb.backfill_jobs SET last_key = $2, rows_done = rows_done + $3, batches = batches + 1,
+		batch_size = $4, updated_at = now(),
+		state = CASE WHEN $5 THEN 'done' ELSE state END, finished_at = CASE WHEN $5 THEN now() END
+		WHERE name = $1`, r.job.Name, end, tag.RowsAffected(), r.size, final); err != nil {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, err
+	}
+	r.job.LastKey = append([]string(nil), end...)
+	r.job.RowsDone += tag.RowsAffected()
+	r.job.Batches++
+	r.rowsRun += tag.RowsAffected()
+	if final {
+		r.job.State = Done
+	}
+	return !final, nil
+}
+
+// Get reads one job.
+func Get(ctx context.Context, conn *pgx.Conn, name string) (*Job, error) {
+	jobs, err := List(ctx, conn, name)
+	if err != nil {
+		return nil, err
+	}
+	if len(jobs) == 0 {
+		return nil, fmt.Errorf("no backfill job %q", name)
+	}
+	return &jobs[0], nil
+}
+
+// List reads the jobs (one, when name is set).
+func List(ctx context.Context, conn *pgx.Conn, name string) ([]Job, error) {
+	if err := jobsTable(ctx, conn); err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT name, table_name, set_clause, where_clause, key_columns, max_key, coalesce(last_key, '{}'),
+		rows_done, batches, batch_size, state, coalesce(error, ''), started_at, updated_at, finished_at
+		FROM spiredb.backfill_jobs WHERE $1 = '' OR name = $1 ORDER BY started_at`, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	jobs := []Job{}
+	for rows.Next() {
+		var j Job
+		if err := rows.Scan(&j.Name, &j.Table, &j.Set, &j.Where, &j.KeyColumns, &j.MaxKey, &j.LastKey, &j.RowsDone, &j.Batches,
+			&j.BatchSize, &j.State, &j.Error, &j.StartedAt, &j.UpdatedAt, &j.FinishedAt); err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, rows.Err()
+}
+
+// Cancel marks a job cancelled: a running job stops after its current
+// batch (which commits); --resume continues it later.
+func Cancel(ctx context.Context, conn *pgx.Conn, name string) (*Job, error) {
+	if err := jobsTable(ctx, conn); err != nil {
+		return nil, err
+	}
+	tag, err := conn.Exec(ctx, pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'cancelled', updated_at = now() WHERE name = $1 AND state IN ('running', 'failed')", name)
+	if err != nil {
+		return nil, err
+	}
+	job, err := Get(ctx, conn, name)
+	if err != nil {
+		return nil, err
+	}
+	if tag.RowsAffected() == 0 && job.State != Cancelled {
+		return job, fmt.Errorf("backfill job %q is %s: nothing to cancel", name, job.State)
+	}
+	return job, nil
+}

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS spiredb.backfill_jobs;
