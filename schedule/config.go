@@ -1,0 +1,183 @@
+// Package schedule runs spiredb commands on cron specs in one long-running
+// process (`spiredb schedule`), never two runs of a job at once, with
+// Prometheus metrics for each job and a graceful stop.
+package schedule
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	yaml "github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/parser"
+	"github.com/robfig/cron/v3"
+)
+
+// Config is the schedule file.
+type Config struct {
+	// DSN is the database; omitted, SPIREDB_DSN or the PG* variables.
+	// Passwords never come from the file.
+	DSN string `yaml:"dsn"`
+	// Store is the default --store of backup jobs.
+	Store string `yaml:"store"`
+	// Listen is the metrics address (default 127.0.0.1:9187).
+	Listen string `yaml:"listen"`
+	// Grace is how long a running job may finish after SIGTERM (default 5m).
+	Grace string `yaml:"grace"`
+	Jobs  []Job  `yaml:"jobs"`
+
+	grace time.Duration
+}
+
+// Job is one scheduled command.
+type Job struct {
+	Name string `yaml:"name"`
+	// Command is a spiredb command: "backup run", "views refresh", ...
+	Command string `yaml:"command"`
+	// Schedule is a cron spec (5 fields) or @every DURATION, @hourly, ...
+	Schedule string   `yaml:"schedule"`
+	Args     []string `yaml:"args"`
+	// Jitter delays each run by a random duration up to it.
+	Jitter string `yaml:"jitter"`
+	// Timeout bounds one run (default: none).
+	Timeout string `yaml:"timeout"`
+
+	schedule cron.Schedule
+	jitter   time.Duration
+	timeout  time.Duration
+}
+
+// Commands are the spiredb commands a job may run.
+var Commands = []string{
+	"backup run", "backup verify", "backup prune", "views refresh", "stats snapshot",
+	"indexes check", "replica status", "doctor", "tune check",
+}
+
+// storeCommands take the config's default store.
+var storeCommands = []string{"backup run", "backup verify", "backup prune"}
+
+var (
+	yamlPos      = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)
+	jobName      = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+	passwordInDS = regexp.MustCompile(`(?i)(password\s*=|://[^/@:]+:[^/@]+@)`)
+)
+
+// Grace returns the stop grace period.
+func (c *Config) GraceDuration() time.Duration { return c.grace }
+
+// ParseConfig reads and validates a schedule file; every error names
+// file:line.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
+		msg := oneLine(err.Error())
+		if m := yamlPos.FindStringSubmatch(msg); m != nil {
+			return nil, fmt.Errorf("%s:%s: %s", name, m[1], m[3])
+		}
+		return nil, fmt.Errorf("%s: %s", name, msg)
+	}
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	at := func(path string) string {
+		p, err := yaml.PathString(path)
+		if err != nil {
+			return name
+		}
+		n, err := p.FilterFile(file)
+		if err != nil || n == nil || n.GetToken() == nil {
+			return name
+		}
+		return fmt.Sprintf("%s:%d", name, n.GetToken().Position.Line)
+	}
+	var errs []error
+	fail := func(path, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", at(path), fmt.Sprintf(format, args...)))
+	}
+	if passwordInDS.MatchString(c.DSN) {
+		fail("$.dsn", "the dsn carries a password: secrets come from the environment (PGPASSWORD, or SPIREDB_DSN), never from this file")
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:9187"
+	}
+	c.grace = 5 * time.Minute
+	if c.Grace != "" {
+		if c.grace, err = time.ParseDuration(c.Grace); err != nil || c.grace < 0 {
+			fail("$.grace", "grace: %q is not a duration (e.g. 5m)", c.Grace)
+		}
+	}
+	if len(c.Jobs) == 0 {
+		fail("$", "no jobs")
+	}
+	seen := map[string]bool{}
+	for i := range c.Jobs {
+		j := &c.Jobs[i]
+		p := fmt.Sprintf("$.jobs[%d]", i)
+		switch {
+		case !jobName.MatchString(j.Name):
+			fail(p+".name", "job name %q: lower-case letters, digits, - and _", j.Name)
+		case seen[j.Name]:
+			fail(p+".name", "job name %q is used twice", j.Name)
+		}
+		seen[j.Name] = true
+		if !slices.Contains(Commands, j.Command) {
+			fail(p+".command", "command %q: one of %s", j.Command, strings.Join(Commands, ", "))
+		}
+		if j.schedule, err = cron.ParseStandard(j.Schedule); err != nil {
+			fail(p+".schedule", "schedule %q: %v", j.Schedule, err)
+		}
+		if j.Jitter != "" {
+			if j.jitter, err = time.ParseDuration(j.Jitter); err != nil || j.jitter < 0 {
+				fail(p+".jitter", "jitter %q is not a duration", j.Jitter)
+			}
+		}
+		if j.Timeout != "" {
+			if j.timeout, err = time.ParseDuration(j.Timeout); err != nil || j.timeout <= 0 {
+				fail(p+".timeout", "timeout %q is not a positive duration", j.Timeout)
+			}
+		}
+		for k, a := range j.Args {
+			if a == "--dsn" || strings.HasPrefix(a, "--dsn=") || passwordInDS.MatchString(a) {
+				fail(fmt.Sprintf("%s.args[%d]", p, k), "args must not carry the dsn or a password: set dsn at the top, secrets in the environment")
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return &c, nil
+}
+
+// LoadConfig reads a schedule file from disk.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, b)
+}
+
+func oneLine(s string) string {
+	// goccy adds a source excerpt after the first line
+	first, _, _ := strings.Cut(s, "\n")
+	return first
+}
+
+// argv is the spiredb command line of a job.
+func (c *Config) argv(j Job) []string {
+	args := strings.Fields(j.Command)
+	if c.DSN != "" {
+		args = append(args, "--dsn", c.DSN)
+	}
+	if c.Store != "" && slices.Contains(storeCommands, j.Command) && !slices.ContainsFunc(j.Args, func(a string) bool {
+		return a == "--store" || strings.HasPrefix(a, "--store=")
+	}) {
+		args = append(args, "--store", c.Store)
+	}
+	return append(args, j.Args...)
+}
