@@ -93,7 +93,7 @@ jobs:
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode == 200 && string(b) == "ok\n"
+		return resp.StatusCode == http.StatusOK && string(b) == "ok\n"
 	}, 30*time.Second, 100*time.Millisecond, "healthz answers")
 
 	require.Eventually(t, func() bool {

@@ -66,7 +66,7 @@ var (
 	passwordInDS = regexp.MustCompile(`(?i)(password\s*=|://[^/@:]+:[^/@]+@)`)
 )
 
-// Grace returns the stop grace period.
+// GraceDuration returns the stop grace period.
 func (c *Config) GraceDuration() time.Duration { return c.grace }
 
 // ParseConfig reads and validates a schedule file; every error names

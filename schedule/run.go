@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/robfig/cron/v3"
 )
@@ -62,7 +63,7 @@ func NewMetrics() *Metrics {
 			Help: "Scheduled runs skipped because the previous run of the job was still going."}, []string{"job"}),
 	}
 	m.Registry.MustRegister(m.lastSuccess, m.lastRun, m.duration, m.exitCode, m.running, m.runs, m.failures, m.skips,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

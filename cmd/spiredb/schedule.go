@@ -1,9 +1,6 @@
 package main
 
 import (
-	"context"
-	"io"
-
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/schedule"
@@ -45,8 +42,7 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 			if listen != "" {
 				cfg.Listen = listen
 			}
-			cli := func(ctx context.Context, args []string, stdout, stderr io.Writer) int { return run(ctx, args, stdout, stderr) }
-			return schedule.New(cfg, cli, g.logger).Run(cmd.Context(), nil)
+			return schedule.New(cfg, run, g.logger).Run(cmd.Context(), nil)
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "the schedule file (YAML)")
