@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,6 +107,22 @@ jobs:
 	assert.Positive(t, scrape(t, addr, `spiredb_job_last_success_timestamp_seconds{job="doctor"}`))
 	assert.Equal(t, float64(-1), scrape(t, addr, `spiredb_job_last_success_timestamp_seconds{job="broken"}`), "never succeeded")
 	assert.Equal(t, float64(1), scrape(t, addr, `spiredb_job_last_exit_code{job="broken"}`))
+
+	// the PrometheusRule and the dashboard name only metrics served here
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	served, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	for _, f := range []string{"../deploy/kubernetes/prometheusrule.yaml", "../deploy/grafana-dashboard.json"} {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		names := regexp.MustCompile(`spiredb_[a-z_]+`).FindAllString(string(b), -1)
+		require.NotEmpty(t, names, f)
+		for _, n := range names {
+			assert.Contains(t, string(served), "\n"+n+"{", "%s names %s, which spiredb schedule does not serve", f, n)
+		}
+	}
 
 	// SIGTERM while a backup runs
 	require.Eventually(t, func() bool { return scrape(t, addr, `spiredb_job_running{job="backup"}`) == 1 },
