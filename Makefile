@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/spiredb/spiredb/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help setup build test test-unit bench demo lint fmt fmt-check vet spire-fixture spire-labels clean
+.PHONY: help setup build test test-unit bench demo lint fmt fmt-check vet spire-fixture spire-labels docs clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ fmt-check: ## fail when gofmt would change something
 
 spire-fixture: setup ## regenerate spire/schema.sql from a real spire-server
 	$(GO) run ./scripts/spire-fixture
+
+docs: ## regenerate the CLI reference in docs/cli from the command tree (a test fails when it drifts)
+	$(GO) test -count=1 -run TestCLIReference ./cmd/spiredb -update-docs
 
 spire-labels: setup ## regenerate tuning/spire_statements.json (SPIRE's statements by operation) from a real spire-server, ~6 min
 	$(GO) run ./scripts/spire-labels
