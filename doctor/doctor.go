@@ -47,8 +47,12 @@ type Report struct {
 	Server     Server     `json:"server"`
 	Statements Statements `json:"pg_stat_statements"`
 	SPIRE      SPIRE      `json:"spire"`
-	Findings   []Finding  `json:"findings"`
-	Worst      Severity   `json:"worst"`
+	// Replication, Indexes and Backups are filled by Check.
+	Replication *Replication `json:"replication,omitempty"`
+	Indexes     *Indexes     `json:"indexes,omitempty"`
+	Backups     *Backups     `json:"backups,omitempty"`
+	Findings    []Finding    `json:"findings"`
+	Worst       Severity     `json:"worst"`
 }
 
 // Server describes the PostgreSQL server and database.

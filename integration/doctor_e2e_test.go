@@ -3,6 +3,14 @@ package integration_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"github.com/jackc/pgx/v5"
+	"github.com/spiredb/spiredb/doctor"
+	"github.com/spiredb/spiredb/integration"
+	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/replication"
+	"github.com/stretchr/testify/assert"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -148,4 +156,88 @@ func gotSelectors(v any) []string {
 		out = append(out, str(m["type"])+":"+str(m["value"]))
 	}
 	return out
+}
+
+// doctor over every module: healthy (exit 0), then with a lagging standby,
+// an old backup and an INVALID index (exit 1, each finding with its fix).
+func TestDoctorAllModules(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	primary := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"synchronous_commit": "on"}})
+	dsn, err := primary.CreateDatabase(ctx, "spire")
+	require.NoError(t, err)
+	conn, err := pgx.Connect(ctx, dsn)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 2000})
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "CREATE EXTENSION pg_stat_statements")
+	require.NoError(t, err)
+	store := "file://" + t.TempDir()
+	for _, args := range [][]string{
+		{"indexes", "apply", "--dsn", dsn},
+		{"backup", "run", "--dsn", dsn, "--store", store},
+		{"backup", "verify", "--dsn", dsn, "--store", store, "--latest", "--level", "toc"},
+	} {
+		_, stderr, code := runCLI(t, nil, args...)
+		require.Equal(t, 0, code, "%v: %s", args, stderr)
+	}
+	port, err := pgcluster.FreePort(0, 0)
+	require.NoError(t, err)
+	dir := filepath.Join(primary.Dir, "standby")
+	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--start", "--port", fmt.Sprint(port))
+	require.Equal(t, 0, code, stderr)
+	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
+	standby := *primary
+	standby.Port = port
+
+	report := func(extra ...string) (doctor.Report, int) {
+		t.Helper()
+		out, stderr, code := runCLI(t, nil, append([]string{"doctor", "--dsn", dsn, "--store", store, "--replica-dsn", standby.DSN("spire"), "-o", "json"}, extra...)...)
+		require.Contains(t, []int{0, 1, 4}, code, stderr)
+		var r doctor.Report
+		require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+		require.NotContains(t, out+stderr, primary.Password)
+		return r, code
+	}
+	waitTrue(t, dsn, "SELECT count(*) = 1 FROM pg_stat_replication WHERE state = 'streaming'")
+	r, code := report()
+	assert.Equal(t, 0, code, "healthy: %+v", r.Findings)
+	require.NotNil(t, r.Replication)
+	assert.Equal(t, 1, r.Replication.Ready)
+	require.NotNil(t, r.Backups)
+	assert.Equal(t, 1, r.Backups.Count)
+	assert.NotNil(t, r.Backups.NewestVerified)
+	require.NotNil(t, r.Indexes)
+	assert.Zero(t, r.Indexes.SetMissing)
+
+	// the standby stops replaying while the primary writes 40 MB of WAL
+	sconn, err := pgx.Connect(ctx, standby.DSN("spire"))
+	require.NoError(t, err)
+	defer sconn.Close(ctx)
+	_, err = sconn.Exec(ctx, "SELECT pg_wal_replay_pause()")
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "CREATE TABLE churn AS SELECT g, md5(g::text) AS v FROM generate_series(1, 400000) g")
+	require.NoError(t, err)
+	// a failed unique concurrent build leaves an INVALID index
+	_, err = conn.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY broken ON registered_entries (parent_id)")
+	require.Error(t, err)
+	time.Sleep(1100 * time.Millisecond)
+
+	r, code = report("--max-backup-age", "1s")
+	assert.Equal(t, 1, code)
+	checks := map[string]doctor.Finding{}
+	for _, f := range r.Findings {
+		checks[f.Check] = f
+	}
+	assert.Equal(t, doctor.Warning, checks["replication.standby"].Severity, "%+v", r.Findings)
+	assert.Equal(t, "spiredb replica status", checks["replication.standby"].Fix)
+	assert.Equal(t, doctor.Error, checks["backup.age"].Severity)
+	assert.Contains(t, checks["backup.age"].Fix, "spiredb backup run --store "+store)
+	assert.Equal(t, doctor.Error, checks["indexes.invalid"].Severity)
+	assert.Contains(t, checks["indexes.invalid"].Fix, `DROP INDEX CONCURRENTLY "public"."broken"`)
+	assert.Equal(t, doctor.Error, r.Worst)
+	_, err = sconn.Exec(ctx, "SELECT pg_wal_replay_resume()")
+	require.NoError(t, err)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/spiredb/spiredb/backup"
 )
@@ -24,6 +25,20 @@ type storeFlags struct {
 	sse         string
 	sseKMSKeyID string
 	pgBin       string
+}
+
+// register adds the store flags (and --pg-bin, for commands that run
+// pg_dump or pg_restore).
+func (f *storeFlags) register(fs *pflag.FlagSet, pgBin bool) {
+	fs.StringVar(&f.url, "store", "", "backup store: s3://bucket/prefix or file:///dir (default $SPIREDB_STORE)")
+	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL_S3)")
+	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
+	fs.BoolVar(&f.s3PathStyle, "s3-path-style", false, "address the bucket as a path (MinIO, versitygw, …)")
+	fs.StringVar(&f.sse, "sse", "", "server-side encryption: AES256 or aws:kms")
+	fs.StringVar(&f.sseKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
+	if pgBin {
+		fs.StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump and pg_restore (default: $PATH)")
+	}
 }
 
 func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
@@ -60,14 +75,7 @@ AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRunE,
 	}
-	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.url, "store", "", "backup store: s3://bucket/prefix or file:///dir (default $SPIREDB_STORE)")
-	pf.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL_S3)")
-	pf.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
-	pf.BoolVar(&f.s3PathStyle, "s3-path-style", false, "address the bucket as a path (MinIO, versitygw, …)")
-	pf.StringVar(&f.sse, "sse", "", "server-side encryption: AES256 or aws:kms")
-	pf.StringVar(&f.sseKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
-	pf.StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump and pg_restore (default: $PATH)")
+	f.register(cmd.PersistentFlags(), true)
 	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f))
 	return cmd
 }

@@ -3,28 +3,58 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/doctor"
+	"github.com/spiredb/spiredb/replication"
 )
 
 func newDoctorCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	sf := &storeFlags{}
+	var replicas []string
+	var maxBackupAge, maxUnverified time.Duration
+	var maxLag string
+	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check the SPIRE datastore and its PostgreSQL server",
+		Short: "Check the SPIRE datastore, its server, replication, indexes and backups",
 		Long: `doctor connects to the database and reports the server version, whether it is
 a primary or a standby, the database size, whether pg_stat_statements is usable,
-and SPIRE's schema (migrations.version and code_version) with the number of
-registration entries, agents and bundles. Each problem found comes with the
-command or setting that fixes it.
+SPIRE's schema (migrations.version and code_version) with the spire-server
+versions that can run on it and the number of entries, agents and bundles;
+streaming replication (standbys ready for SPIRE's reads, slots, lost slots);
+each --replica-dsn standby; INVALID and duplicate indexes and missing
+indexes of spiredb's set; and, with --store, the age of the newest backup and
+of the newest verified one. Each finding comes with the command that fixes it.
 
 Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := doctor.Run(cmd.Context(), g.pgOptions())
+			o := doctor.Options{Conn: g.pgOptions(), MaxBackupAge: maxBackupAge, MaxUnverifiedAge: maxUnverified}
+			if maxLag != "" {
+				l, err := replication.ParseLimit(maxLag)
+				if err != nil {
+					return usageErrorf("--max-lag: %w", err)
+				}
+				o.MaxLag = l
+			}
+			for _, d := range replicas {
+				ro := g.pgOptions()
+				ro.DSN = d
+				o.Replicas = append(o.Replicas, ro)
+			}
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				s, err := sf.open(cmd)
+				if err != nil {
+					return err
+				}
+				o.Store, o.StoreURL = s, s.String()
+			}
+			r, err := doctor.Check(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
@@ -40,6 +70,12 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 			return nil
 		},
 	}
+	sf.register(cmd.Flags(), false)
+	cmd.Flags().StringArrayVar(&replicas, "replica-dsn", nil, "a standby serving SPIRE's reads (repeatable)")
+	cmd.Flags().DurationVar(&maxBackupAge, "max-backup-age", 26*time.Hour, "the newest backup may be this old")
+	cmd.Flags().DurationVar(&maxUnverified, "max-unverified-age", 36*time.Hour, "the newest verified backup may be this old")
+	cmd.Flags().StringVar(&maxLag, "max-lag", "16MB", "a standby's allowed replay lag (size or duration)")
+	return cmd
 }
 
 func writeDoctor(w io.Writer, r *doctor.Report) error {
@@ -62,6 +98,22 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		fmt.Fprintf(tw, "bundles\t%s\n", humanize.Comma(r.SPIRE.Bundles))
 	} else {
 		fmt.Fprintf(tw, "SPIRE schema\tno SPIRE schema here\n")
+	}
+	if rep := r.Replication; rep != nil {
+		fmt.Fprintf(tw, "replication	%d standbys (%d ready for SPIRE's reads), %d slots, %d lost\n", rep.Standbys, rep.Ready, rep.Slots, rep.Lost)
+	}
+	if ix := r.Indexes; ix != nil {
+		fmt.Fprintf(tw, "indexes	%d INVALID, %d duplicate, %d of spiredb's set missing\n", ix.Invalid, ix.Duplicate, ix.SetMissing)
+	}
+	if b := r.Backups; b != nil {
+		line := fmt.Sprintf("%d in %s", b.Count, b.Store)
+		if b.Newest != nil {
+			line += fmt.Sprintf("; newest %s ago (%s)", time.Since(*b.Newest).Round(time.Minute), humanize.IBytes(uint64(b.NewestBytes)))
+		}
+		if b.NewestVerified != nil {
+			line += fmt.Sprintf("; newest verified %s ago", time.Since(*b.NewestVerified).Round(time.Minute))
+		}
+		fmt.Fprintf(tw, "backups\t%s\n", line)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

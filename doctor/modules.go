@@ -1,0 +1,228 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/indexes"
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/replication"
+)
+
+// Options select what doctor looks at beyond the server and SPIRE's schema.
+type Options struct {
+	Conn pg.Options
+	// Store, when set, is where backups go: the newest backup's age and
+	// verification are checked.
+	Store backup.Store
+	// StoreURL names the store in the fix commands.
+	StoreURL string
+	// Replicas are standbys (SPIRE's ro_connection_string): each is
+	// checked, and their index scans count for the unused-index check.
+	Replicas []pg.Options
+	// MaxBackupAge (default 26h) and MaxUnverifiedAge (default 36h).
+	MaxBackupAge     time.Duration
+	MaxUnverifiedAge time.Duration
+	// MaxLag is a standby's allowed replay lag (default 16MB).
+	MaxLag replication.Limit
+}
+
+// Replication is doctor's view of streaming replication.
+type Replication struct {
+	Standbys int `json:"standbys"`
+	Ready    int `json:"ready"`
+	Slots    int `json:"slots"`
+	Lost     int `json:"lost_slots"`
+}
+
+// Backups is doctor's view of the backup store.
+type Backups struct {
+	Store          string     `json:"store"`
+	Count          int        `json:"count"`
+	Newest         *time.Time `json:"newest,omitempty"`
+	NewestBytes    int64      `json:"newest_bytes"`
+	NewestVerified *time.Time `json:"newest_verified,omitempty"`
+}
+
+// Indexes is doctor's view of index health.
+type Indexes struct {
+	Invalid    int `json:"invalid"`
+	Duplicate  int `json:"duplicate"`
+	SetMissing int `json:"set_missing"`
+}
+
+// Check runs the whole report: the server, SPIRE's schema, replication and
+// slots, the standbys, index health and, with a store, the backups.
+func Check(ctx context.Context, o Options) (*Report, error) {
+	if o.MaxBackupAge == 0 {
+		o.MaxBackupAge = 26 * time.Hour
+	}
+	if o.MaxUnverifiedAge == 0 {
+		o.MaxUnverifiedAge = 36 * time.Hour
+	}
+	if o.MaxLag.IsZero() {
+		o.MaxLag = replication.Limit{Bytes: 16 << 20}
+	}
+	conn, err := pg.Connect(ctx, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	r, err := Inspect(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var replicas []*pgx.Conn
+	for i, ro := range o.Replicas {
+		rc, err := pg.Connect(ctx, ro)
+		if err != nil {
+			return nil, fmt.Errorf("replica %d: %w", i+1, err)
+		}
+		defer rc.Close(context.WithoutCancel(ctx))
+		replicas = append(replicas, rc)
+	}
+	if err := r.checkReplication(ctx, conn, replicas, o.MaxLag); err != nil {
+		return nil, err
+	}
+	if r.SPIRE.Present && r.Server.Role == "primary" {
+		if err := r.checkIndexes(ctx, conn, replicas); err != nil {
+			return nil, err
+		}
+	}
+	if o.Store != nil {
+		if err := r.checkBackups(ctx, o); err != nil {
+			return nil, err
+		}
+	}
+	r.Worst = Info
+	for _, f := range r.Findings {
+		if f.Severity.rank() > r.Worst.rank() {
+			r.Worst = f.Severity
+		}
+	}
+	return r, nil
+}
+
+func (r *Report) add(sev Severity, check, msg, fix string) {
+	r.Findings = append(r.Findings, Finding{Severity: sev, Check: check, Message: msg, Fix: fix})
+}
+
+func (r *Report) checkReplication(ctx context.Context, conn *pgx.Conn, replicas []*pgx.Conn, maxLag replication.Limit) error {
+	st, err := replication.ReadStatus(ctx, conn, maxLag)
+	if err != nil {
+		return err
+	}
+	rep := &Replication{Standbys: len(st.Standbys), Slots: len(st.Slots)}
+	for _, s := range st.Standbys {
+		if s.Ready {
+			rep.Ready++
+			continue
+		}
+		r.add(Warning, "replication.standby", fmt.Sprintf("standby %s is not ready for SPIRE's reads: %s", s.ApplicationName, s.Reason), "spiredb replica status")
+	}
+	for _, s := range st.Slots {
+		switch {
+		case s.WALStatus == "lost":
+			rep.Lost++
+			r.add(Error, "replication.slot", fmt.Sprintf("slot %s lost the WAL its standby needs: that standby cannot catch up", s.Name),
+				fmt.Sprintf("spiredb replica slots drop %s, then spiredb replica bootstrap the standby again", s.Name))
+		case !s.Active && s.RetainedBytes > 1<<30:
+			r.add(Warning, "replication.slot", fmt.Sprintf("inactive slot %s retains %s of WAL on the primary's disk", s.Name, humanize.IBytes(uint64(s.RetainedBytes))),
+				fmt.Sprintf("bring its standby back, or spiredb replica slots drop %s", s.Name))
+		}
+	}
+	if st.Role == "standby" && len(st.Problems) > 0 {
+		for _, p := range st.Problems {
+			r.add(Error, "replication.receiver", p, "spiredb replica status")
+		}
+	}
+	for i, rc := range replicas {
+		rs, err := replication.ReadStatus(ctx, rc, maxLag)
+		if err != nil {
+			return fmt.Errorf("replica %d: %w", i+1, err)
+		}
+		if rs.Role != "standby" {
+			r.add(Error, "replication.replica", fmt.Sprintf("--replica-dsn %d is a primary, not a standby (promoted? split brain?)", i+1), "spiredb replica fence --dsn OLD_PRIMARY")
+			continue
+		}
+		for _, p := range rs.Problems {
+			r.add(Warning, "replication.replica", fmt.Sprintf("replica %d: %s", i+1, p), "spiredb replica status --dsn REPLICA")
+		}
+	}
+	r.Replication = rep
+	return nil
+}
+
+func (r *Report) checkIndexes(ctx context.Context, conn *pgx.Conn, replicas []*pgx.Conn) error {
+	rep, err := indexes.Check(ctx, conn, indexes.CheckOptions{Replicas: replicas})
+	if err != nil {
+		return err
+	}
+	ix := &Indexes{}
+	for _, f := range rep.Findings {
+		switch f.Kind {
+		case "invalid":
+			ix.Invalid++
+			r.add(Error, "indexes.invalid", fmt.Sprintf("%s on %s is INVALID: %s", f.Index, f.Table, f.Detail), f.Fix)
+		case "duplicate":
+			ix.Duplicate++
+			r.add(Warning, "indexes.duplicate", fmt.Sprintf("%s on %s: %s", f.Index, f.Table, f.Detail), f.Fix)
+		}
+	}
+	plan, err := indexes.MakePlan(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if todo := plan.ToDo(); len(todo) > 0 {
+		ix.SetMissing = len(todo)
+		r.add(Info, "indexes.set", fmt.Sprintf("%d of spiredb's benchmark-proven SPIRE indexes are missing (the prunes run up to 1,758x faster with them)", len(todo)),
+			"spiredb indexes apply")
+	}
+	r.Indexes = ix
+	return nil
+}
+
+func (r *Report) checkBackups(ctx context.Context, o Options) error {
+	list, err := backup.List(ctx, o.Store)
+	if err != nil {
+		return err
+	}
+	b := &Backups{Store: o.StoreURL, Count: len(list)}
+	r.Backups = b
+	run := "spiredb backup run --store " + o.StoreURL
+	if len(list) == 0 {
+		r.add(Error, "backup.none", "no backup in the store", run)
+		return nil
+	}
+	newest := list[len(list)-1]
+	for _, m := range list {
+		if m.FinishedAt.After(newest.FinishedAt) {
+			newest = m
+		}
+	}
+	b.Newest, b.NewestBytes = &newest.FinishedAt, newest.Size
+	if age := time.Since(newest.FinishedAt); age > o.MaxBackupAge {
+		r.add(Error, "backup.age", fmt.Sprintf("the newest backup is %s old (limit %s)", age.Round(time.Minute), o.MaxBackupAge), run)
+	}
+	var verified *backup.Manifest
+	for i := range list {
+		if list[i].Verified() && (verified == nil || list[i].FinishedAt.After(verified.FinishedAt)) {
+			verified = &list[i]
+		}
+	}
+	verify := "spiredb backup verify --store " + o.StoreURL + " --latest --level restore"
+	if verified == nil {
+		r.add(Warning, "backup.verified", "no backup has been verified by a restore", verify)
+		return nil
+	}
+	b.NewestVerified = &verified.FinishedAt
+	if age := time.Since(verified.FinishedAt); age > o.MaxUnverifiedAge {
+		r.add(Warning, "backup.verified", fmt.Sprintf("the newest verified backup is %s old (limit %s)", age.Round(time.Minute), o.MaxUnverifiedAge), verify)
+	}
+	return nil
+}
