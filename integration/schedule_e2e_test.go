@@ -53,6 +53,8 @@ func TestScheduleRunsJobsWithMetrics(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	loadFixture(t, db, spirefixture.Spec{Entries: 120000})
+	_, err := db.Pool.Exec(context.Background(), "CREATE EXTENSION pg_stat_statements")
+	require.NoError(t, err)
 	dir := t.TempDir()
 	storeDir := filepath.Join(dir, "store")
 	port, err := pgcluster.FreePort(0, 0)
@@ -62,6 +64,7 @@ func TestScheduleRunsJobsWithMetrics(t *testing.T) {
 	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`store: file://%s
 listen: %s
 grace: 200ms
+collect: 1s
 jobs:
   - name: doctor
     command: doctor
@@ -108,6 +111,15 @@ jobs:
 	assert.Equal(t, float64(-1), scrape(t, addr, `spiredb_job_last_success_timestamp_seconds{job="broken"}`), "never succeeded")
 	assert.Equal(t, float64(1), scrape(t, addr, `spiredb_job_last_exit_code{job="broken"}`))
 
+	// the state gauges: backups in the store, no standby, no invalid index
+	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_backups") >= 1 }, 30*time.Second, 200*time.Millisecond, logs.String())
+	assert.InDelta(t, float64(time.Now().Unix()), scrape(t, addr, "spiredb_backup_newest_timestamp_seconds"), 120)
+	assert.Positive(t, scrape(t, addr, "spiredb_backup_newest_bytes"))
+	assert.Zero(t, scrape(t, addr, "spiredb_replication_standbys"))
+	assert.Zero(t, scrape(t, addr, "spiredb_replication_slots_lost"))
+	assert.Zero(t, scrape(t, addr, "spiredb_indexes_invalid"))
+	assert.Positive(t, scrape(t, addr, "spiredb_collect_last_success_timestamp_seconds"), logs.String())
+
 	// the PrometheusRule and the dashboard name only metrics served here
 	resp, err := http.Get("http://" + addr + "/metrics")
 	require.NoError(t, err)
@@ -120,7 +132,7 @@ jobs:
 		names := regexp.MustCompile(`spiredb_[a-z_]+`).FindAllString(string(b), -1)
 		require.NotEmpty(t, names, f)
 		for _, n := range names {
-			assert.Contains(t, string(served), "\n"+n+"{", "%s names %s, which spiredb schedule does not serve", f, n)
+			assert.True(t, strings.Contains(string(served), "# TYPE "+n+" "), "%s names %s, which spiredb schedule does not serve", f, n)
 		}
 	}
 

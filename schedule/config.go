@@ -28,9 +28,13 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// Grace is how long a running job may finish after SIGTERM (default 5m).
 	Grace string `yaml:"grace"`
-	Jobs  []Job  `yaml:"jobs"`
+	// Collect is how often the datastore's state (backups, replication,
+	// indexes, views, statements) is read into gauges (default 1m; 0 off).
+	Collect string `yaml:"collect"`
+	Jobs    []Job  `yaml:"jobs"`
 
-	grace time.Duration
+	grace   time.Duration
+	collect time.Duration
 }
 
 // Job is one scheduled command.
@@ -109,6 +113,12 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	if c.Grace != "" {
 		if c.grace, err = time.ParseDuration(c.Grace); err != nil || c.grace < 0 {
 			fail("$.grace", "grace: %q is not a duration (e.g. 5m)", c.Grace)
+		}
+	}
+	c.collect = time.Minute
+	if c.Collect != "" {
+		if c.collect, err = time.ParseDuration(c.Collect); err != nil || c.collect < 0 {
+			fail("$.collect", "collect: %q is not a duration (e.g. 1m; 0 turns it off)", c.Collect)
 		}
 	}
 	if len(c.Jobs) == 0 {

@@ -74,6 +74,8 @@ type Scheduler struct {
 	log     *slog.Logger
 	metrics *Metrics
 
+	state *stateMetrics
+
 	mu      sync.Mutex
 	busy    map[string]bool
 	cancels map[string]context.CancelFunc
@@ -87,6 +89,7 @@ func New(cfg *Config, run RunFunc, log *slog.Logger) *Scheduler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Scheduler{cfg: cfg, run: run, log: log, metrics: NewMetrics(), busy: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
+	s.state = newStateMetrics(s.metrics.Registry)
 	for _, j := range cfg.Jobs {
 		s.metrics.runs.WithLabelValues(j.Name)
 		s.metrics.failures.WithLabelValues(j.Name)
@@ -141,6 +144,20 @@ func (s *Scheduler) Run(ctx context.Context, ready func(addr string)) error {
 		c.Schedule(j.schedule, cron.FuncJob(func() { s.fire(j) }))
 	}
 	c.Start()
+	if s.cfg.collect > 0 {
+		go func() {
+			for {
+				cctx, cancel := context.WithTimeout(jobsCtx, max(s.cfg.collect, time.Minute))
+				s.collect(cctx)
+				cancel()
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(s.cfg.collect):
+				}
+			}
+		}()
+	}
 	<-ctx.Done()
 	stopped := c.Stop() // no new runs
 	s.log.Info("stopping: no new runs; waiting for running jobs", "grace", s.cfg.grace)

@@ -15,12 +15,18 @@ func newScheduleCmd(g *globals) *cobra.Command {
 stats snapshot, indexes check, replica status, doctor, tune check) on cron
 specs ("0 */6 * * *", "@every 30m"), never two runs of one job at once (the
 overlap is skipped and counted). /metrics serves spiredb_job_* metrics per
-job; /healthz answers ok. On SIGTERM it takes no new runs, lets a running job
+job and, read every "collect" interval (default 1m), the datastore's state:
+spiredb_backups, spiredb_backup_newest_timestamp_seconds, _newest_bytes,
+_newest_verified_timestamp_seconds, spiredb_replication_standbys, _ready,
+_max_lag_bytes, _max_lag_seconds, _slots_lost, _standby_lag_bytes{standby},
+spiredb_indexes_invalid, _duplicate, spiredb_view_refresh_age_seconds{view},
+spiredb_statements_operation_share{operation}; /healthz answers ok. On SIGTERM it takes no new runs, lets a running job
 finish within the file's grace period (default 5m), then cancels it.
 
   dsn: host=spire-db dbname=spire user=spiredb   # or omit: SPIREDB_DSN / PG*
   store: s3://spire-backups/prod                 # default --store of backup jobs
   grace: 5m
+  collect: 1m
   jobs:
     - name: backup
       command: backup run

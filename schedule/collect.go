@@ -1,0 +1,244 @@
+package schedule
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/indexes"
+	"github.com/spiredb/spiredb/indexes/views"
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
+	"github.com/spiredb/spiredb/tuning"
+)
+
+// stateMetrics are gauges of the datastore's state, refreshed by a
+// periodic collection (not at scrape time: a scrape must stay cheap).
+type stateMetrics struct {
+	backups             prometheus.Gauge
+	backupNewest        prometheus.Gauge
+	backupNewestBytes   prometheus.Gauge
+	backupVerified      prometheus.Gauge
+	standbys            prometheus.Gauge
+	standbysReady       prometheus.Gauge
+	maxLagBytes         prometheus.Gauge
+	maxLagSeconds       prometheus.Gauge
+	slotsLost           prometheus.Gauge
+	standbyLag          *prometheus.GaugeVec
+	indexesInvalid      prometheus.Gauge
+	indexesDuplicate    prometheus.Gauge
+	viewAge             *prometheus.GaugeVec
+	viewChanges         *prometheus.GaugeVec
+	operationShare      *prometheus.GaugeVec
+	collectLastSuccess  prometheus.Gauge
+	collectErrors       *prometheus.CounterVec
+	collectDurationSecs prometheus.Gauge
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+}
+
+func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
+	m := &stateMetrics{
+		backups:           gauge("spiredb_backups", "Complete backups in the store."),
+		backupNewest:      gauge("spiredb_backup_newest_timestamp_seconds", "Unix time the newest complete backup finished."),
+		backupNewestBytes: gauge("spiredb_backup_newest_bytes", "Size of the newest complete backup."),
+		backupVerified:    gauge("spiredb_backup_newest_verified_timestamp_seconds", "Unix time the newest backup whose verification passed finished (0: none)."),
+		standbys:          gauge("spiredb_replication_standbys", "Standbys streaming from the primary."),
+		standbysReady:     gauge("spiredb_replication_standbys_ready", "Standbys fit for SPIRE's ro_connection_string (streaming, lag under the limit)."),
+		maxLagBytes:       gauge("spiredb_replication_max_lag_bytes", "The largest replay lag of any standby, in bytes (0 without standbys)."),
+		maxLagSeconds:     gauge("spiredb_replication_max_lag_seconds", "The largest replay lag of any standby, in seconds."),
+		slotsLost:         gauge("spiredb_replication_slots_lost", "Replication slots whose WAL is lost (wal_status = lost)."),
+		standbyLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_replication_standby_lag_bytes",
+			Help: "Replay lag per standby, in bytes."}, []string{"standby"}),
+		indexesInvalid:   gauge("spiredb_indexes_invalid", "INVALID indexes on SPIRE's tables."),
+		indexesDuplicate: gauge("spiredb_indexes_duplicate", "Duplicate indexes on SPIRE's tables."),
+		viewAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_view_refresh_age_seconds",
+			Help: "Seconds since the view's last refresh."}, []string{"view"}),
+		viewChanges: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_view_changes_since_refresh",
+			Help: "SPIRE entry events since the view's last refresh."}, []string{"view"}),
+		operationShare: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_statements_operation_share",
+			Help: "Share of database time per SPIRE operation (pg_stat_statements; the top 10)."}, []string{"operation"}),
+		collectLastSuccess:  gauge("spiredb_collect_last_success_timestamp_seconds", "Unix time of the last complete state collection."),
+		collectDurationSecs: gauge("spiredb_collect_duration_seconds", "Duration of the last state collection."),
+		collectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "spiredb_collect_errors_total",
+			Help: "State collections that failed, per part."}, []string{"part"}),
+	}
+	reg.MustRegister(m.backups, m.backupNewest, m.backupNewestBytes, m.backupVerified, m.standbys, m.standbysReady, m.maxLagBytes,
+		m.maxLagSeconds, m.slotsLost, m.standbyLag, m.indexesInvalid, m.indexesDuplicate, m.viewAge, m.viewChanges, m.operationShare,
+		m.collectLastSuccess, m.collectErrors, m.collectDurationSecs)
+	for _, part := range []string{"connect", "backups", "replication", "indexes", "views", "statements"} {
+		m.collectErrors.WithLabelValues(part)
+	}
+	return m
+}
+
+// collect reads the datastore's state once and sets the gauges. A part
+// that fails is counted and leaves its gauges as they were.
+func (s *Scheduler) collect(ctx context.Context) {
+	m := s.state
+	start := time.Now()
+	ok := true
+	fail := func(part string, err error) {
+		ok = false
+		m.collectErrors.WithLabelValues(part).Inc()
+		s.log.Warn("state collection failed", "part", part, "err", err)
+	}
+	if s.cfg.Store != "" {
+		if err := s.collectBackups(ctx); err != nil {
+			fail("backups", err)
+		}
+	}
+	dsn := s.cfg.DSN
+	if dsn == "" {
+		dsn = os.Getenv("SPIREDB_DSN")
+	}
+	conn, err := pg.Connect(ctx, pg.Options{DSN: dsn, ApplicationName: "spiredb-schedule"})
+	if err != nil {
+		fail("connect", err)
+		return
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := s.collectReplication(ctx, conn); err != nil {
+		fail("replication", err)
+	}
+	schema, err := spire.ReadSchema(ctx, conn)
+	if err == nil && schema.Present {
+		if err := s.collectIndexes(ctx, conn); err != nil {
+			fail("indexes", err)
+		}
+		if err := s.collectViews(ctx, conn); err != nil {
+			fail("views", err)
+		}
+	}
+	if err := s.collectStatements(ctx, conn); err != nil {
+		var ne *tuning.NotEnabledError
+		if !errors.As(err, &ne) {
+			fail("statements", err)
+		}
+	}
+	m.collectDurationSecs.Set(time.Since(start).Seconds())
+	if ok {
+		m.collectLastSuccess.SetToCurrentTime()
+	}
+}
+
+func (s *Scheduler) collectBackups(ctx context.Context) error {
+	store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{})
+	if err != nil {
+		return err
+	}
+	list, err := backup.List(ctx, store)
+	if err != nil {
+		return err
+	}
+	m := s.state
+	m.backups.Set(float64(len(list)))
+	var newest, verified time.Time
+	var newestBytes int64
+	for _, b := range list {
+		if b.FinishedAt.After(newest) {
+			newest, newestBytes = b.FinishedAt, b.Size
+		}
+		if b.Verified() && b.FinishedAt.After(verified) {
+			verified = b.FinishedAt
+		}
+	}
+	if !newest.IsZero() {
+		m.backupNewest.Set(float64(newest.Unix()))
+		m.backupNewestBytes.Set(float64(newestBytes))
+	}
+	if !verified.IsZero() {
+		m.backupVerified.Set(float64(verified.Unix()))
+	}
+	return nil
+}
+
+func (s *Scheduler) collectReplication(ctx context.Context, conn *pgx.Conn) error {
+	st, err := replication.ReadStatus(ctx, conn, replication.Limit{Bytes: 16 << 20})
+	if err != nil {
+		return err
+	}
+	m := s.state
+	m.standbys.Set(float64(len(st.Standbys)))
+	ready, maxBytes, maxSecs := 0, int64(0), 0.0
+	m.standbyLag.Reset()
+	for _, sb := range st.Standbys {
+		if sb.Ready {
+			ready++
+		}
+		maxBytes, maxSecs = max(maxBytes, sb.LagBytes), max(maxSecs, sb.ReplayLagSecs)
+		m.standbyLag.WithLabelValues(sb.ApplicationName).Set(float64(sb.LagBytes))
+	}
+	m.standbysReady.Set(float64(ready))
+	m.maxLagBytes.Set(float64(maxBytes))
+	m.maxLagSeconds.Set(maxSecs)
+	lost := 0
+	for _, sl := range st.Slots {
+		if sl.WALStatus == "lost" {
+			lost++
+		}
+	}
+	m.slotsLost.Set(float64(lost))
+	return nil
+}
+
+func (s *Scheduler) collectIndexes(ctx context.Context, conn *pgx.Conn) error {
+	r, err := indexes.Check(ctx, conn, indexes.CheckOptions{})
+	if err != nil {
+		return err
+	}
+	invalid, dup := 0, 0
+	for _, f := range r.Findings {
+		switch f.Kind {
+		case "invalid":
+			invalid++
+		case "duplicate":
+			dup++
+		}
+	}
+	s.state.indexesInvalid.Set(float64(invalid))
+	s.state.indexesDuplicate.Set(float64(dup))
+	return nil
+}
+
+func (s *Scheduler) collectViews(ctx context.Context, conn *pgx.Conn) error {
+	st, err := views.GetStatus(ctx, conn, views.All())
+	if err != nil {
+		return err
+	}
+	for _, v := range st {
+		if v.RefreshedAt == nil {
+			continue
+		}
+		s.state.viewAge.WithLabelValues(v.View).Set(v.Age.Seconds())
+		s.state.viewChanges.WithLabelValues(v.View).Set(float64(v.ChangesSince))
+	}
+	return nil
+}
+
+func (s *Scheduler) collectStatements(ctx context.Context, conn *pgx.Conn) error {
+	r, err := tuning.TopStatements(ctx, conn, tuning.TopOptions{Limit: 1})
+	if err != nil {
+		return err
+	}
+	s.state.operationShare.Reset()
+	for i, op := range r.Operations {
+		if i == 10 {
+			break
+		}
+		label := op.Label
+		if label == "" {
+			label = "(not SPIRE)"
+		}
+		s.state.operationShare.WithLabelValues(label).Set(op.Share)
+	}
+	return nil
+}
