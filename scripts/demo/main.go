@@ -153,7 +153,7 @@ func run(ctx context.Context, bin string, entries int) error {
 		}
 	}
 
-	step("Bootstrap a streaming standby, check it, promote it")
+	step("Bootstrap a streaming standby and check it")
 	port, err := pgcluster.FreePort(0, 0)
 	if err != nil {
 		return err
@@ -170,10 +170,41 @@ func run(ctx context.Context, bin string, entries int) error {
 			return err
 		}
 	}
+
+	step("doctor over everything: server, SPIRE schema, replication, the standby, indexes, backups")
+	if err := spiredb(ctx, bin, append(env, "SPIREDB_STANDBY="+standby.DSN("spire")), "doctor", "--store", store, "--replica-dsn", "$SPIREDB_STANDBY"); err != nil {
+		return err
+	}
+
+	step("The primary is lost: promote the standby")
 	if err := spiredb(ctx, bin, []string{"SPIREDB_DSN=" + standby.DSN("spire")}, "replica", "promote"); err != nil {
 		return err
 	}
+	printSummary()
 	return nil
+}
+
+type stepRecord struct {
+	title string
+	start time.Time
+	took  time.Duration
+}
+
+var steps []stepRecord
+
+// printSummary lists the steps with their durations.
+func printSummary() {
+	if n := len(steps); n > 0 && steps[n-1].took == 0 {
+		steps[n-1].took = time.Since(steps[n-1].start)
+	}
+	fmt.Printf("\n==> Summary\n")
+	var total time.Duration
+	for _, s := range steps {
+		total += s.took
+		fmt.Printf("  %7s  %s\n", s.took.Round(100*time.Millisecond), s.title)
+	}
+	fmt.Printf("  %7s  in all; every command above is the real spiredb binary against a real PostgreSQL 15 and spire-server %s\n",
+		total.Round(100*time.Millisecond), spiretest.Version)
 }
 
 // spireWorkload runs a real spire-server on the fixture for a few reloads
@@ -242,7 +273,13 @@ BEGIN
 END $$;
 `
 
-func step(title string) { fmt.Printf("\n==> %s\n", title) }
+func step(title string) {
+	if n := len(steps); n > 0 && steps[n-1].took == 0 {
+		steps[n-1].took = time.Since(steps[n-1].start)
+	}
+	steps = append(steps, stepRecord{title: title, start: time.Now()})
+	fmt.Printf("\n==> %s\n", title)
+}
 
 // spiredb runs the CLI, showing the command (DSNs come from the
 // environment so that the shown commands carry no password). Findings (exit
@@ -250,11 +287,24 @@ func step(title string) { fmt.Printf("\n==> %s\n", title) }
 // throwaway cluster.
 func spiredb(ctx context.Context, bin string, env []string, args ...string) error {
 	fmt.Printf("$ spiredb %s\n", dsn.RedactText(strings.Join(args, " ")))
-	cmd := exec.CommandContext(ctx, bin, args...)
+	// "$NAME" arguments come from env, as a shell would expand them: the
+	// shown command keeps the name, not the DSN
+	run := make([]string, len(args))
+	for i, a := range args {
+		run[i] = a
+		if name, ok := strings.CutPrefix(a, "$"); ok {
+			for _, kv := range env {
+				if v, ok := strings.CutPrefix(kv, name+"="); ok {
+					run[i] = v
+				}
+			}
+		}
+	}
+	cmd := exec.CommandContext(ctx, bin, run...)
 	cmd.Env = append(os.Environ(), append(env, "SPIREDB_LOG_LEVEL=warn")...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	err := cmd.Run()
-	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && (ee.ExitCode() == 4 || ee.ExitCode() == 1 && (args[0] == "tune" || args[0] == "migrate")) {
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && (ee.ExitCode() == 4 || ee.ExitCode() == 1 && (args[0] == "tune" || args[0] == "migrate" || args[0] == "doctor")) {
 		return nil
 	}
 	return err
