@@ -82,6 +82,7 @@ in spiredb's output or logs.
 	pf.StringVar(&g.logLevel, "log-level", envOr("SPIREDB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default $SPIREDB_LOG_LEVEL, else info)")
 	pf.StringVar(&g.logFormat, "log-format", envOr("SPIREDB_LOG_FORMAT", "text"), "log format: text or json, to stderr (default $SPIREDB_LOG_FORMAT, else text)")
 	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions (unless set in the DSN)")
+	pf.String("push-gateway", os.Getenv("SPIREDB_PUSH_GATEWAY"), "after the command, push its spiredb_job_* metrics to this Prometheus Pushgateway (for CronJobs; default $SPIREDB_PUSH_GATEWAY)")
 	pf.DurationVar(&g.statementTimeout, "statement-timeout", 0, "statement_timeout of spiredb's sessions (0: the server's)")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
@@ -96,19 +97,27 @@ in spiredb's output or logs.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
-	if err == nil {
-		return exitOK
+	start := time.Now()
+	cmd, err := root.ExecuteContextC(ctx)
+	code := exitOK
+	if err != nil {
+		var ee *exitError
+		switch {
+		case errors.As(err, &ee) && ee.err == nil:
+			code = ee.code
+		default:
+			code = exitCodeOf(err)
+			if code == exitFailure && isCobraUsage(err) {
+				code = exitUsage
+			}
+			fmt.Fprintln(stderr, "spiredb: "+oneLine(dsn.RedactText(err.Error())))
+		}
 	}
-	var ee *exitError
-	if errors.As(err, &ee) && ee.err == nil {
-		return ee.code
+	if gw, _ := root.PersistentFlags().GetString("push-gateway"); gw != "" && cmd != nil && cmd != root && code != exitUsage {
+		if perr := pushRun(gw, cmd, code, time.Since(start)); perr != nil {
+			fmt.Fprintln(stderr, "spiredb: pushing metrics: "+oneLine(dsn.RedactText(perr.Error())))
+		}
 	}
-	code := exitCodeOf(err)
-	if code == exitFailure && isCobraUsage(err) {
-		code = exitUsage
-	}
-	fmt.Fprintln(stderr, "spiredb: "+oneLine(dsn.RedactText(err.Error())))
 	return code
 }
 
