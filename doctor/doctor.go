@@ -51,8 +51,11 @@ type Report struct {
 	Replication *Replication `json:"replication,omitempty"`
 	Indexes     *Indexes     `json:"indexes,omitempty"`
 	Backups     *Backups     `json:"backups,omitempty"`
-	Findings    []Finding    `json:"findings"`
-	Worst       Severity     `json:"worst"`
+	// SettingsChecked is set when the live settings were compared with a
+	// recommendation (doctor --ram --cpus).
+	SettingsChecked bool      `json:"settings_checked"`
+	Findings        []Finding `json:"findings"`
+	Worst           Severity  `json:"worst"`
 }
 
 // Server describes the PostgreSQL server and database.

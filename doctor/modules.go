@@ -12,6 +12,7 @@ import (
 	"github.com/spiredb/spiredb/indexes"
 	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/tuning"
 )
 
 // Options select what doctor looks at beyond the server and SPIRE's schema.
@@ -30,6 +31,10 @@ type Options struct {
 	MaxUnverifiedAge time.Duration
 	// MaxLag is a standby's allowed replay lag (default 16MB).
 	MaxLag replication.Limit
+	// Settings, when set, is the recommendation for this server (from its
+	// RAM, CPUs and SPIRE's connections): live settings are checked
+	// against it.
+	Settings *tuning.Recommendation
 }
 
 // Replication is doctor's view of streaming replication.
@@ -98,6 +103,20 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 		if err := r.checkBackups(ctx, o); err != nil {
 			return nil, err
 		}
+	}
+	if o.Settings != nil {
+		diffs, err := tuning.CheckSettings(ctx, conn, o.Settings)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range diffs {
+			fix := fmt.Sprintf("ALTER SYSTEM SET %s = '%s'; SELECT pg_reload_conf();", d.Name, d.Recommended)
+			if d.Restart {
+				fix = fmt.Sprintf("ALTER SYSTEM SET %s = '%s'; then restart PostgreSQL", d.Name, d.Recommended)
+			}
+			r.add(Warning, "settings."+d.Name, fmt.Sprintf("%s is %s, recommended %s: %s", d.Name, d.Current, d.Recommended, d.Reason), fix)
+		}
+		r.SettingsChecked = true
 	}
 	r.Worst = Info
 	for _, f := range r.Findings {

@@ -225,7 +225,7 @@ func TestDoctorAllModules(t *testing.T) {
 	require.Error(t, err)
 	time.Sleep(1100 * time.Millisecond)
 
-	r, code = report("--max-backup-age", "1s")
+	r, code = report("--max-backup-age", "1s", "--ram", "4GB", "--cpus", "2")
 	assert.Equal(t, 1, code)
 	checks := map[string]doctor.Finding{}
 	for _, f := range r.Findings {
@@ -238,6 +238,9 @@ func TestDoctorAllModules(t *testing.T) {
 	assert.Equal(t, doctor.Error, checks["indexes.invalid"].Severity)
 	assert.Contains(t, checks["indexes.invalid"].Fix, `DROP INDEX CONCURRENTLY "public"."broken"`)
 	assert.Equal(t, doctor.Error, r.Worst)
+	assert.True(t, r.SettingsChecked)
+	assert.Equal(t, doctor.Warning, checks["settings.shared_buffers"].Severity, "the harness runs 128MB; 4GB of RAM wants 1GB")
+	assert.Contains(t, checks["settings.shared_buffers"].Fix, "ALTER SYSTEM SET shared_buffers")
 	_, err = sconn.Exec(ctx, "SELECT pg_wal_replay_resume()")
 	require.NoError(t, err)
 }

@@ -16,6 +16,7 @@ import (
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	sf := &storeFlags{}
+	tf := &tuneFlags{}
 	var replicas []string
 	var maxBackupAge, maxUnverified time.Duration
 	var maxLag string
@@ -29,7 +30,9 @@ versions that can run on it and the number of entries, agents and bundles;
 streaming replication (standbys ready for SPIRE's reads, slots, lost slots);
 each --replica-dsn standby; INVALID and duplicate indexes and missing
 indexes of spiredb's set; and, with --store, the age of the newest backup and
-of the newest verified one. Each finding comes with the command that fixes it.
+of the newest verified one; with --ram and --cpus (or --detect where
+PostgreSQL runs), the live settings against spiredb tune's recommendation.
+Each finding comes with the command that fixes it.
 
 Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 		Args: cobra.NoArgs,
@@ -46,6 +49,13 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 				ro := g.pgOptions()
 				ro.DSN = d
 				o.Replicas = append(o.Replicas, ro)
+			}
+			if tf.ram != "" || tf.detect {
+				rec, err := tf.recommend(g)
+				if err != nil {
+					return err
+				}
+				o.Settings = rec
 			}
 			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
 				s, err := sf.open(cmd)
@@ -71,6 +81,7 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 		},
 	}
 	sf.register(cmd.Flags(), false)
+	tf.register(cmd)
 	cmd.Flags().StringArrayVar(&replicas, "replica-dsn", nil, "a standby serving SPIRE's reads (repeatable)")
 	cmd.Flags().DurationVar(&maxBackupAge, "max-backup-age", 26*time.Hour, "the newest backup may be this old")
 	cmd.Flags().DurationVar(&maxUnverified, "max-unverified-age", 36*time.Hour, "the newest verified backup may be this old")
