@@ -418,17 +418,19 @@ func writePrune(w io.Writer, r *backup.PruneResult) error {
 // terminal, a log line every 10 seconds otherwise. Call end when done.
 func progressReporter(g *globals, what string) (progress backup.Progress, end func()) {
 	var lastLog time.Time
+	bar := newBar(g, what, -1, true)
 	end = func() {
-		if g.status != nil {
+		if bar != nil {
+			_ = bar.Finish()
 			g.status.End()
 		}
 	}
 	return func(done int64, elapsed time.Duration) {
-		rate := float64(done) / max(elapsed.Seconds(), 0.001)
-		if g.status != nil {
-			g.status.Status(fmt.Sprintf("%s: %s  %s/s  %s", what, humanize.IBytes(uint64(done)), humanize.IBytes(uint64(rate)), elapsed.Round(time.Second)))
+		if bar != nil {
+			_ = bar.Set64(done)
 			return
 		}
+		rate := float64(done) / max(elapsed.Seconds(), 0.001)
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
 			g.logger.Info(what+" progress", "bytes", done, "rate_bytes_per_s", int64(rate), "elapsed", elapsed.Round(time.Second).String())

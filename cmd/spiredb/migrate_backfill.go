@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/internal/pg"
@@ -182,8 +183,10 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 // terminal, a log line every 10 seconds otherwise.
 func backfillProgress(g *globals) (func(backfill.Progress), func()) {
 	var lastLog time.Time
+	var bar *progressbar.ProgressBar
 	end := func() {
-		if g.status != nil {
+		if bar != nil {
+			_ = bar.Finish()
 			g.status.End()
 		}
 	}
@@ -199,7 +202,25 @@ func backfillProgress(g *globals) (func(backfill.Progress), func()) {
 			line += "  paused: " + p.Paused
 		}
 		if g.status != nil {
-			g.status.Status(line)
+			// a bar over the key range (per mille), or a count when the
+			// key is not one integer column
+			if bar == nil {
+				total := int64(-1)
+				if p.Fraction >= 0 {
+					total = 1000
+				}
+				bar = newBar(g, p.Job, total, false)
+			}
+			desc := fmt.Sprintf("%s: %s rows, batch %d", p.Job, humanize.Comma(p.Rows), p.BatchSize)
+			if p.Paused != "" {
+				desc += ", paused: " + p.Paused
+			}
+			bar.Describe(desc)
+			if p.Fraction >= 0 {
+				_ = bar.Set64(int64(1000 * p.Fraction))
+			} else {
+				_ = bar.Set64(p.Rows)
+			}
 			return
 		}
 		if time.Since(lastLog) >= 10*time.Second || p.Paused != "" && time.Since(lastLog) >= 2*time.Second || p.Fraction >= 1 {
