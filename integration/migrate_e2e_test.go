@@ -85,14 +85,15 @@ func TestMigrateConcurrentRuns(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	outs := make([]string, 2)
+	errs := make([]string, 2)
 	codes := make([]int, 2)
 	for i := range 2 {
 		wg.Go(func() {
-			outs[i], _, codes[i] = runCLI(t, nil, "migrate", "up", "--source", "file://"+dir, "--dsn", db.DSN, "-o", "json")
+			outs[i], errs[i], codes[i] = runCLI(t, nil, "migrate", "up", "--source", "file://"+dir, "--dsn", db.DSN, "-o", "json")
 		})
 	}
 	wg.Wait()
-	assert.Equal(t, []int{0, 0}, codes, outs)
+	require.Equal(t, []int{0, 0}, codes, "%v %v", outs, errs)
 	var a, b []migrations.Applied
 	require.NoError(t, json.Unmarshal([]byte(outs[0]), &a))
 	require.NoError(t, json.Unmarshal([]byte(outs[1]), &b))

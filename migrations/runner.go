@@ -107,7 +107,23 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{conn: conn, cfg: cfg, src: src, opts: opts, table: table, log: log}
+	// concurrent runs create these at the same time: serialize on a
+	// transaction-scoped advisory lock (bounded by lock_timeout)
+	if err := r.bootstrap(ctx); err != nil {
+		_ = conn.Close(ctx)
+		return nil, fmt.Errorf("preparing spiredb's schema: %w", err)
+	}
+	return r, nil
+}
+
+func (r *Runner) bootstrap(ctx context.Context) error {
+	tx, err := r.conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	for _, q := range []string{
+		"SELECT pg_catalog.pg_advisory_xact_lock(7370697265646202)",
 		"CREATE SCHEMA IF NOT EXISTS spiredb",
 		`CREATE TABLE IF NOT EXISTS spiredb.migration_runs (
 			version_table text NOT NULL,
@@ -121,21 +137,11 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 			PRIMARY KEY (version_table, version, direction))`,
 		fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)", r.qualified()),
 	} {
-		if _, err := conn.Exec(ctx, pg.Marker+q); err != nil && !isDuplicateObject(err) {
-			_ = conn.Close(ctx)
-			return nil, fmt.Errorf("preparing spiredb's schema: %w", err)
+		if _, err := tx.Exec(ctx, pg.Marker+q); err != nil {
+			return err
 		}
 	}
-	return r, nil
-}
-
-// isDuplicateObject: two runs creating the schema or tables at once.
-func isDuplicateObject(err error) bool {
-	switch pg.SQLState(err) {
-	case "42P06", "42P07", "23505":
-		return true
-	}
-	return false
+	return tx.Commit(ctx)
 }
 
 func openSource(opts Options) (source.Driver, string, error) {
