@@ -3,20 +3,15 @@ package integration_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"github.com/jackc/pgx/v5"
-	"github.com/spiredb/spiredb/doctor"
-	"github.com/spiredb/spiredb/integration"
-	"github.com/spiredb/spiredb/internal/pgcluster"
-	"github.com/spiredb/spiredb/replication"
-	"github.com/stretchr/testify/assert"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/spiredb/spiredb/doctor"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
@@ -164,15 +159,8 @@ func TestDoctorAllModules(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	primary := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"synchronous_commit": "on"}})
-	dsn, err := primary.CreateDatabase(ctx, "spire")
-	require.NoError(t, err)
-	conn, err := pgx.Connect(ctx, dsn)
-	require.NoError(t, err)
-	defer conn.Close(ctx)
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 2000})
-	require.NoError(t, err)
-	_, err = conn.Exec(ctx, "CREATE EXTENSION pg_stat_statements")
+	primary, dsn, conn := primaryWithFixture(t, 2000)
+	_, err := conn.Exec(ctx, "CREATE EXTENSION pg_stat_statements")
 	require.NoError(t, err)
 	store := "file://" + t.TempDir()
 	for _, args := range [][]string{
@@ -183,14 +171,7 @@ func TestDoctorAllModules(t *testing.T) {
 		_, stderr, code := runCLI(t, nil, args...)
 		require.Equal(t, 0, code, "%v: %s", args, stderr)
 	}
-	port, err := pgcluster.FreePort(0, 0)
-	require.NoError(t, err)
-	dir := filepath.Join(primary.Dir, "standby")
-	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--start", "--port", fmt.Sprint(port))
-	require.Equal(t, 0, code, stderr)
-	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
-	standby := *primary
-	standby.Port = port
+	standby := startStandby(t, primary)
 
 	report := func(extra ...string) (doctor.Report, int) {
 		t.Helper()

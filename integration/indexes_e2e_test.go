@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,12 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/indexes"
-	"github.com/spiredb/spiredb/integration"
-	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
-	"github.com/spiredb/spiredb/replication"
 	"github.com/spiredb/spiredb/spire"
 )
 
@@ -244,14 +240,7 @@ func TestIndexesCheck(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	primary := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"synchronous_commit": "on"}})
-	dsn, err := primary.CreateDatabase(ctx, "spire")
-	require.NoError(t, err)
-	conn, err := pgx.Connect(ctx, dsn)
-	require.NoError(t, err)
-	defer conn.Close(ctx)
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 3000})
-	require.NoError(t, err)
+	primary, dsn, conn := primaryWithFixture(t, 3000)
 	for _, q := range []string{
 		"CREATE INDEX my_spiffe_id ON registered_entries (spiffe_id)",
 		"CREATE INDEX my_unused ON registered_entries (hint, ttl)",
@@ -262,17 +251,10 @@ func TestIndexesCheck(t *testing.T) {
 		require.NoError(t, err, q)
 	}
 	// a unique build on duplicate values fails and leaves an INVALID index
-	_, err = conn.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY my_broken ON registered_entries (parent_id)")
+	_, err := conn.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY my_broken ON registered_entries (parent_id)")
 	require.ErrorContains(t, err, "could not create unique index")
 
-	port, err := pgcluster.FreePort(0, 0)
-	require.NoError(t, err)
-	dir := filepath.Join(primary.Dir, "standby")
-	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--start", "--port", fmt.Sprint(port))
-	require.Equal(t, 0, code, stderr)
-	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
-	standby := *primary
-	standby.Port = port
+	standby := startStandby(t, primary)
 	sconn, err := pgx.Connect(ctx, standby.DSN("spire"))
 	require.NoError(t, err)
 	defer sconn.Close(ctx)

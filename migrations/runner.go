@@ -273,24 +273,34 @@ func (e *MigrationError) Error() string {
 
 func (e *MigrationError) Unwrap() error { return e.Err }
 
+// prepare takes the run's lock and reads the applied version and the
+// source's versions; a dirty version (left by another tool) stops the run.
+func (r *Runner) prepare(ctx context.Context) (unlock func(), cur int64, versions []int64, err error) {
+	unlock, err = r.lock(ctx)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	var dirty bool
+	if cur, dirty, err = r.Version(ctx); err == nil && dirty {
+		err = fmt.Errorf("version %d is marked dirty (by another tool): check the schema, then spiredb migrate force VERSION", cur)
+	}
+	if err == nil {
+		versions, err = r.Versions()
+	}
+	if err != nil {
+		unlock()
+		return nil, 0, nil, err
+	}
+	return unlock, cur, versions, nil
+}
+
 // Up applies pending migrations (n > 0: at most n).
 func (r *Runner) Up(ctx context.Context, n int) ([]Applied, error) {
-	unlock, err := r.lock(ctx)
+	unlock, cur, versions, err := r.prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	cur, dirty, err := r.Version(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if dirty {
-		return nil, fmt.Errorf("version %d is marked dirty (by another tool): check the schema, then spiredb migrate force VERSION", cur)
-	}
-	versions, err := r.Versions()
-	if err != nil {
-		return nil, err
-	}
 	var done []Applied
 	for _, v := range versions {
 		if v <= cur {
@@ -313,22 +323,11 @@ func (r *Runner) Down(ctx context.Context, n int) ([]Applied, error) {
 	if n < 1 {
 		n = 1
 	}
-	unlock, err := r.lock(ctx)
+	unlock, cur, versions, err := r.prepare(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	cur, dirty, err := r.Version(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if dirty {
-		return nil, fmt.Errorf("version %d is marked dirty (by another tool): check the schema, then spiredb migrate force VERSION", cur)
-	}
-	versions, err := r.Versions()
-	if err != nil {
-		return nil, err
-	}
 	var done []Applied
 	for i := len(versions) - 1; i >= 0 && len(done) < n; i-- {
 		v := versions[i]
