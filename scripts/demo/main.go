@@ -114,7 +114,7 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
-	step("SPIRE's index set: plan, build concurrently, then check index health (exit 4: warnings)")
+	step("SPIRE's index set: plan, build concurrently, then check index health")
 	for _, args := range [][]string{
 		{"indexes", "plan"},
 		{"indexes", "apply"},
