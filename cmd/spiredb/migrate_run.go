@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,16 @@ func (rf *runnerFlags) open(cmd *cobra.Command, g *globals) (*migrations.Runner,
 		return nil, usageErrorf("%w", err)
 	}
 	return r, err
+}
+
+// with runs fn over an open runner, closed afterwards.
+func (rf *runnerFlags) with(cmd *cobra.Command, g *globals, fn func(r *migrations.Runner) error) error {
+	r, err := rf.open(cmd, g)
+	if err != nil {
+		return err
+	}
+	defer r.Close(context.WithoutCancel(cmd.Context()))
+	return fn(r)
 }
 
 func printApplied(g *globals, done []migrations.Applied, err error) error {
@@ -60,13 +71,10 @@ func newMigrateUpCmd(g *globals, rf *runnerFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := rf.open(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer r.Close(cmd.Context())
-			done, err := r.Up(cmd.Context(), n)
-			return printApplied(g, done, err)
+			return rf.with(cmd, g, func(r *migrations.Runner) error {
+				done, err := r.Up(cmd.Context(), n)
+				return printApplied(g, done, err)
+			})
 		},
 	}
 }
@@ -81,13 +89,10 @@ func newMigrateDownCmd(g *globals, rf *runnerFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := rf.open(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer r.Close(cmd.Context())
-			done, err := r.Down(cmd.Context(), n)
-			return printApplied(g, done, err)
+			return rf.with(cmd, g, func(r *migrations.Runner) error {
+				done, err := r.Down(cmd.Context(), n)
+				return printApplied(g, done, err)
+			})
 		},
 	}
 }
@@ -109,13 +114,11 @@ func newMigrateStatusCmd(g *globals, rf *runnerFlags) *cobra.Command {
 		Short: "Applied and pending versions, and any failed run with its statement and what to do (exit 1: a failure is recorded)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			r, err := rf.open(cmd, g)
-			if err != nil {
+			var st *migrations.Status
+			if err := rf.with(cmd, g, func(r *migrations.Runner) (err error) {
+				st, err = r.GetStatus(cmd.Context())
 				return err
-			}
-			defer r.Close(cmd.Context())
-			st, err := r.GetStatus(cmd.Context())
-			if err != nil {
+			}); err != nil {
 				return err
 			}
 			if err := g.out.print(st, func(w io.Writer) error {
@@ -164,16 +167,13 @@ func newMigrateForceCmd(g *globals, rf *runnerFlags) *cobra.Command {
 			if err != nil || v < -1 {
 				return usageErrorf("VERSION must be a migration version or -1, not %q", args[0])
 			}
-			r, err := rf.open(cmd, g)
-			if err != nil {
-				return err
-			}
-			defer r.Close(cmd.Context())
-			if err := r.Force(cmd.Context(), v); err != nil {
-				return err
-			}
-			g.logger.Info("version forced", "version", v)
-			return nil
+			return rf.with(cmd, g, func(r *migrations.Runner) error {
+				if err := r.Force(cmd.Context(), v); err != nil {
+					return err
+				}
+				g.logger.Info("version forced", "version", v)
+				return nil
+			})
 		},
 	}
 }

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/indexes/views"
@@ -28,6 +30,22 @@ func newViewsCmd(g *globals) *cobra.Command {
 		}
 		return vs, nil
 	}
+	// onViews runs fn over the --view selection and a session to the
+	// database, closed afterwards.
+	onViews := func(fn func(ctx context.Context, conn *pgx.Conn, vs []views.View) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, _ []string) error {
+			vs, err := selected()
+			if err != nil {
+				return err
+			}
+			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.WithoutCancel(cmd.Context()))
+			return fn(cmd.Context(), conn, vs)
+		}
+	}
 	printResults := func(rs []views.Result) error {
 		return g.out.print(rs, func(w io.Writer) error {
 			for _, r := range rs {
@@ -47,40 +65,22 @@ func newViewsCmd(g *globals) *cobra.Command {
 		Use:   "create",
 		Short: "Create the views (schema spiredb) with their unique index and populate them",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			vs, err := selected()
-			if err != nil {
-				return err
-			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			rs, err := views.Create(cmd.Context(), conn, vs)
+		RunE: onViews(func(ctx context.Context, conn *pgx.Conn, vs []views.View) error {
+			rs, err := views.Create(ctx, conn, vs)
 			if err != nil {
 				return err
 			}
 			return printResults(rs)
-		},
+		}),
 	}
 	refresh := &cobra.Command{
 		Use:   "refresh",
 		Short: "Refresh CONCURRENTLY; skip (exit 0) when another refresh of the view is running",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			vs, err := selected()
-			if err != nil {
-				return err
-			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
+		RunE: onViews(func(ctx context.Context, conn *pgx.Conn, vs []views.View) error {
 			var rs []views.Result
 			for _, v := range vs {
-				r, err := views.Refresh(cmd.Context(), conn, v)
+				r, err := views.Refresh(ctx, conn, v)
 				if errors.Is(err, views.ErrNotCreated) {
 					return usageErrorf("%w", err)
 				}
@@ -90,23 +90,14 @@ func newViewsCmd(g *globals) *cobra.Command {
 				rs = append(rs, r)
 			}
 			return printResults(rs)
-		},
+		}),
 	}
 	status := &cobra.Command{
 		Use:   "status",
 		Short: "Last refresh, its duration, and SPIRE entry changes since",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			vs, err := selected()
-			if err != nil {
-				return err
-			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			st, err := views.GetStatus(cmd.Context(), conn, vs)
+		RunE: onViews(func(ctx context.Context, conn *pgx.Conn, vs []views.View) error {
+			st, err := views.GetStatus(ctx, conn, vs)
 			if err != nil {
 				return err
 			}
@@ -124,7 +115,7 @@ func newViewsCmd(g *globals) *cobra.Command {
 				}
 				return nil
 			})
-		},
+		}),
 	}
 	cmd.AddCommand(create, refresh, status)
 	return cmd
