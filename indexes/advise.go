@@ -287,7 +287,7 @@ func createConcurrently(schema string, c Candidate) string {
 	if len(name) > 63 {
 		name = name[:63]
 	}
-	s := fmt.Sprintf("CREATE INDEX CONCURRENTLY %s ON %s (%s)", quoteIdent(name), quoteQualified(schema, c.Table), strings.Join(c.Columns, ", "))
+	s := fmt.Sprintf("CREATE INDEX CONCURRENTLY %s ON %s (%s)", pgx.Identifier{name}.Sanitize(), pgx.Identifier{schema, c.Table}.Sanitize(), strings.Join(c.Columns, ", "))
 	if c.Where != "" {
 		s += " WHERE " + c.Where
 	}

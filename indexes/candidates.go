@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
@@ -19,7 +20,7 @@ type Candidate struct {
 
 // DDL is the CREATE INDEX statement for hypopg (no name, no CONCURRENTLY).
 func (c Candidate) DDL(schema string) string {
-	s := fmt.Sprintf("CREATE INDEX ON %s (%s)", quoteQualified(schema, c.Table), strings.Join(c.Columns, ", "))
+	s := fmt.Sprintf("CREATE INDEX ON %s (%s)", pgx.Identifier{schema, c.Table}.Sanitize(), strings.Join(c.Columns, ", "))
 	if c.Where != "" {
 		s += " WHERE " + c.Where
 	}
@@ -27,12 +28,6 @@ func (c Candidate) DDL(schema string) string {
 }
 
 func (c Candidate) key() string { return c.Table + "|" + strings.Join(c.Columns, ",") + "|" + c.Where }
-
-func quoteQualified(schema, table string) string {
-	return quoteIdent(schema) + "." + quoteIdent(table)
-}
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // predicate is one column comparison found in a WHERE clause.
 type predicate struct {

@@ -5,7 +5,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -181,9 +180,7 @@ func (r *Runner) Close(ctx context.Context) error {
 }
 
 func (r *Runner) lockKey() int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("spiredb.migrate." + r.table))
-	return int64(h.Sum64())
+	return pg.AdvisoryKey("migrate." + r.table)
 }
 
 // lock takes the run's advisory lock, waiting at most LockWait.

@@ -131,11 +131,15 @@ func (s *Scheduler) collect(ctx context.Context) {
 }
 
 func (s *Scheduler) collectBackups(ctx context.Context) error {
-	store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{})
-	if err != nil {
-		return err
+	if s.store == nil {
+		// opened once: an S3 store loads credentials and builds its client
+		store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{})
+		if err != nil {
+			return err
+		}
+		s.store = store
 	}
-	list, err := backup.List(ctx, store)
+	list, err := backup.List(ctx, s.store)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/robfig/cron/v3"
+
+	"github.com/spiredb/spiredb/backup"
 )
 
 // RunFunc runs one spiredb command line and returns its exit code (the
@@ -75,6 +77,7 @@ type Scheduler struct {
 	metrics *Metrics
 
 	state *stateMetrics
+	store backup.Store // the config's store, for collection; opened on first use
 
 	mu      sync.Mutex
 	busy    map[string]bool

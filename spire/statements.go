@@ -67,17 +67,24 @@ var catalogJSON []byte
 var SchemaSQL string
 
 var labels = sync.OnceValues(func() (map[string]string, error) {
-	return loadLabels(catalogJSON)
+	c, err := catalog()
+	if err != nil {
+		return nil, err
+	}
+	return loadLabels(c)
 })
 
-// Statements returns the embedded catalog.
-func Statements() (Catalog, error) {
+var catalog = sync.OnceValues(func() (Catalog, error) {
 	var c Catalog
 	if err := json.Unmarshal(catalogJSON, &c); err != nil {
 		return c, fmt.Errorf("SPIRE statement catalog: %w", err)
 	}
 	return c, nil
-}
+})
+
+// Statements returns the embedded catalog, parsed once; callers must not
+// modify it.
+func Statements() (Catalog, error) { return catalog() }
 
 // StatementsFor returns the catalog's statements of one operation.
 func StatementsFor(label string) ([]Statement, error) {
@@ -97,11 +104,7 @@ func StatementsFor(label string) ([]Statement, error) {
 // loadLabels fingerprints the catalog's statements. Fingerprints are
 // computed here, not stored, so that they always come from the pg_query
 // version this binary was built with.
-func loadLabels(b []byte) (map[string]string, error) {
-	var c Catalog
-	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("SPIRE statement catalog: %w", err)
-	}
+func loadLabels(c Catalog) (map[string]string, error) {
 	out := make(map[string]string, len(c.Statements))
 	for _, s := range c.Statements {
 		fp, err := Fingerprint(s.Query)

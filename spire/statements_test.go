@@ -13,7 +13,7 @@ func TestCatalogLabels(t *testing.T) {
 	c, err := Statements()
 	require.NoError(t, err)
 	require.NotEmpty(t, c.Statements)
-	m, err := loadLabels(catalogJSON)
+	m, err := loadLabels(c)
 	require.NoError(t, err)
 	seen := map[string]bool{}
 	for _, s := range c.Statements {

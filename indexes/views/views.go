@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io/fs"
 	"sort"
 	"strings"
@@ -76,9 +75,7 @@ func (v View) query(spireSchema string) (string, error) {
 
 // lockKey is the advisory lock a refresh of v holds.
 func (v View) lockKey() int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("spiredb.views." + v.Name))
-	return int64(h.Sum64())
+	return pg.AdvisoryKey("views." + v.Name)
 }
 
 const bookkeepingSQL = `CREATE TABLE IF NOT EXISTS spiredb.view_refreshes (

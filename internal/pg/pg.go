@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"time"
@@ -208,4 +209,13 @@ func DropDatabase(ctx context.Context, admin Options, name string) error {
 		return fmt.Errorf("dropping database %s: %w", name, err)
 	}
 	return nil
+}
+
+// AdvisoryKey is the advisory lock key spiredb uses for a named resource
+// ("views.entry_selectors", "backfill.JOB", "migrate.TABLE"): a stable
+// 64-bit hash, so every spiredb process agrees on it.
+func AdvisoryKey(name string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("spiredb." + name))
+	return int64(h.Sum64())
 }

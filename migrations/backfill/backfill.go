@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -286,9 +285,7 @@ func (t *table) statements(spec Spec, first bool) (sel, upd string) {
 }
 
 func lockKey(name string) int64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("spiredb.backfill." + name))
-	return int64(h.Sum64())
+	return pg.AdvisoryKey("backfill." + name)
 }
 
 func jobsTable(ctx context.Context, conn *pgx.Conn) error {
