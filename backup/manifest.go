@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -79,20 +81,63 @@ func getJSON(ctx context.Context, s Store, key string, v any) error {
 	return nil
 }
 
-// List returns every complete backup in the store, oldest first, with its
-// last verification result.
-func List(ctx context.Context, s Store) ([]Manifest, error) {
+// idPattern is the shape of the IDs Run gives backups (newID): a backup
+// directory of any other name was not written by spiredb.
+var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`)
+
+// IsBackupID reports whether s has the shape of a backup ID.
+func IsBackupID(s string) bool { return idPattern.MatchString(s) }
+
+// ownNames are the objects Run and Verify write inside a backup's
+// directory: the only names prune ever deletes.
+var ownNames = []string{dumpName, manifestName, verifyName}
+
+// Problem is something in a store that looks like a backup but cannot be
+// used as one: an unreadable manifest, a copied backup directory. It is
+// reported and never deleted.
+type Problem struct {
+	Key    string `json:"key"`
+	Reason string `json:"reason"`
+}
+
+func (p Problem) String() string { return p.Key + ": " + p.Reason }
+
+// Inventory is what a store holds, sorted out once.
+type Inventory struct {
+	// Backups are the complete backups, oldest first: an ID-shaped
+	// directory whose manifest parses and names that same directory.
+	Backups []Manifest
+	// Problems are the backup-like things that cannot be used.
+	Problems []Problem
+	// Foreign are the top-level names spiredb did not write (not ID-shaped):
+	// left alone by every command.
+	Foreign []string
+	// objects are the store's objects by backup ID (ID-shaped only).
+	objects map[string][]Object
+}
+
+// Inspect lists the store once and sorts what it holds into backups,
+// problems and foreign names. Reading needs read access only. One bad
+// manifest is a Problem, never an error: the other backups stay usable.
+func Inspect(ctx context.Context, s Store) (*Inventory, error) {
 	objs, err := s.List(ctx, "")
 	if err != nil {
 		return nil, err
 	}
-	hasVerify := map[string]bool{}
+	inv := &Inventory{objects: map[string][]Object{}}
+	foreign := map[string]bool{}
 	var ids []string
+	hasVerify := map[string]bool{}
 	for _, o := range objs {
-		id, name, ok := strings.Cut(o.Key, "/")
-		if !ok {
+		id, name, nested := strings.Cut(o.Key, "/")
+		if !IsBackupID(id) || !nested {
+			if name == manifestName {
+				inv.Problems = append(inv.Problems, Problem{Key: o.Key, Reason: "a manifest outside a backup-ID directory (a copied backup?): ignored"})
+			}
+			foreign[id] = true
 			continue
 		}
+		inv.objects[id] = append(inv.objects[id], o)
 		switch name {
 		case manifestName:
 			ids = append(ids, id)
@@ -100,41 +145,75 @@ func List(ctx context.Context, s Store) ([]Manifest, error) {
 			hasVerify[id] = true
 		}
 	}
-	out := make([]Manifest, 0, len(ids))
+	for id := range foreign {
+		inv.Foreign = append(inv.Foreign, id)
+	}
+	sort.Strings(inv.Foreign)
 	for _, id := range ids {
 		var m Manifest
 		if err := getJSON(ctx, s, manifestKey(id), &m); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				continue // pruned meanwhile
 			}
-			return nil, err
+			inv.Problems = append(inv.Problems, Problem{Key: manifestKey(id), Reason: "unreadable manifest: " + err.Error()})
+			continue
+		}
+		if m.ID != id {
+			inv.Problems = append(inv.Problems, Problem{Key: manifestKey(id), Reason: fmt.Sprintf("the manifest names backup %q, not its directory (a copied backup?): ignored", m.ID)})
+			continue
 		}
 		if hasVerify[id] {
 			var v VerifyResult
-			if err := getJSON(ctx, s, verifyKey(id), &v); err == nil {
+			if err := getJSON(ctx, s, verifyKey(id), &v); err == nil && v.ID == id {
 				m.Verification = &v
 			}
 		}
-		out = append(out, m)
+		inv.Backups = append(inv.Backups, m)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if !out[i].StartedAt.Equal(out[j].StartedAt) {
-			return out[i].StartedAt.Before(out[j].StartedAt)
+	sort.Slice(inv.Backups, func(i, j int) bool {
+		a, b := inv.Backups[i], inv.Backups[j]
+		if !a.StartedAt.Equal(b.StartedAt) {
+			return a.StartedAt.Before(b.StartedAt)
 		}
-		return out[i].ID < out[j].ID
+		return a.ID < b.ID
 	})
-	return out, nil
+	sort.Slice(inv.Problems, func(i, j int) bool { return inv.Problems[i].Key < inv.Problems[j].Key })
+	return inv, nil
+}
+
+// Warn logs each problem as one warning line.
+func (inv *Inventory) Warn(logger *slog.Logger) {
+	for _, p := range inv.Problems {
+		logger.Warn("not a usable backup, left alone: "+p.Reason, "key", p.Key)
+	}
+}
+
+// List returns every complete backup in the store, oldest first, with its
+// last verification result. Problems (see Inspect) are left out.
+func List(ctx context.Context, s Store) ([]Manifest, error) {
+	inv, err := Inspect(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return inv.Backups, nil
 }
 
 // Find returns the backup with id, or the newest when latest is set.
 func Find(ctx context.Context, s Store, id string, latest bool) (*Manifest, error) {
+	return find(ctx, s, id, latest, nil)
+}
+
+// find is Find, logging the store's problems as warnings.
+func find(ctx context.Context, s Store, id string, latest bool, logger *slog.Logger) (*Manifest, error) {
 	if latest == (id != "") {
 		return nil, errors.New("name a backup with --id ID or --latest (one of them)")
 	}
-	all, err := List(ctx, s)
+	inv, err := Inspect(ctx, s)
 	if err != nil {
 		return nil, err
 	}
+	inv.Warn(orDiscard(logger))
+	all := inv.Backups
 	if latest {
 		if len(all) == 0 {
 			return nil, fmt.Errorf("no backups in %s", s)
@@ -144,6 +223,11 @@ func Find(ctx context.Context, s Store, id string, latest bool) (*Manifest, erro
 	for i := range all {
 		if all[i].ID == id {
 			return &all[i], nil
+		}
+	}
+	for _, p := range inv.Problems {
+		if strings.HasPrefix(p.Key, id+"/") {
+			return nil, fmt.Errorf("%s in %s is not a usable backup: %s", id, s, p.Reason)
 		}
 	}
 	return nil, fmt.Errorf("no backup %q in %s (see `spiredb backup list`)", id, s)

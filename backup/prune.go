@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -32,10 +34,20 @@ type PruneResult struct {
 	Leftovers []string `json:"leftovers"`
 	// Aborted are incomplete uploads old enough to abort.
 	Aborted []string `json:"aborted_uploads"`
+	// Problems are backup-like things spiredb cannot prove it wrote as
+	// they are (unreadable or copied manifests, unknown objects in a backup
+	// directory): reported, left alone.
+	Problems []Problem `json:"problems"`
+	// Foreign are top-level names that are not backup IDs: never touched.
+	Foreign []string `json:"foreign"`
 }
 
 // Prune applies the retention policy, removes leftovers of failed runs and
-// aborts stale incomplete uploads.
+// aborts stale incomplete uploads. It deletes only what it can prove
+// spiredb wrote: the objects Run and Verify name (dump, manifest.json,
+// verify.json) inside a directory named like a backup ID, whose manifest,
+// when there is one, names that directory. Everything else is reported and
+// left alone.
 func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 	logger := orDiscard(o.Logger)
 	if err := o.Policy.Validate(); err != nil {
@@ -51,34 +63,55 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 	if o.Now != nil {
 		now = o.Now
 	}
-	if err := o.Store.Check(ctx); err != nil {
+	check := o.Store.Check
+	if !o.DryRun {
+		check = func(ctx context.Context) error { return checkWrite(ctx, o.Store) }
+	}
+	if err := check(ctx); err != nil {
 		return nil, err
 	}
-	backups, err := List(ctx, o.Store)
+	inv, err := Inspect(ctx, o.Store)
 	if err != nil {
 		return nil, err
 	}
-	res := &PruneResult{DryRun: o.DryRun, Decisions: Select(backups, o.Policy)}
+	inv.Warn(logger)
+	res := &PruneResult{DryRun: o.DryRun, Decisions: Select(inv.Backups, o.Policy), Problems: inv.Problems, Foreign: inv.Foreign}
+	if res.Problems == nil {
+		res.Problems = []Problem{}
+	}
+	if res.Foreign == nil {
+		res.Foreign = []string{}
+	}
 
-	objs, err := o.Store.List(ctx, "")
-	if err != nil {
-		return nil, err
-	}
-	byID := map[string][]Object{}
-	for _, ob := range objs {
-		if id, _, ok := strings.Cut(ob.Key, "/"); ok {
-			byID[id] = append(byID[id], ob)
-		}
-	}
 	complete := map[string]bool{}
-	for _, b := range backups {
+	for _, b := range inv.Backups {
 		complete[b.ID] = true
 	}
+	withProblem := map[string]bool{}
+	for _, p := range inv.Problems {
+		id, _, _ := strings.Cut(p.Key, "/")
+		withProblem[id] = true
+	}
+	// own returns the objects of a backup directory spiredb wrote, and
+	// reports any other object found there
+	own := func(id string) []string {
+		var keys []string
+		for _, ob := range inv.objects[id] {
+			if _, name, _ := strings.Cut(ob.Key, "/"); slices.Contains(ownNames, name) {
+				keys = append(keys, ob.Key)
+				continue
+			}
+			res.Problems = append(res.Problems, Problem{Key: ob.Key, Reason: "not an object spiredb writes: left alone"})
+		}
+		return keys
+	}
 	cutoff := now().Add(-o.StaleAfter)
-	for id, obs := range byID {
-		if complete[id] {
+	ids := slices.Sorted(maps.Keys(inv.objects))
+	for _, id := range ids {
+		if complete[id] || withProblem[id] {
 			continue
 		}
+		obs := inv.objects[id]
 		newest := time.Time{}
 		for _, ob := range obs {
 			if ob.Modified.After(newest) {
@@ -89,9 +122,13 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 			logger.Info("leftover too recent to remove (a backup may be running)", "id", id)
 			continue
 		}
+		keys := own(id)
+		if len(keys) == 0 {
+			continue
+		}
 		res.Leftovers = append(res.Leftovers, id)
 		if !o.DryRun {
-			if err := o.Store.Delete(ctx, keysOf(obs)...); err != nil {
+			if err := o.Store.Delete(ctx, keys...); err != nil {
 				return res, fmt.Errorf("removing leftover %s: %w", id, err)
 			}
 		}
@@ -101,6 +138,10 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		return nil, err
 	}
 	for _, u := range uploads {
+		id, name, _ := strings.Cut(u.Key, "/")
+		if !IsBackupID(id) || !slices.Contains(ownNames, name) {
+			continue // not an upload of spiredb's
+		}
 		if !u.Initiated.Before(cutoff) && o.StaleAfter > 0 {
 			continue
 		}
@@ -117,6 +158,7 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 			continue
 		}
 		res.Deleted = append(res.Deleted, d.ID)
+		keys := own(d.ID)
 		if o.DryRun {
 			continue
 		}
@@ -125,18 +167,10 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		if err := o.Store.Delete(ctx, manifestKey(d.ID)); err != nil {
 			return res, fmt.Errorf("deleting %s: %w", d.ID, err)
 		}
-		if err := o.Store.Delete(ctx, keysOf(byID[d.ID])...); err != nil {
+		if err := o.Store.Delete(ctx, keys...); err != nil {
 			return res, fmt.Errorf("deleting %s: %w", d.ID, err)
 		}
 		logger.Info("backup deleted", "id", d.ID)
 	}
 	return res, nil
-}
-
-func keysOf(obs []Object) []string {
-	out := make([]string, len(obs))
-	for i, o := range obs {
-		out[i] = o.Key
-	}
-	return out
 }

@@ -69,7 +69,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if err := o.Store.Check(ctx); err != nil {
 		return nil, err
 	}
-	m, err := Find(ctx, o.Store, o.ID, o.Latest)
+	m, err := find(ctx, o.Store, o.ID, o.Latest, o.Logger)
 	if err != nil {
 		return nil, err
 	}

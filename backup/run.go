@@ -54,7 +54,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if o.Compress < -1 || o.Compress > 9 {
 		return nil, fmt.Errorf("invalid compression %d: want 0-9", o.Compress)
 	}
-	if err := o.Store.Check(ctx); err != nil {
+	if err := checkWrite(ctx, o.Store); err != nil {
 		return nil, err
 	}
 	conn, err := pg.Connect(ctx, o.Conn)

@@ -29,11 +29,28 @@ type Store interface {
 	Incomplete(ctx context.Context) ([]Upload, error)
 	// Abort removes an incomplete upload.
 	Abort(ctx context.Context, u Upload) error
-	// Check fails with a clear error when the store cannot be used
-	// (unreachable endpoint, wrong credentials, missing bucket).
+	// Check fails with a clear error when the store cannot be read
+	// (unreachable endpoint, wrong credentials, missing bucket). It needs
+	// read access only.
 	Check(ctx context.Context) error
 	// String names the store without secrets.
 	String() string
+}
+
+// writeChecker is implemented by stores that can tell up front whether a
+// write will succeed (a local directory); commands that write call it
+// before starting, reading commands never do.
+type writeChecker interface{ CheckWrite(ctx context.Context) error }
+
+// checkWrite checks read access, then write access where the store can.
+func checkWrite(ctx context.Context, s Store) error {
+	if err := s.Check(ctx); err != nil {
+		return err
+	}
+	if w, ok := s.(writeChecker); ok {
+		return w.CheckWrite(ctx)
+	}
+	return nil
 }
 
 // sizer is implemented by stores whose uploads must be sized up front.

@@ -40,9 +40,10 @@ func (s *FileStore) path(key string) (string, error) {
 	return filepath.Join(s.root, filepath.FromSlash(clean)), nil
 }
 
-// Check makes sure the directory, when it exists, is a writable directory.
+// Check makes sure the directory, when it exists, is a readable directory.
 // A missing one is fine: it holds no backups, and the first Put creates it
-// (read-only commands must not create it).
+// (read-only commands must not create it). Reading needs nothing more:
+// commands that write call CheckWrite too.
 func (s *FileStore) Check(_ context.Context) error {
 	st, err := os.Stat(s.root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -53,6 +54,23 @@ func (s *FileStore) Check(_ context.Context) error {
 	}
 	if !st.IsDir() {
 		return &StoreError{Store: s.String(), Err: errors.New("not a directory")}
+	}
+	d, err := os.Open(s.root)
+	if err != nil {
+		return &StoreError{Store: s.String(), Err: fmt.Errorf("not readable: %w", err)}
+	}
+	_ = d.Close()
+	return nil
+}
+
+// CheckWrite makes sure a backup can be written: the directory (created
+// when missing, 0700) accepts a new file.
+func (s *FileStore) CheckWrite(ctx context.Context) error {
+	if err := s.Check(ctx); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.root, 0o700); err != nil {
+		return &StoreError{Store: s.String(), Err: fmt.Errorf("not writable: %w", err)}
 	}
 	f, err := os.CreateTemp(s.root, ".check-")
 	if err != nil {
@@ -69,13 +87,13 @@ func (s *FileStore) Put(ctx context.Context, key string, r io.Reader) (int64, er
 	if err != nil {
 		return 0, err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return 0, err
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	tmp := p + partialMarker + hex.EncodeToString(b)
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return 0, err
 	}

@@ -36,6 +36,9 @@ type VerifyResult struct {
 	Time     time.Time     `json:"time"`
 	Duration time.Duration `json:"duration_ns"`
 	Checks   []Check       `json:"checks"`
+	// Recorded is false when the result could not be stored (a read-only
+	// store).
+	Recorded bool `json:"-"`
 }
 
 // Check is one verification step.
@@ -96,7 +99,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	if err := o.Store.Check(ctx); err != nil {
 		return nil, err
 	}
-	m, err := Find(ctx, o.Store, o.ID, o.Latest)
+	m, err := find(ctx, o.Store, o.ID, o.Latest, o.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -117,8 +120,12 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	}
 	res.Duration = time.Since(start)
 	res.OK = res.Failed() == nil
+	// a read-only store can be verified: the result is then returned but
+	// not recorded next to the backup
 	if err := putJSON(ctx, o.Store, verifyKey(m.ID), res); err != nil {
-		return nil, fmt.Errorf("storing verification result: %w", err)
+		logger.Warn("verification result not recorded in the store (read-only?): backup list and doctor will not see it", "id", m.ID, "err", err)
+	} else {
+		res.Recorded = true
 	}
 	return res, nil
 }

@@ -141,9 +141,14 @@ func newBackupListCmd(g *globals, f *storeFlags) *cobra.Command {
 			if err := s.Check(cmd.Context()); err != nil {
 				return err
 			}
-			ms, err := backup.List(cmd.Context(), s)
+			inv, err := backup.Inspect(cmd.Context(), s)
 			if err != nil {
 				return err
+			}
+			inv.Warn(g.logger)
+			ms := inv.Backups
+			if ms == nil {
+				ms = []backup.Manifest{}
 			}
 			return g.out.print(ms, func(w io.Writer) error {
 				if len(ms) == 0 {
@@ -410,6 +415,12 @@ func writePrune(w io.Writer, r *backup.PruneResult) error {
 	for _, k := range r.Aborted {
 		fmt.Fprintf(w, "aborted incomplete upload: %s\n", k)
 	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "left alone: %s\n", p)
+	}
+	if len(r.Foreign) > 0 {
+		fmt.Fprintf(w, "left alone: %d name(s) that are not spiredb backups (%s)\n", len(r.Foreign), clip(strings.Join(r.Foreign, " "), 120))
+	}
 	_, err := fmt.Fprintf(w, "%d kept, %d %s\n", len(r.Decisions)-len(r.Deleted), len(r.Deleted), verb)
 	return err
 }
@@ -437,3 +448,4 @@ func progressReporter(g *globals, what string) (progress backup.Progress, end fu
 		}
 	}, end
 }
+
