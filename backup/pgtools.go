@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"syscall"
 
 	"github.com/spiredb/spiredb/internal/dsn"
-	"github.com/spiredb/spiredb/internal/pg"
 )
 
 // Tools locates the PostgreSQL client programs (pg_dump, pg_restore).
@@ -96,39 +94,6 @@ func CheckDumpVersion(dumpMajor, serverVersionNum int) error {
 			dumpMajor, serverMajor, serverMajor, serverMajor)
 	}
 	return nil
-}
-
-// libpqTarget turns spiredb's connection options into what a libpq program
-// needs: a conninfo string without the password (argv is world-readable in
-// /proc), pointed at database when one is given, and an environment carrying
-// PGPASSWORD and PGAPPNAME.
-func libpqTarget(opts pg.Options, database, appName string) (conninfo string, env []string, err error) {
-	cfg, err := pg.ParseConfig(opts)
-	if err != nil {
-		return "", nil, err
-	}
-	conninfo = dsn.StripPassword(opts.DSN)
-	if database != "" {
-		if u, perr := url.Parse(conninfo); perr == nil && strings.Contains(conninfo, "://") {
-			u.Path = "/" + database
-			conninfo = u.String()
-		} else {
-			conninfo = strings.TrimSpace(conninfo + " dbname=" + quoteConninfo(database))
-		}
-	}
-	env = os.Environ()
-	if cfg.Password != "" {
-		env = append(env, "PGPASSWORD="+cfg.Password)
-	}
-	env = append(env, "PGAPPNAME="+appName, "PGCONNECT_TIMEOUT=10")
-	return conninfo, env, nil
-}
-
-func quoteConninfo(s string) string {
-	if s != "" && !strings.ContainsAny(s, ` '\`) {
-		return s
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 // stderrLog forwards a program's stderr to the logger line by line and

@@ -97,16 +97,17 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	conninfo, env, err := libpqTarget(o.Target, "", "spiredb-restore")
+	// pg_restore goes to the very database inspected above, whatever else
+	// the DSN says
+	topts := o.Target
+	topts.Database = res.Database
+	lp, err := pg.NewLibpq(topts, "spiredb-restore")
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--no-owner", "--no-privileges", "--exit-on-error"}
-	if conninfo != "" {
-		args = append(args, "--dbname="+conninfo)
-	} else {
-		args = append(args, "--dbname="+res.Database)
-	}
+	defer lp.Close()
+	env := lp.Env
+	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--dbname=" + lp.Conninfo}
 	if o.Clean {
 		args = append(args, "--clean", "--if-exists")
 	}

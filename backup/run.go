@@ -119,13 +119,17 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if o.Compress >= 0 {
 		args = append(args, "--compress="+strconv.Itoa(o.Compress))
 	}
-	conninfo, env, err := libpqTarget(o.Conn, "", "spiredb-backup")
+	// pg_dump dumps the database this session is in, whatever else the
+	// DSN says
+	dopts := o.Conn
+	dopts.Database = m.Database
+	lp, err := pg.NewLibpq(dopts, "spiredb-backup")
 	if err != nil {
 		return nil, err
 	}
-	if conninfo != "" {
-		args = append(args, "--dbname="+conninfo)
-	}
+	defer lp.Close()
+	env := lp.Env
+	args = append(args, "--dbname="+lp.Conninfo)
 	path, err := o.Tools.Path("pg_dump")
 	if err != nil {
 		return nil, err

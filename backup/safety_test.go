@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +21,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/s3test"
 )
 
@@ -330,3 +334,72 @@ func (r readOnlyStore) Put(context.Context, string, io.Reader) (int64, error) {
 }
 
 func (r readOnlyStore) Delete(context.Context, ...string) error { return os.ErrPermission }
+
+// recordingTools wraps the real pg_dump and pg_restore in scripts that
+// append their argv to a file, so a test can read what /proc would show.
+func recordingTools(t *testing.T) (backup.Tools, string) {
+	t.Helper()
+	dir := t.TempDir()
+	argv := filepath.Join(dir, "argv.log")
+	for _, prog := range []string{"pg_dump", "pg_restore"} {
+		real, err := (backup.Tools{}).Path(prog)
+		require.NoError(t, err)
+		script := fmt.Sprintf("#!/bin/sh\nprintf '%%s\\n' \"$*\" >> %s\nexec %s \"$@\"\n", argv, real)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, prog), []byte(script), 0o755))
+	}
+	return backup.Tools{BinDir: dir}, argv
+}
+
+// TestLibpqProgramsGetNoSecretsAndTheRightDatabase: pg_dump and
+// pg_restore's argv carry neither password nor sslpassword; verify
+// restores into the scratch database it created even when the scratch DSN
+// names another database in its query string; files are private.
+func TestLibpqProgramsGetNoSecretsAndTheRightDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := spireDB(t, 200)
+	tools, argv := recordingTools(t)
+	dir := t.TempDir()
+	s, err := backup.NewFileStore(filepath.Join(dir, "store"))
+	require.NoError(t, err)
+	const sslSecret = "SSLsecret/?#@9"
+	withSSL := db.DSN + "&sslpassword=" + url.QueryEscape(sslSecret)
+	m, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: withSSL}, Store: s, Compress: -1, Tools: tools})
+	require.NoError(t, err)
+
+	// a scratch DSN whose query string names a database verify did not create
+	victim := pgtest.NewDB(t)
+	_, err = victim.Pool.Exec(ctx, "CREATE TABLE keep_me (id int)")
+	require.NoError(t, err)
+	scratch := db.DSN + "&dbname=" + victim.Name
+	for _, jobs := range []int{1, 2} {
+		res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: backup.LevelRestore, Jobs: jobs,
+			Scratch: pg.Options{DSN: scratch}, Tools: tools})
+		require.NoError(t, err)
+		require.True(t, res.OK, "%+v", res.Checks)
+	}
+	var tables int
+	require.NoError(t, victim.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&tables))
+	require.Equal(t, 1, tables, "verify restored into a database it did not create")
+
+	logged, err := os.ReadFile(argv)
+	require.NoError(t, err)
+	password := strings.TrimPrefix(strings.Split(strings.Split(db.DSN, "@")[0], "://")[1], "postgres:")
+	require.NotEmpty(t, password)
+	for _, secret := range []string{password, sslSecret, url.QueryEscape(sslSecret)} {
+		require.NotContains(t, string(logged), secret, "a secret on a program's command line")
+	}
+	require.Contains(t, string(logged), "dbname='spiredb_verify_")
+
+	require.NoError(t, filepath.WalkDir(filepath.Join(dir, "store"), func(p string, d fs.DirEntry, err error) error {
+		require.NoError(t, err)
+		info, err := d.Info()
+		require.NoError(t, err)
+		want := os.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		require.Equal(t, want, info.Mode().Perm(), p)
+		return nil
+	}))
+}

@@ -233,10 +233,16 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 		}
 	}()
 
-	conninfo, env, err := libpqTarget(o.Scratch, scratch, "spiredb-verify")
+	// every session and program below goes to the scratch database this
+	// run created, whatever the scratch DSN names
+	sopts := o.Scratch
+	sopts.Database = scratch
+	lp, err := pg.NewLibpq(sopts, "spiredb-verify")
 	if err != nil {
 		return err
 	}
+	defer lp.Close()
+	conninfo, env := lp.Conninfo, lp.Env
 	path, err := o.Tools.Path("pg_restore")
 	if err != nil {
 		return err
@@ -283,8 +289,6 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	}
 	res.add("restore", true, "restored into scratch database %s (jobs %d)", scratch, o.Jobs)
 
-	sopts := o.Scratch
-	sopts.Database = scratch
 	// row counts and amcheck run side by side
 	var compared VerifyResult
 	done := make(chan error, 1)
