@@ -100,12 +100,12 @@ func BenchmarkReplica(b *testing.B) {
 			port, err := pgcluster.FreePort(0, 0)
 			require.NoError(b, err)
 			dir := filepath.Join(primary.Dir, fmt.Sprintf("promote-%d", r))
-			_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")}, DataDir: dir, Start: true, Port: port})
+			_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")}, DataDir: dir, Start: true, Port: port, StandbyPassfile: dir + ".pgpass"})
 			require.NoError(b, err)
 			standby := *primary
 			standby.Port = port
 			start := time.Now()
-			out, err := exec.Command(bin, "replica", "promote", "--dsn", standby.DSN("spire"), "-o", "json", "--log-level", "warn").Output()
+			out, err := exec.Command(bin, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json", "--log-level", "warn").Output()
 			require.NoError(b, err)
 			promoteWall = append(promoteWall, time.Since(start))
 			var res replication.PromoteResult

@@ -34,7 +34,7 @@ func TestReplicaServesSpireAndPromotes(t *testing.T) {
 	require.NoError(t, err)
 	dir := filepath.Join(primary.Dir, "standby")
 	out, errOut, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir,
-		"--start", "--port", fmt.Sprint(port), "-o", "json")
+		"--standby-passfile", dir+".pgpass", "--start", "--port", fmt.Sprint(port), "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
 	var br replication.BootstrapResult
@@ -77,12 +77,12 @@ func TestReplicaServesSpireAndPromotes(t *testing.T) {
 
 	// the primary is lost: stop SPIRE A, promote, fence what is left
 	a.Halt()
-	out, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "-o", "json")
+	out, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	var pr replication.PromoteResult
 	require.NoError(t, json.Unmarshal([]byte(out), &pr))
 	require.EqualValues(t, 2, pr.Timeline)
-	_, errOut, code = runCLI(t, nil, "replica", "fence", "--dsn", primary.DSN("spire"))
+	_, errOut, code = runCLI(t, nil, "replica", "fence", "--dsn", primary.DSN("spire"), "--yes")
 	require.Equal(t, 0, code, errOut)
 
 	b, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: standby.KVDSN("spire")})

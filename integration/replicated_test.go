@@ -41,7 +41,7 @@ func startStandby(t *testing.T, primary *pgcluster.Cluster) *pgcluster.Cluster {
 	port, err := pgcluster.FreePort(0, 0)
 	require.NoError(t, err)
 	dir := filepath.Join(primary.Dir, "standby")
-	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--start", "--port", fmt.Sprint(port))
+	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--standby-passfile", dir+".pgpass", "--start", "--port", fmt.Sprint(port))
 	require.Equal(t, 0, code, stderr)
 	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
 	standby := *primary

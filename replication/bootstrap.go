@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,7 +45,12 @@ type BootstrapOptions struct {
 	MaxRate string
 	// StartTimeout bounds the wait for streaming (default 2m).
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// StandbyPassfile, when set, is written (0600, owned by the server's
+	// user) with the primary's password, and the standby's primary_conninfo
+	// names it. Unset, the password is written nowhere: the standby needs
+	// another way in (its user's ~/.pgpass, a certificate, pg_hba trust).
+	StandbyPassfile string
+	Logger          *slog.Logger
 	// Progress reports bytes copied and the estimated total.
 	Progress func(done, total int64)
 }
@@ -118,6 +124,10 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 		}
 		createdDir = true
 	}
+	// PostgreSQL refuses to start on a data directory others can read
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("making %s private (0700): %w", dir, err)
+	}
 	if cred != nil {
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
 			return nil, err
@@ -127,8 +137,13 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 		return nil, fmt.Errorf("creating slot %s: %w", o.Slot, err)
 	}
 	logger.Info("slot created", "slot", o.Slot)
+	// Until the copy is complete a failure undoes this run's work (the
+	// slot, the files pg_basebackup wrote). After it the directory is a
+	// standby: a later failure (start, streaming) leaves it and the slot
+	// for the operator, and nothing is ever removed under a running server.
+	copied := false
 	defer func() {
-		if err == nil {
+		if err == nil || copied {
 			return
 		}
 		cleanupFailed(context.WithoutCancel(ctx), o.Primary, o.Slot, dir, createdDir, logger)
@@ -136,27 +151,48 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 
 	start := time.Now()
 	res := &BootstrapResult{Slot: o.Slot, DataDir: dir}
-	conninfo := dsn.StripPassword(o.Primary.DSN)
-	cfg, err := pg.ParseConfig(o.Primary)
-	if err != nil {
-		return nil, err
-	}
-	args := []string{"-D", dir, "-R", "-X", "stream", "-S", o.Slot, "-c", "fast", "-P", "-w"}
-	if o.MaxRate != "" {
-		args = append(args, "--max-rate="+o.MaxRate)
-	}
-	if conninfo != "" {
-		args = append(args, "-d", conninfo)
-	}
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_basebackup"), args...)
 	// pg_basebackup -R writes this connection's parameters into the
 	// standby's primary_conninfo: the application_name it records is how
 	// the primary will name the standby (pg_stat_replication,
 	// synchronous_standby_names), so make it the slot name.
-	cmd.Env = append(os.Environ(), "PGAPPNAME="+o.Slot)
-	if cfg.Password != "" {
-		cmd.Env = append(cmd.Env, "PGPASSWORD="+cfg.Password)
+	lp, err := pg.NewLibpq(o.Primary, o.Slot)
+	if err != nil {
+		return nil, err
 	}
+	defer lp.Close()
+	cfg, err := pg.ParseConfig(o.Primary)
+	if err != nil {
+		return nil, err
+	}
+	// The password reaches pg_basebackup through a private passfile, never
+	// PGPASSWORD: -R copies a password it was given into primary_conninfo,
+	// in the standby's postgresql.auto.conf; a passfile it only names.
+	env := slices.DeleteFunc(slices.Clone(lp.Env), func(e string) bool { return strings.HasPrefix(e, "PGPASSWORD=") })
+	passDir, err := os.MkdirTemp("", "spiredb-bootstrap-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(passDir)
+	tmpPass := filepath.Join(passDir, "pgpass")
+	if err := writePassfile(tmpPass, cfg.Password, cred); err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		_ = os.Chown(passDir, int(cred.Uid), int(cred.Gid))
+		if err := lp.Chown(int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	env = append(env, "PGPASSFILE="+tmpPass)
+	args := []string{"-D", dir, "-R", "-X", "stream", "-S", o.Slot, "-c", "fast", "-P", "-w"}
+	if o.MaxRate != "" {
+		args = append(args, "--max-rate="+o.MaxRate)
+	}
+	if lp.Conninfo != "" {
+		args = append(args, "-d", lp.Conninfo)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_basebackup"), args...)
+	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
 	cmd.Dir = "/"
 	stderr, err := cmd.StderrPipe()
@@ -169,6 +205,14 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	tail := readProgress(stderr, o.Progress, &res.Bytes, logger)
 	if werr := cmd.Wait(); werr != nil {
 		return nil, fmt.Errorf("pg_basebackup failed (%w): %s", werr, dsn.RedactText(tail()))
+	}
+	if err := fixPrimaryConninfo(dir, o.StandbyPassfile, cfg.Password, cred); err != nil {
+		return nil, err
+	}
+	copied = true
+	if cfg.Password != "" && o.StandbyPassfile == "" {
+		logger.Warn("the standby's primary_conninfo carries no password: give its server user a ~/.pgpass entry, or pass --standby-passfile PATH",
+			"data_dir", dir)
 	}
 	res.Duration = time.Since(start)
 	logger.Info("base backup done", "dir", dir, "bytes", res.Bytes, "duration", res.Duration.Round(time.Millisecond))
@@ -289,9 +333,12 @@ func readProgress(r io.Reader, progress func(done, total int64), bytesDone *int6
 }
 
 // cleanupFailed drops the slot (retrying while the primary comes back) and
-// removes what the copy wrote.
+// removes what the copy wrote: the directory when this run created it,
+// else its contents (it was empty before). Never under a running server.
 func cleanupFailed(ctx context.Context, primary pg.Options, slot, dir string, createdDir bool, logger *slog.Logger) {
-	if createdDir {
+	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err == nil {
+		logger.Error("bootstrap failed, but a server runs in the data directory: left as it is", "dir", dir)
+	} else if createdDir {
 		_ = os.RemoveAll(dir)
 	} else if entries, err := os.ReadDir(dir); err == nil {
 		for _, e := range entries {
@@ -363,6 +410,87 @@ func waitStreaming(ctx context.Context, conn *pgx.Conn, slot string, timeout tim
 		}
 	}
 	return fmt.Errorf("the standby did not start streaming on slot %s within %s", slot, timeout)
+}
+
+// writePassfile writes a libpq password file matching any server,
+// database and user, readable by the server's OS user only.
+func writePassfile(path, password string, cred *syscall.Credential) error {
+	escaped := strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(strings.ReplaceAll(password, "\n", ""))
+	if err := os.WriteFile(path, []byte("*:*:*:*:"+escaped+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing passfile %s: %w", path, err)
+	}
+	if cred != nil {
+		return os.Chown(path, int(cred.Uid), int(cred.Gid))
+	}
+	return nil
+}
+
+// fixPrimaryConninfo rewrites the primary_conninfo pg_basebackup -R wrote:
+// no password or sslpassword, and the passfile is the standby's own
+// (standbyPassfile, written here) or none, never the temporary one.
+func fixPrimaryConninfo(dir, standbyPassfile, password string, cred *syscall.Credential) error {
+	path := filepath.Join(dir, "postgresql.auto.conf")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", path, err)
+	}
+	lines := strings.Split(string(b), "\n")
+	found := false
+	for i, l := range lines {
+		name, value, ok := strings.Cut(l, "=")
+		if !ok || strings.TrimSpace(name) != "primary_conninfo" {
+			continue
+		}
+		params, err := dsn.Parse(unquoteGUC(strings.TrimSpace(value)))
+		if err != nil {
+			return fmt.Errorf("reading primary_conninfo in %s: %w", path, err)
+		}
+		params = params.WithoutSecrets()
+		delete(params, "passfile")
+		if standbyPassfile != "" {
+			if err := writePassfile(standbyPassfile, password, cred); err != nil {
+				return err
+			}
+			params["passfile"] = standbyPassfile
+		}
+		lines[i] = "primary_conninfo = " + quoteGUC(params.String())
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("pg_basebackup -R wrote no primary_conninfo in %s", path)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// unquoteGUC reads a quoted configuration value: 'it”s', backslash
+// escapes as PostgreSQL's GUC scanner reads them.
+func unquoteGUC(v string) string {
+	if len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
+		return v
+	}
+	v = v[1 : len(v)-1]
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		switch {
+		case v[i] == '\'' && i+1 < len(v) && v[i+1] == '\'':
+			b.WriteByte('\'')
+			i++
+		case v[i] == '\\' && i+1 < len(v):
+			b.WriteByte(v[i+1])
+			i++
+		default:
+			b.WriteByte(v[i])
+		}
+	}
+	return b.String()
+}
+
+// quoteGUC quotes a configuration value as pg_basebackup does.
+func quoteGUC(v string) string {
+	return "'" + strings.NewReplacer(`'`, `''`, `\`, `\\`).Replace(v) + "'"
 }
 
 func lastLine(s string) string {

@@ -1,10 +1,14 @@
 package replication_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -31,7 +35,7 @@ func standby(t *testing.T, primary *pgcluster.Cluster, name string) (dir string,
 	defer cancel()
 	var progressCalls int
 	res, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")},
-		DataDir: dir, Start: true, Port: port, Progress: func(done, total int64) { progressCalls++ }})
+		DataDir: dir, Start: true, Port: port, StandbyPassfile: dir + ".pgpass", Progress: func(done, total int64) { progressCalls++ }})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
 	require.True(t, res.Streaming)
@@ -279,4 +283,75 @@ func replicationOpts(extra map[string]string) pgcluster.Options {
 		settings[k] = v
 	}
 	return pgcluster.Options{Settings: settings}
+}
+
+// TestBootstrapSecretsAndDataDirectory: the primary's password is written
+// nowhere in the standby but the passfile asked for (0600); an existing
+// 0755 directory is made 0700 so the standby starts; a failure after the
+// copy (the standby cannot start) leaves the directory and the slot, and a
+// failure never removes a directory a server is running in.
+func TestBootstrapSecretsAndDataDirectory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	pdsn := primary.DSN("postgres")
+	require.NoError(t, exec(t, pdsn, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g"))
+
+	// an existing, empty, world-readable directory
+	dir := filepath.Join(primary.Dir, "existing")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	port, err := pgcluster.FreePort(0, 0)
+	require.NoError(t, err)
+	passfile := filepath.Join(primary.Dir, "standby.pgpass")
+	res, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: pdsn}, DataDir: dir, Start: true, Port: port, StandbyPassfile: passfile})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })
+	require.True(t, res.Streaming, "the standby streams with the passfile")
+	st, err := os.Stat(dir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), st.Mode().Perm())
+	auto, err := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+	require.NoError(t, err)
+	require.NotContains(t, string(auto), primary.Password)
+	require.Contains(t, string(auto), "passfile=")
+	require.Contains(t, string(auto), passfile)
+	pst, err := os.Stat(passfile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), pst.Mode().Perm())
+	walkNoSecret(t, dir, primary.Password)
+
+	// without --standby-passfile the password is written nowhere
+	plain := filepath.Join(primary.Dir, "plain")
+	_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: pdsn}, DataDir: plain})
+	require.NoError(t, err)
+	walkNoSecret(t, plain, primary.Password)
+	require.NoError(t, replication.DropSlot(ctx, pg.Options{DSN: pdsn}, "spiredb_plain"))
+
+	// a late failure: the copy completes, the start fails (the port is
+	// the primary's): the directory and its slot stay for the operator
+	late := filepath.Join(primary.Dir, "late")
+	_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: pdsn}, DataDir: late, Start: true, Port: primary.Port,
+		StandbyPassfile: passfile, StartTimeout: 5 * time.Second})
+	require.ErrorContains(t, err, "starting the standby")
+	require.FileExists(t, filepath.Join(late, "PG_VERSION"), "a complete copy was removed after a late error")
+	slots, err := replication.ListSlots(ctx, pg.Options{DSN: pdsn})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(slots, func(s replication.Slot) bool { return s.Name == "spiredb_late" }))
+}
+
+// walkNoSecret fails when any file under dir holds secret.
+func walkNoSecret(t *testing.T, dir, secret string) {
+	t.Helper()
+	require.NoError(t, filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if info, err := d.Info(); err == nil && info.Size() < 1<<20 {
+			b, err := os.ReadFile(p)
+			if err == nil && bytes.Contains(b, []byte(secret)) {
+				return fmt.Errorf("%s holds the primary's password", p)
+			}
+		}
+		return nil
+	}))
 }

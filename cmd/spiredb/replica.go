@@ -96,6 +96,7 @@ primary reports it streaming.`,
 	f.IntVar(&o.Port, "port", 0, "port of the started standby (with --start)")
 	f.StringVar(&o.MaxRate, "max-rate", "", "throttle the copy, e.g. 50M (pg_basebackup --max-rate)")
 	f.StringVar(&o.BinDir, "pg-bin", "", "directory of pg_basebackup and pg_ctl (default: pg_config --bindir)")
+	f.StringVar(&o.StandbyPassfile, "standby-passfile", "", "write the primary's password to this file (0600, the server's user) and name it in primary_conninfo; without it the password is written nowhere")
 	return cmd
 }
 
@@ -189,7 +190,13 @@ recovery; reports the new timeline and promotion LSN, and what to do next
 			if err != nil {
 				return err
 			}
+			if err := explicit(cmd, "dsn"); err != nil {
+				return err
+			}
 			o.Conn, o.MaxLag, o.Logger = g.pgOptions(), limit, g.logger
+			if err := g.confirm(cmd, "promote "+g.target(o.Conn)+" to a primary (it stops following its primary for good)"); err != nil {
+				return err
+			}
 			res, err := replication.Promote(cmd.Context(), o)
 			if err != nil {
 				var le *replication.LagError
@@ -210,11 +217,12 @@ recovery; reports the new timeline and promotion LSN, and what to do next
 	cmd.Flags().StringVar(&maxLag, "max-lag", "16MB", "refuse when replay is further behind than this: a size or a duration")
 	cmd.Flags().DurationVar(&o.Wait, "wait", time.Minute, "how long to wait for replay and for the promotion")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "promote even past --max-lag (what was not received is lost)")
+	addYes(cmd)
 	return cmd
 }
 
 func newReplicaFenceCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "fence",
 		Short: "Make a reachable old primary refuse writes",
 		Long: `fence sets default_transaction_read_only = on with ALTER SYSTEM, reloads, and
@@ -223,6 +231,12 @@ still SET default_transaction_read_only = off in its session: for a hard fence
 stop the server or close it in pg_hba.conf.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := explicit(cmd, "dsn"); err != nil {
+				return err
+			}
+			if err := g.confirm(cmd, "fence "+g.target(g.pgOptions())+": new transactions there become read-only and its write sessions end"); err != nil {
+				return err
+			}
 			res, err := replication.Fence(cmd.Context(), g.pgOptions())
 			if err != nil {
 				return err
@@ -237,6 +251,8 @@ stop the server or close it in pg_hba.conf.`,
 			})
 		},
 	}
+	addYes(cmd)
+	return cmd
 }
 
 func newReplicaSlotsCmd(g *globals) *cobra.Command {

@@ -163,7 +163,7 @@ func run(ctx context.Context, bin string, entries int) error {
 	standby := *c
 	standby.Port = port
 	for _, args := range [][]string{
-		{"replica", "bootstrap", "--primary-dsn", c.DSN("postgres"), "--data-dir", standbyDir, "--start", "--port", strconv.Itoa(port)},
+		{"replica", "bootstrap", "--primary-dsn", c.DSN("postgres"), "--data-dir", standbyDir, "--standby-passfile", standbyDir + ".pgpass", "--start", "--port", strconv.Itoa(port)},
 		{"replica", "status"},
 	} {
 		if err := spiredb(ctx, bin, env, args...); err != nil {
@@ -177,7 +177,7 @@ func run(ctx context.Context, bin string, entries int) error {
 	}
 
 	step("The primary is lost: promote the standby")
-	if err := spiredb(ctx, bin, []string{"SPIREDB_DSN=" + standby.DSN("spire")}, "replica", "promote"); err != nil {
+	if err := spiredb(ctx, bin, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes"); err != nil {
 		return err
 	}
 	printSummary()
