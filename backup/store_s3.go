@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -49,6 +51,16 @@ func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3
 		loadOpts = append(loadOpts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(
 			o.S3Credentials.AccessKey, o.S3Credentials.SecretKey, o.S3Credentials.SessionToken)))
 	}
+	// An endpoint that accepts connections and never answers must not hang
+	// a run: bounded dial, TLS handshake and wait for response headers
+	// (never the whole transfer, which streams for as long as the dump).
+	loadOpts = append(loadOpts, config.WithHTTPClient(awshttp.NewBuildableClient().
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = 10 * time.Second }).
+		WithTransportOptions(func(tr *http.Transport) {
+			tr.TLSHandshakeTimeout = 10 * time.Second
+			tr.ResponseHeaderTimeout = time.Minute
+			tr.IdleConnTimeout = 90 * time.Second
+		})))
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)

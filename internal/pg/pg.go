@@ -62,9 +62,17 @@ type Options struct {
 
 // ParseConfig builds a pgx connection config with spiredb's session settings.
 func ParseConfig(opts Options) (*pgx.ConnConfig, error) {
+	dsn.RememberDSN(opts.DSN)
 	cfg, err := pgx.ParseConfig(opts.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
+	}
+	dsn.Remember(cfg.Password)
+	if dsn.Misread(opts.DSN, cfg.Password) {
+		return nil, errMisread
+	}
+	if err := checkHosts(&cfg.Config); err != nil {
+		return nil, err
 	}
 	applySession(cfg.RuntimeParams, opts)
 	if opts.Database != "" {
@@ -91,9 +99,17 @@ func Connect(ctx context.Context, opts Options) (*pgx.Conn, error) {
 
 // NewPool opens a pool whose sessions all carry spiredb's settings.
 func NewPool(ctx context.Context, opts Options) (*pgxpool.Pool, error) {
+	dsn.RememberDSN(opts.DSN)
 	pcfg, err := pgxpool.ParseConfig(opts.DSN)
 	if err != nil {
 		return nil, fmt.Errorf("parsing DSN %s: %s", dsn.Redact(opts.DSN), redactErr(err))
+	}
+	dsn.Remember(pcfg.ConnConfig.Password)
+	if dsn.Misread(opts.DSN, pcfg.ConnConfig.Password) {
+		return nil, errMisread
+	}
+	if err := checkHosts(&pcfg.ConnConfig.Config); err != nil {
+		return nil, err
 	}
 	applySession(pcfg.ConnConfig.RuntimeParams, opts)
 	if opts.Database != "" {
@@ -115,6 +131,24 @@ func NewPool(ctx context.Context, opts Options) (*pgxpool.Pool, error) {
 		return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
 	}
 	return pool, nil
+}
+
+var errMisread = errors.New("invalid DSN: in a postgres:// URL a password with @ / ? # or : must be percent-encoded (%40 %2F %3F %23 %3A), and so must an @ in the query")
+
+// checkHosts refuses a host name holding '@': it is the tail of an
+// unencoded password (postgres://u:p@ss@host), and would be shown in
+// messages and sent to DNS.
+func checkHosts(cfg *pgconn.Config) error {
+	hosts := []string{cfg.Host}
+	for _, f := range cfg.Fallbacks {
+		hosts = append(hosts, f.Host)
+	}
+	for _, h := range hosts {
+		if strings.Contains(h, "@") {
+			return errors.New("invalid DSN: the host name holds '@'; in a postgres:// URL a password with @ / ? # or : must be percent-encoded (%40 %2F %3F %23 %3A)")
+		}
+	}
+	return nil
 }
 
 // Describe names a connection target without its password:
