@@ -45,7 +45,8 @@ type Options struct {
 	// LockWait bounds the wait for another run's migration lock (default
 	// 30s).
 	LockWait time.Duration
-	// LockTimeout is each migration's lock_timeout (default 2s); a
+	// LockTimeout is each migration's lock_timeout (default 2s; negative
+	// leaves the server's setting); a
 	// migration that hits it is rolled back and retried with backoff.
 	LockTimeout time.Duration
 	Retry       pg.RetryPolicy
@@ -421,8 +422,10 @@ func (r *Runner) applyTx(ctx context.Context, v, next int64, name, direction, bo
 			return err
 		}
 		defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
-			return err
+		if r.opts.LockTimeout > 0 { // negative: the server's setting
+			if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
+				return err
+			}
 		}
 		// several statements in one simple-protocol query
 		if _, err := tx.Conn().PgConn().Exec(ctx, body).ReadAll(); err != nil {
@@ -449,8 +452,10 @@ func (r *Runner) applyNoTx(ctx context.Context, v, next int64, name, direction, 
 	if err != nil {
 		return 0, &MigrationError{Version: v, Name: name, Err: err, Advice: "the file does not parse; nothing ran"}
 	}
-	if _, err := r.conn.Exec(ctx, fmt.Sprintf("SET lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
-		return 0, err
+	if r.opts.LockTimeout > 0 { // negative: the server's setting
+		if _, err := r.conn.Exec(ctx, fmt.Sprintf("SET lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
+			return 0, err
+		}
 	}
 	n := 0
 	for i, s := range stmts {

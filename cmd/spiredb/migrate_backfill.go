@@ -23,6 +23,7 @@ func newMigrateBackfillCmd(g *globals) *cobra.Command {
 		batchSize, maxLag     string
 		target                time.Duration
 		pauseOnLocks, dryRun  bool
+		allowVolatile         bool
 		rest                  float64
 		resume, status, cncel string
 	)
@@ -53,7 +54,8 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 			if rest < 0 || rest > 10 {
 				return usageErrorf("--rest must be between 0 and 10 (a fraction of each batch's duration)")
 			}
-			opts := backfill.Options{TargetBatchDuration: target, PauseOnLockWaits: pauseOnLocks, Rest: rest, LockTimeout: g.lockTimeout, Logger: g.logger}
+			opts := backfill.Options{TargetBatchDuration: target, PauseOnLockWaits: pauseOnLocks, Rest: rest, LockTimeout: g.lockTimeout,
+				AllowVolatile: allowVolatile, Logger: g.logger}
 			if batchSize != "auto" {
 				n, err := strconv.Atoi(batchSize)
 				if err != nil || n < 1 {
@@ -116,7 +118,7 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 				if resume != "" {
 					return usageErrorf("--dry-run plans a new job (--table ...)")
 				}
-				p, err := backfill.DryRun(ctx, conn, spec)
+				p, err := backfill.DryRun(ctx, conn, spec, opts)
 				if err != nil {
 					return usageErrorf("%w", err)
 				}
@@ -142,7 +144,8 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 			}
 			end()
 			var exists *backfill.JobExistsError
-			if errors.As(err, &exists) {
+			var bad *backfill.SpecError
+			if errors.As(err, &exists) || errors.As(err, &bad) {
 				return usageErrorf("%w", err)
 			}
 			if errors.Is(err, backfill.ErrCancelled) {
@@ -164,7 +167,8 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 	fl := cmd.Flags()
 	fl.StringVar(&spec.Table, "table", "", "[schema.]table to change (it needs a primary key)")
 	fl.StringVar(&spec.Set, "set", "", `the SET clause: "col = expr[, col2 = expr2]"`)
-	fl.StringVar(&spec.Where, "where", "", "only rows matching this condition")
+	fl.StringVar(&spec.Where, "where", "", "only rows matching this condition (one expression)")
+	fl.BoolVar(&allowVolatile, "allow-volatile", false, "accept volatile functions in --set/--where (they run again on every retried batch)")
 	fl.StringVar(&spec.Name, "name", "", "the job's name, for --resume/--status/--cancel (default backfill-TABLE-TIME)")
 	fl.StringVar(&batchSize, "batch-size", "auto", "rows per batch, or auto (adapts toward --target-batch-duration)")
 	fl.DurationVar(&target, "target-batch-duration", 200*time.Millisecond, "what auto batch sizing aims at")

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	pg_query "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/replication"
@@ -53,7 +52,10 @@ type Options struct {
 	// duration (0.5: rest half as long as the batch took): room for
 	// SPIRE's own writes on a busy server. 0 runs batches back to back.
 	Rest float64
-	// LockTimeout is each batch's lock_timeout (default 2s).
+	// AllowVolatile accepts volatile functions in Set and Where.
+	AllowVolatile bool
+	// LockTimeout is each batch's lock_timeout (default 2s; negative
+	// leaves the server's setting).
 	LockTimeout time.Duration
 	Retry       pg.RetryPolicy
 	// Progress, when set, is called after each batch and while paused.
@@ -128,7 +130,7 @@ func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
 		return nil, err
 	}
 	if oid == nil {
-		return nil, fmt.Errorf("no table %q", name)
+		return nil, specErrorf("no table %q", name)
 	}
 	t := &table{}
 	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
@@ -151,28 +153,19 @@ func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
 		return nil, err
 	}
 	if len(t.keys) == 0 {
-		return nil, fmt.Errorf("%s has no primary key: backfill pages by it", t.ident)
+		return nil, specErrorf("%s has no primary key: backfill pages by it", t.ident)
 	}
 	return t, nil
 }
 
-// validate parses the statement the job will run: one UPDATE, nothing else.
-func validate(spec Spec) error {
-	if strings.TrimSpace(spec.Set) == "" {
-		return errors.New(`--set is required ("col = expr")`)
-	}
-	q := "UPDATE t SET " + spec.Set
-	if spec.Where != "" {
-		q += " WHERE (" + spec.Where + ")"
-	}
-	res, err := pg_query.Parse(q)
+// validate parses --set and --where and puts their rebuilt forms in spec.
+func validate(spec *Spec) (*clauses, error) {
+	c, err := parseClauses(spec.Set, spec.Where)
 	if err != nil {
-		return fmt.Errorf("--set/--where do not parse as one UPDATE: %w", err)
+		return nil, err
 	}
-	if len(res.Stmts) != 1 || res.Stmts[0].Stmt.GetUpdateStmt() == nil {
-		return errors.New("--set/--where must make one UPDATE statement")
-	}
-	return nil
+	spec.Set, spec.Where = c.Set, c.Where
+	return c, nil
 }
 
 func (t *table) keyList() string { return "(" + strings.Join(t.keys, ", ") + ")" }
@@ -218,8 +211,12 @@ type Plan struct {
 
 // DryRun resolves the table and reports the statements a batch runs and
 // how many rows match, changing nothing.
-func DryRun(ctx context.Context, conn *pgx.Conn, spec Spec) (*Plan, error) {
-	if err := validate(spec); err != nil {
+func DryRun(ctx context.Context, conn *pgx.Conn, spec Spec, opts Options) (*Plan, error) {
+	c, err := validate(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkVolatile(ctx, conn, opts.AllowVolatile); err != nil {
 		return nil, err
 	}
 	t, err := resolve(ctx, conn, spec.Table)
@@ -302,11 +299,15 @@ func jobsTable(ctx context.Context, conn *pgx.Conn) error {
 // Start creates a job and runs it to the end (or until ctx ends, it is
 // cancelled, or it fails).
 func Start(ctx context.Context, conn *pgx.Conn, spec Spec, opts Options) (*Job, error) {
-	if err := validate(spec); err != nil {
+	c, err := validate(&spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.checkVolatile(ctx, conn, opts.AllowVolatile); err != nil {
 		return nil, err
 	}
 	if spec.Name == "" {
-		return nil, errors.New("the job needs a name (--name)")
+		return nil, specErrorf("the job needs a name (--name)")
 	}
 	if err := jobsTable(ctx, conn); err != nil {
 		return nil, err
@@ -386,7 +387,16 @@ func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Jo
 	if len(t.keys) != len(job.KeyColumns) {
 		return job, fmt.Errorf("the primary key of %s changed since the job started", job.Table)
 	}
+	// the stored clauses are checked again: the jobs table is data, and
+	// volatility is decided now, with this run's --allow-volatile
 	spec := Spec{Name: name, Table: job.Table, Set: job.Set, Where: job.Where}
+	c, err := validate(&spec)
+	if err != nil {
+		return job, err
+	}
+	if err := c.checkVolatile(ctx, conn, opts.AllowVolatile); err != nil {
+		return job, err
+	}
 	r := &run{conn: conn, t: t, spec: spec, opts: opts, log: log, job: job, size: job.BatchSize, start: time.Now(), maxSize: 100_000}
 	if opts.BatchSize > 0 {
 		r.size = opts.BatchSize
@@ -564,8 +574,10 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
-		return false, err
+	if r.opts.LockTimeout > 0 { // negative: the server's setting
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
+			return false, err
+		}
 	}
 	var state string
 	var last []string
