@@ -40,7 +40,9 @@ type Store interface {
 // writeChecker is implemented by stores that can tell up front whether a
 // write will succeed (a local directory); commands that write call it
 // before starting, reading commands never do.
-type writeChecker interface{ CheckWrite(ctx context.Context) error }
+type writeChecker interface {
+	CheckWrite(ctx context.Context) error
+}
 
 // checkWrite checks read access, then write access where the store can.
 func checkWrite(ctx context.Context, s Store) error {

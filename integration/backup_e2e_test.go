@@ -154,7 +154,7 @@ func TestBackupSurvivesSIGKILL(t *testing.T) {
 	}
 	require.Positive(t, dirty, "no kill landed during an upload: the test proved nothing")
 
-	out, errOut, code := runCLI(t, env, append([]string{"backup", "prune", "--keep-last", "100", "--stale-after", "0s", "-o", "json"}, store...)...)
+	out, errOut, code := runCLI(t, env, append([]string{"backup", "prune", "--keep-last", "100", "--stale-after", "0s", "--yes", "-o", "json"}, store...)...)
 	require.Equal(t, 0, code, errOut)
 	var pr backup.PruneResult
 	require.NoError(t, json.Unmarshal([]byte(out), &pr))

@@ -15,6 +15,8 @@ import (
 	yaml "github.com/goccy/go-yaml"
 	"github.com/goccy/go-yaml/parser"
 	"github.com/robfig/cron/v3"
+
+	"github.com/spiredb/spiredb/internal/dsn"
 )
 
 // Config is the schedule file.
@@ -65,17 +67,52 @@ var Commands = []string{
 var storeCommands = []string{"backup run", "backup verify", "backup prune"}
 
 var (
-	yamlPos      = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)
-	jobName      = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	passwordInDS = regexp.MustCompile(`(?i)(password\s*=|://[^/@:]+:[^/@]+@)`)
+	yamlPos = regexp.MustCompile(`^\[(\d+):(\d+)\] (.*)$`)
+	jobName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 )
+
+// carriesSecret reports whether s holds a password in any form: a
+// connection string whose parse has one, or text whose redaction changes
+// it (an unencoded URL password, password=..., a secret key).
+func carriesSecret(s string) bool {
+	if s == "" {
+		return false
+	}
+	if p, err := dsn.Parse(s); err == nil && len(p.Secrets()) > 0 {
+		return true
+	}
+	return dsn.RedactText(s) != s
+}
+
+// parseSchedule parses a cron spec, turning the parser's panics on some
+// malformed specs ("TZ=UTC" with no fields) into errors.
+func parseSchedule(spec string) (s cron.Schedule, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("not a cron spec: %v", r)
+		}
+	}()
+	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
+		if !strings.Contains(strings.TrimSpace(spec), " ") {
+			return nil, errors.New("a time zone needs a spec after it (CRON_TZ=UTC 0 * * * *)")
+		}
+	}
+	return cron.ParseStandard(spec)
+}
 
 // GraceDuration returns the stop grace period.
 func (c *Config) GraceDuration() time.Duration { return c.grace }
 
 // ParseConfig reads and validates a schedule file; every error names
 // file:line.
-func ParseConfig(name string, data []byte) (*Config, error) {
+func ParseConfig(name string, data []byte) (_ *Config, err error) {
+	// the YAML library panics on some malformed input (a tag on a
+	// sequence): that is an invalid file, not a crash
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: not a valid schedule file (%v)", name, r)
+		}
+	}()
 	var c Config
 	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
 		msg := oneLine(err.Error())
@@ -103,7 +140,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 	fail := func(path, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", at(path), fmt.Sprintf(format, args...)))
 	}
-	if passwordInDS.MatchString(c.DSN) {
+	if carriesSecret(c.DSN) {
 		fail("$.dsn", "the dsn carries a password: secrets come from the environment (PGPASSWORD, or SPIREDB_DSN), never from this file")
 	}
 	if c.Listen == "" {
@@ -138,7 +175,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 		if !slices.Contains(Commands, j.Command) {
 			fail(p+".command", "command %q: one of %s", j.Command, strings.Join(Commands, ", "))
 		}
-		if j.schedule, err = cron.ParseStandard(j.Schedule); err != nil {
+		if j.schedule, err = parseSchedule(j.Schedule); err != nil {
 			fail(p+".schedule", "schedule %q: %v", j.Schedule, err)
 		}
 		if j.Jitter != "" {
@@ -152,7 +189,7 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 			}
 		}
 		for k, a := range j.Args {
-			if a == "--dsn" || strings.HasPrefix(a, "--dsn=") || passwordInDS.MatchString(a) {
+			if a == "--dsn" || strings.HasPrefix(a, "--dsn=") || carriesSecret(a) {
 				fail(fmt.Sprintf("%s.args[%d]", p, k), "args must not carry the dsn or a password: set dsn at the top, secrets in the environment")
 			}
 		}
@@ -189,5 +226,14 @@ func (c *Config) argv(j Job) []string {
 	}) {
 		args = append(args, "--store", c.Store)
 	}
-	return append(args, j.Args...)
+	args = append(args, j.Args...)
+	// the schedule file is the operator's confirmation of a job that
+	// deletes; its target is the explicit --store above
+	if slices.Contains(confirmCommands, j.Command) && !slices.Contains(args, "--yes") {
+		args = append(args, "--yes")
+	}
+	return args
 }
+
+// confirmCommands need --yes when not on a terminal.
+var confirmCommands = []string{"backup prune"}

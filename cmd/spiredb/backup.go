@@ -304,6 +304,11 @@ releases can start on it.`,
 			}
 			target := g.pgOptions()
 			target.DSN = targetDSN
+			if clean {
+				if err := g.confirm(cmd, "restore --clean into "+g.target(target)+": its objects that the backup also has are dropped first"); err != nil {
+					return err
+				}
+			}
 			res, err := backup.Restore(cmd.Context(), backup.RestoreOptions{Store: s, ID: id, Latest: latest, Target: target,
 				Clean: clean, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Logger: g.logger})
 			if err != nil {
@@ -329,7 +334,8 @@ releases can start on it.`,
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
 	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
 	cmd.Flags().StringVar(&targetDSN, "target-dsn", "", "database to restore into (required)")
-	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first")
+	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first (asks, or --yes)")
+	addYes(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
 	return cmd
@@ -375,6 +381,14 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
 			if staleAfter == 0 {
 				staleAfter = -1 // the library's "any age"
 			}
+			if !dryRun {
+				if err := explicit(cmd, "store"); err != nil {
+					return err
+				}
+				if err := g.confirm(cmd, "prune "+s.String()+": delete the backups no rule keeps and spiredb's stale leftovers"); err != nil {
+					return err
+				}
+			}
 			res, err := backup.Prune(cmd.Context(), backup.PruneOptions{Store: s, Policy: p, DryRun: dryRun, StaleAfter: staleAfter, Logger: g.logger})
 			if err != nil {
 				return err
@@ -389,6 +403,7 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
 	fl.IntVar(&p.KeepWeekly, "keep-weekly", 0, "keep the newest backup of each of the last N weeks")
 	fl.IntVar(&p.KeepMonthly, "keep-monthly", 0, "keep the newest backup of each of the last N months")
 	fl.BoolVar(&dryRun, "dry-run", false, "print what would be kept and deleted, delete nothing")
+	addYes(cmd)
 	fl.DurationVar(&staleAfter, "stale-after", 24*time.Hour, "age after which leftovers and incomplete uploads are removed (0s: any age; only when no backup is running)")
 	return cmd
 }
@@ -448,4 +463,3 @@ func progressReporter(g *globals, what string) (progress backup.Progress, end fu
 		}
 	}, end
 }
-

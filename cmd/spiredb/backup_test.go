@@ -121,7 +121,7 @@ func TestReplicaUsageAndRefusals(t *testing.T) {
 		require.Equal(t, 0, strings.Count(strings.TrimSpace(errOut), "\n"), "one line for %v: %q", args, errOut)
 	}
 	db := pgtest.NewDB(t)
-	out, errOut, code := runArgs(t, "replica", "promote", "--dsn", db.DSN)
+	out, errOut, code := runArgs(t, "replica", "promote", "--dsn", db.DSN, "--yes")
 	require.Equal(t, exitFailure, code)
 	require.Empty(t, out)
 	require.Contains(t, errOut, "not a standby")

@@ -42,6 +42,15 @@ func (g *globals) pgOptions() pg.Options {
 	return pg.Options{DSN: d, LockTimeout: g.lockTimeout, StatementTimeout: g.statementTimeout}
 }
 
+// target names a connection target for a confirmation, without secrets.
+func (g *globals) target(o pg.Options) string {
+	cfg, err := pg.ParseConfig(o)
+	if err != nil {
+		return "the database"
+	}
+	return pg.Describe(cfg)
+}
+
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
@@ -81,7 +90,7 @@ in spiredb's output or logs.
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json (tune recommend also: conf, sql)")
 	pf.StringVar(&g.logLevel, "log-level", envOr("SPIREDB_LOG_LEVEL", "info"), "log level: debug, info, warn or error (default $SPIREDB_LOG_LEVEL, else info)")
 	pf.StringVar(&g.logFormat, "log-format", envOr("SPIREDB_LOG_FORMAT", "text"), "log format: text or json, to stderr (default $SPIREDB_LOG_FORMAT, else text)")
-	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions (unless set in the DSN)")
+	pf.DurationVar(&g.lockTimeout, "lock-timeout", pg.DefaultLockTimeout, "lock_timeout of spiredb's sessions, migrations and backfill batches (unless set in the DSN; -1s: leave the server's setting)")
 	pf.String("push-gateway", os.Getenv("SPIREDB_PUSH_GATEWAY"), "after the command, push its spiredb_job_* metrics to this Prometheus Pushgateway (for CronJobs; default $SPIREDB_PUSH_GATEWAY)")
 	pf.DurationVar(&g.statementTimeout, "statement-timeout", 0, "statement_timeout of spiredb's sessions (0: the server's)")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
@@ -114,7 +123,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if gw, _ := root.PersistentFlags().GetString("push-gateway"); gw != "" && cmd != nil && cmd != root && code != exitUsage {
-		if perr := pushRun(gw, cmd, code, time.Since(start)); perr != nil {
+		if perr := pushRun(ctx, gw, cmd, code, time.Since(start)); perr != nil {
 			fmt.Fprintln(stderr, "spiredb: pushing metrics: "+oneLine(dsn.RedactText(perr.Error())))
 		}
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"strconv"
+
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/schedule"
@@ -8,6 +10,7 @@ import (
 
 func newScheduleCmd(g *globals) *cobra.Command {
 	var config, listen string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "schedule --config spiredb.yaml [--listen 127.0.0.1:9187]",
 		Short: "Run spiredb jobs on cron schedules, with Prometheus metrics on /metrics",
@@ -45,6 +48,10 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 			if err != nil {
 				return usageErrorf("%w", err)
 			}
+			if check {
+				_, err := g.stdout.Write([]byte(config + ": ok, " + itoaInt(len(cfg.Jobs)) + " job(s)\n"))
+				return err
+			}
 			if listen != "" {
 				cfg.Listen = listen
 			}
@@ -53,5 +60,8 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 	}
 	cmd.Flags().StringVar(&config, "config", "", "the schedule file (YAML)")
 	cmd.Flags().StringVar(&listen, "listen", "", "metrics address (default the file's listen, else 127.0.0.1:9187)")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the file and exit (0 valid, 2 not)")
 	return cmd
 }
+
+func itoaInt(n int) string { return strconv.Itoa(n) }
