@@ -114,10 +114,23 @@ func Advise(ctx context.Context, conn *pgx.Conn, opts AdviseOptions) (*AdviseRep
 	if err != nil {
 		return nil, err
 	}
+	self, roles, err := roleNames(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
 	byKey := map[string]*Advice{}
 	var order []string
 	for _, g := range top.Groups {
 		sql, params, how := executable(g, examples, generic)
+		if _, known := examples[g.Fingerprint]; sql != "" && !known && slices.ContainsFunc(g.UserIDs, func(u uint32) bool { return u != self }) {
+			// The planner evaluates immutable functions in the text: costing
+			// another role's text would run its code with spiredb's
+			// privileges. Only spiredb's own role's texts and SPIRE's known
+			// statements (the catalog's text, not the recorded one) are
+			// planned.
+			sql, how = "", "run by role "+strings.Join(rolesOf(g.UserIDs, self, roles), ", ")+
+				": spiredb plans only its own role's statements and SPIRE's known ones, never another role's text with its privileges"
+		}
 		if sql == "" {
 			r.Skipped = append(r.Skipped, fmt.Sprintf("%s: %s", clipQuery(g.Query), how))
 			continue
@@ -180,6 +193,41 @@ func Advise(ctx context.Context, conn *pgx.Conn, opts AdviseOptions) (*AdviseRep
 		r.Advice = append(r.Advice, *a)
 	}
 	return r, nil
+}
+
+// roleNames returns the oid of the session's role and every role's name.
+func roleNames(ctx context.Context, conn *pgx.Conn) (uint32, map[uint32]string, error) {
+	var self uint32
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user").Scan(&self); err != nil {
+		return 0, nil, fmt.Errorf("reading the session's role: %w", err)
+	}
+	rows, err := conn.Query(ctx, pg.Marker+"SELECT oid, rolname FROM pg_catalog.pg_roles")
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading roles: %w", err)
+	}
+	names := map[uint32]string{}
+	var oid uint32
+	var name string
+	if _, err := pgx.ForEachRow(rows, []any{&oid, &name}, func() error { names[oid] = name; return nil }); err != nil {
+		return 0, nil, fmt.Errorf("reading roles: %w", err)
+	}
+	return self, names, nil
+}
+
+// rolesOf names the roles other than self.
+func rolesOf(ids []uint32, self uint32, names map[uint32]string) []string {
+	var out []string
+	for _, id := range ids {
+		if id == self {
+			continue
+		}
+		if n, ok := names[id]; ok {
+			out = append(out, n)
+		} else {
+			out = append(out, fmt.Sprintf("oid %d", id))
+		}
+	}
+	return out
 }
 
 // tablesIn lists the tables of a schema: candidates are kept to SPIRE's

@@ -23,6 +23,8 @@ type Group struct {
 	// Query is the text of the member with the most time.
 	Query    string  `json:"query"`
 	QueryIDs []int64 `json:"queryids"`
+	// UserIDs are the roles (oids) that ran the shape's statements.
+	UserIDs []uint32 `json:"userids"`
 	// ParseError is set when the text could not be parsed (a truncated or
 	// foreign statement): the group is then its query id alone.
 	ParseError  string  `json:"parse_error,omitempty"`
@@ -51,6 +53,9 @@ func (g *Group) HitPercent() float64 {
 
 func (g *Group) add(s Statement) {
 	g.QueryIDs = append(g.QueryIDs, s.QueryID)
+	if !slices.Contains(g.UserIDs, s.UserID) {
+		g.UserIDs = append(g.UserIDs, s.UserID)
+	}
 	g.Calls += s.Calls
 	g.ExecMs += s.ExecMs
 	g.PlanMs += s.PlanMs
@@ -146,6 +151,7 @@ func GroupStatements(stmts []Statement) []Group {
 			g.Share = g.TotalMs / total
 		}
 		slices.Sort(g.QueryIDs)
+		slices.Sort(g.UserIDs)
 	}
 	SortGroups(groups, "total")
 	return groups
