@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 
+	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/pg"
 )
 
@@ -156,15 +157,46 @@ func selectList(cols map[string]bool) (sel, where string, err error) {
 	return sel, where, nil
 }
 
-var passwordLiteral = regexp.MustCompile(`(?i)(\bPASSWORD\s+)'(?:[^']|'')*'`)
-
 // redactQuery masks password literals: before PostgreSQL 16 the text of a
 // utility statement (ALTER ROLE ... PASSWORD '...') is stored verbatim.
+// The scanner finds the literal after PASSWORD in every quoting form ('…',
+// E'…', U&'…' UESCAPE, $$…$$, $tag$…$tag$); a text it cannot scan (cut
+// short by track_activity_query_size) is masked from PASSWORD on. Any
+// connection-string password in a literal (dblink) is masked too.
 func redactQuery(q string) string {
 	if !strings.Contains(strings.ToUpper(q), "PASSWORD") {
 		return q
 	}
-	return passwordLiteral.ReplaceAllString(q, "${1}'*****'")
+	res, err := pg_query.Scan(q)
+	if err != nil {
+		if i := strings.Index(strings.ToUpper(q), "PASSWORD"); i >= 0 {
+			return q[:i+len("PASSWORD")] + " '*****'"
+		}
+		return q
+	}
+	var b strings.Builder
+	last := 0
+	toks := res.Tokens
+	for i := 0; i+1 < len(toks); i++ {
+		if toks[i].Token != pg_query.Token_PASSWORD {
+			continue
+		}
+		lit := toks[i+1]
+		if lit.Token != pg_query.Token_SCONST && lit.Token != pg_query.Token_USCONST {
+			continue
+		}
+		end := int(lit.End)
+		// U&'…' UESCAPE '!': the escape character is not the secret, but
+		// it belongs to the literal
+		if i+3 < len(toks) && toks[i+2].Token == pg_query.Token_UESCAPE && toks[i+3].Token == pg_query.Token_SCONST {
+			end = int(toks[i+3].End)
+		}
+		b.WriteString(q[last:lit.Start])
+		b.WriteString("'*****'")
+		last = end
+	}
+	b.WriteString(q[last:])
+	return dsn.RedactText(b.String())
 }
 
 // ReadStatements reads pg_stat_statements for the connected database,

@@ -3,7 +3,9 @@ package tuning
 import (
 	"strings"
 	"testing"
+	"unicode/utf8"
 
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -69,14 +71,56 @@ func TestSelectListRejectsUnknownView(t *testing.T) {
 
 func TestRedactQuery(t *testing.T) {
 	for in, want := range map[string]string{
-		"ALTER ROLE spire PASSWORD 's3cr''et'":               "ALTER ROLE spire PASSWORD '*****'",
-		"create user x with encrypted password 'hunter2'":    "create user x with encrypted password '*****'",
-		"SELECT * FROM registered_entries WHERE id = $1":     "SELECT * FROM registered_entries WHERE id = $1",
-		"ALTER ROLE spire PASSWORD $1":                       "ALTER ROLE spire PASSWORD $1",
-		"SELECT 'password' AS word, $1 FROM t WHERE x = 'a'": "SELECT 'password' AS word, $1 FROM t WHERE x = 'a'",
+		"ALTER ROLE spire PASSWORD 's3cr''et'":                                                "ALTER ROLE spire PASSWORD '*****'",
+		"create user x with encrypted password 'hunter2'":                                     "create user x with encrypted password '*****'",
+		"SELECT * FROM registered_entries WHERE id = $1":                                      "SELECT * FROM registered_entries WHERE id = $1",
+		"ALTER ROLE spire PASSWORD $1":                                                        "ALTER ROLE spire PASSWORD $1",
+		"SELECT 'password' AS word, $1 FROM t WHERE x = 'a'":                                  "SELECT 'password' AS word, $1 FROM t WHERE x = 'a'",
+		"ALTER ROLE spire PASSWORD $$hunter2$$":                                               "ALTER ROLE spire PASSWORD '*****'",
+		"ALTER ROLE spire PASSWORD $pw$hun'ter2$pw$ VALID UNTIL 'infinity'":                   "ALTER ROLE spire PASSWORD '*****' VALID UNTIL 'infinity'",
+		`ALTER ROLE spire PASSWORD E'hun\'ter2'`:                                              "ALTER ROLE spire PASSWORD '*****'",
+		`ALTER ROLE spire PASSWORD U&'hun\0074er2'`:                                           "ALTER ROLE spire PASSWORD '*****'",
+		`ALTER ROLE spire PASSWORD U&'hun!0074er2' UESCAPE '!'`:                               "ALTER ROLE spire PASSWORD '*****'",
+		"CREATE ROLE a LOGIN PASSWORD 'x1secret' IN ROLE b; ALTER ROLE c PASSWORD 'y2secret'": "CREATE ROLE a LOGIN PASSWORD '*****' IN ROLE b; ALTER ROLE c PASSWORD '*****'",
+		"ALTER ROLE spire PASSWORD 'cut short by track_activity":                              "ALTER ROLE spire PASSWORD '*****'",
+		"SELECT dblink_connect('host=db password=hunter22')":                                  "SELECT dblink_connect('host=db password=xxxxx')",
 	} {
 		assert.Equal(t, want, redactQuery(in), in)
 	}
+}
+
+// FuzzRedactQuery: whatever a password literal's bytes and quoting, it
+// never survives redaction.
+func FuzzRedactQuery(f *testing.F) {
+	for _, s := range []string{"hunter22", "it's", `back\slash`, "$$", "päss"} {
+		f.Add(s, uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, pw string, form uint8) {
+		if len(pw) < 4 || strings.ContainsAny(pw, "\x00") || !utf8.ValidString(pw) {
+			t.Skip()
+		}
+		var lit string
+		switch form % 4 {
+		case 0:
+			lit = "'" + strings.ReplaceAll(pw, "'", "''") + "'"
+		case 1:
+			lit = "E'" + strings.NewReplacer(`\`, `\\`, "'", `\'`).Replace(pw) + "'"
+		case 2:
+			if strings.Contains(pw, "$zz$") {
+				t.Skip()
+			}
+			lit = "$zz$" + pw + "$zz$"
+		default:
+			lit = "U&'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(pw) + "'"
+		}
+		q := "ALTER ROLE spire WITH PASSWORD " + lit + " VALID UNTIL 'infinity'"
+		if _, err := pg_query.Parse(q); err != nil {
+			t.Skip()
+		}
+		if out := redactQuery(q); strings.Contains(out, pw) && !strings.Contains("ALTER ROLE spire WITH PASSWORD '*****' VALID UNTIL 'infinity'", pw) {
+			t.Fatalf("%q survives in %q", pw, out)
+		}
+	})
 }
 
 func TestNotEnabledErrorSaysHowToFix(t *testing.T) {

@@ -24,7 +24,7 @@ var (
 	// of the whitespace-delimited token (masking too much is safe).
 	urlUserinfo = regexp.MustCompile(`(?i)([a-z][a-z0-9+.\-]*://[^:/?#@\s]*:)(\S*)(@)`)
 	// key=value form: password = 'quoted \' value' or password=bare
-	kvPassword = regexp.MustCompile(`(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)`)
+	kvPassword = regexp.MustCompile(`(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s&'"\\])*)`)
 	// S3/AWS style secrets that may appear in URLs or flags.
 	awsSecret = regexp.MustCompile(`(?i)(\b(?:aws_secret_access_key|secret_access_key|secret[_-]?key|aws_session_token|x-amz-security-token|x-amz-signature)\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,]*)`)
 )
