@@ -277,7 +277,8 @@ func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
 		Short: "Restore a backup into a database",
 		Long: `restore loads a backup into --target-dsn. Connect as the role SPIRE uses:
 objects are created owned by the connecting role. A target that already has
-tables is refused unless --clean.
+tables is refused unless --clean, which asks on a terminal and needs --yes
+elsewhere.
 
 With --jobs 1 (default) the dump streams into one pg_restore in a single
 transaction, and the end of the stream is held back until the checksum is
@@ -358,7 +359,13 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
   --keep-within D    everything within D of the newest backup (30d, 12h, 2w, 6m, 1y)
   --keep-daily N     the newest of each of the N most recent days with a backup (UTC)
   --keep-weekly N    likewise per ISO week
-  --keep-monthly N   likewise per month`,
+  --keep-monthly N   likewise per month
+
+It deletes only what it can prove spiredb wrote: dump, manifest.json and
+verify.json inside a directory named like a backup ID whose manifest names that
+directory. Copied or unreadable backups, unknown files and every other name
+are reported and left alone. Without --dry-run the store comes only from
+--store (never $SPIREDB_STORE), and off a terminal it needs --yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if within != "" {

@@ -57,9 +57,15 @@ func newReplicaBootstrapCmd(g *globals) *cobra.Command {
 two free WAL senders, replication privilege, slot name free, data directory
 absent or empty, enough disk), then creates a physical slot and runs
 pg_basebackup -R -X stream -S SLOT -c fast -P, showing its progress. If the
-copy fails it drops the slot and removes what it wrote. With --start it starts
-the standby (as the postgres OS user when run as root) and waits until the
-primary reports it streaming.`,
+copy fails it drops the slot and removes what it wrote; once the copy is
+complete nothing is removed (a failed start leaves the directory and slot).
+With --start it starts the standby (as the postgres OS user when run as root)
+and waits until the primary reports it streaming.
+
+The primary's password is never written into the standby: pg_basebackup reads
+it from a temporary passfile, and primary_conninfo names --standby-passfile
+(written 0600 for the server's user) or no passfile at all (then give the
+server's user a ~/.pgpass entry or another way in).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if primary == "" {
@@ -183,7 +189,10 @@ func newReplicaPromoteCmd(g *globals) *cobra.Command {
 what it received than --max-lag unless --force; waits until replay reaches
 the received WAL; runs pg_promote(true, wait); CHECKPOINT; confirms it left
 recovery; reports the new timeline and promotion LSN, and what to do next
-(fence the old primary, repoint SPIRE, rebuild standbys, drop old slots).`,
+(fence the old primary, repoint SPIRE, rebuild standbys, drop old slots).
+
+The target comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal
+spiredb asks, elsewhere it needs --yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			limit, err := parseLimit(maxLag)
@@ -228,7 +237,10 @@ func newReplicaFenceCmd(g *globals) *cobra.Command {
 		Long: `fence sets default_transaction_read_only = on with ALTER SYSTEM, reloads, and
 ends the sessions holding write transactions. It is idempotent. A client can
 still SET default_transaction_read_only = off in its session: for a hard fence
-stop the server or close it in pg_hba.conf.`,
+stop the server or close it in pg_hba.conf.
+
+The target comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal
+spiredb asks, elsewhere it needs --yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := explicit(cmd, "dsn"); err != nil {

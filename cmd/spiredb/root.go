@@ -67,6 +67,10 @@ in spiredb's output or logs.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			// secrets the environment carries are masked in every output,
+			// whatever path they take to it
+			dsn.Remember(os.Getenv("PGPASSWORD"), os.Getenv("AWS_SECRET_ACCESS_KEY"), os.Getenv("AWS_SESSION_TOKEN"))
+			dsn.RememberDSN(g.pgOptions().DSN)
 			logw := stderr
 			if g.status = newStatusWriter(stderr); g.status != nil {
 				logw = g.status
