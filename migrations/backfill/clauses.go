@@ -102,7 +102,7 @@ func parseClauses(set, where string) (*clauses, error) {
 func noComments(s string) error {
 	res, err := pg_query.Scan(s)
 	if err != nil {
-		return fmt.Errorf("does not scan: %v", err)
+		return fmt.Errorf("does not scan: %w", err)
 	}
 	for _, t := range res.Tokens {
 		if t.Token == pg_query.Token_SQL_COMMENT || t.Token == pg_query.Token_C_COMMENT {
