@@ -207,12 +207,17 @@ func (r *Report) checkIndexes(ctx context.Context, conn *pgx.Conn, replicas []*p
 }
 
 func (r *Report) checkBackups(ctx context.Context, o Options) error {
-	list, err := backup.List(ctx, o.Store)
+	inv, err := backup.Inspect(ctx, o.Store)
 	if err != nil {
 		return err
 	}
+	list := inv.Backups
 	b := &Backups{Store: o.StoreURL, Count: len(list)}
 	r.Backups = b
+	for _, p := range inv.Problems {
+		r.add(Warning, "backup.store", fmt.Sprintf("%s is not a usable backup (%s); spiredb leaves it alone", p.Key, p.Reason),
+			"inspect it, then move it out of the store or delete it by hand")
+	}
 	run := "spiredb backup run --store " + o.StoreURL
 	if len(list) == 0 {
 		r.add(Error, "backup.none", "no backup in the store", run)

@@ -3,6 +3,9 @@ package integration_test
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -205,6 +208,11 @@ func TestDoctorAllModules(t *testing.T) {
 	_, err = conn.Exec(ctx, "CREATE UNIQUE INDEX CONCURRENTLY broken ON registered_entries (parent_id)")
 	require.Error(t, err)
 	time.Sleep(1100 * time.Millisecond)
+	// a copied backup in the store: reported, not counted, left alone
+	dir := strings.TrimPrefix(store, "file://")
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.NoError(t, exec.Command("cp", "-a", filepath.Join(dir, ents[0].Name()), filepath.Join(dir, "pinned-before-upgrade")).Run())
 
 	r, code = report("--max-backup-age", "1s", "--ram", "4GB", "--cpus", "2")
 	assert.Equal(t, 1, code)
@@ -215,6 +223,9 @@ func TestDoctorAllModules(t *testing.T) {
 	assert.Equal(t, doctor.Warning, checks["replication.standby"].Severity, "%+v", r.Findings)
 	assert.Equal(t, "spiredb replica status", checks["replication.standby"].Fix)
 	assert.Equal(t, doctor.Error, checks["backup.age"].Severity)
+	assert.Equal(t, doctor.Warning, checks["backup.store"].Severity)
+	assert.Contains(t, checks["backup.store"].Message, "pinned-before-upgrade/manifest.json")
+	assert.Equal(t, 1, r.Backups.Count, "a copy is not a backup")
 	assert.Contains(t, checks["backup.age"].Fix, "spiredb backup run --store "+store)
 	assert.Equal(t, doctor.Error, checks["indexes.invalid"].Severity)
 	assert.Contains(t, checks["indexes.invalid"].Fix, `DROP INDEX CONCURRENTLY "public"."broken"`)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,10 +58,20 @@ func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
 // runCLI runs spiredb with args and returns stdout, stderr and the exit code.
 func runCLI(t *testing.T, env []string, args ...string) (string, string, int) {
 	t.Helper()
+	return runCLIAs(t, nil, env, args...)
+}
+
+// runCLIAs is runCLI as another OS user (cred nil: this process's).
+func runCLIAs(t *testing.T, cred *syscall.Credential, env []string, args ...string) (string, string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, spiredbCLI(t), args...)
 	cmd.Env = append(os.Environ(), env...)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = "/"
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

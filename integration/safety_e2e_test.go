@@ -3,9 +3,7 @@ package integration_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -115,22 +113,9 @@ func TestReadOnlyStoreAsAnotherUser(t *testing.T) {
 	require.NoError(t, err)
 	uid, _ := strconv.Atoi(nobody.Uid)
 	gid, _ := strconv.Atoi(nobody.Gid)
-	as := func(args ...string) (string, string, int) {
-		cmd := exec.CommandContext(ctx, spiredbCLI(t), args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
-		cmd.Dir = "/"
-		cmd.Env = append(os.Environ(), "HOME=/tmp", "TMPDIR=/tmp")
-		var o, e strings.Builder
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else {
-			require.NoError(t, err)
-		}
-		return o.String(), e.String(), code
-	}
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	env := []string{"HOME=/tmp", "TMPDIR=/tmp"}
+	as := func(args ...string) (string, string, int) { return runCLIAs(t, cred, env, args...) }
 	// spiredb's binary must be reachable by nobody
 	require.NoError(t, os.Chmod(filepath.Dir(spiredbCLI(t)), 0o755))
 

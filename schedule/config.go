@@ -188,6 +188,11 @@ func ParseConfig(name string, data []byte) (_ *Config, err error) {
 				fail(p+".timeout", "timeout %q is not a positive duration", j.Timeout)
 			}
 		}
+		if slices.Contains(confirmCommands, j.Command) && c.Store == "" && !slices.ContainsFunc(j.Args, func(a string) bool {
+			return a == "--store" || strings.HasPrefix(a, "--store=")
+		}) {
+			fail(p+".command", "%s deletes: name its store in the file (store: at the top, or --store in args), not in the environment", j.Command)
+		}
 		for k, a := range j.Args {
 			if a == "--dsn" || strings.HasPrefix(a, "--dsn=") || carriesSecret(a) {
 				fail(fmt.Sprintf("%s.args[%d]", p, k), "args must not carry the dsn or a password: set dsn at the top, secrets in the environment")
