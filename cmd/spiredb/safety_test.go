@@ -213,3 +213,20 @@ func FuzzSecretsNeverPrinted(f *testing.F) {
 		}
 	})
 }
+
+// TestNegativeLockTimeoutLeavesTheServers: --lock-timeout -1s, documented
+// as "leave the server's setting", works for migrate and backfill.
+func TestNegativeLockTimeoutLeavesTheServers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	_, errOut, code := runArgs(t, "migrate", "up", "--dsn", db.DSN, "--lock-timeout=-1s")
+	require.Equal(t, exitOK, code, errOut)
+	_, err := db.Pool.Exec(ctx, "CREATE TABLE t (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0); INSERT INTO t (id) SELECT generate_series(1, 50)")
+	require.NoError(t, err)
+	_, errOut, code = runArgs(t, "migrate", "backfill", "--dsn", db.DSN, "--lock-timeout=-1s", "--table", "t", "--name", "n", "--set", "v = 1")
+	require.Equal(t, exitOK, code, errOut)
+	var sum int
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT sum(v) FROM t").Scan(&sum))
+	require.Equal(t, 50, sum)
+}
