@@ -153,6 +153,17 @@ func run(ctx context.Context, bin string, entries int) error {
 		}
 	}
 
+	step("Prune deletes only what spiredb wrote: another application's file and a pinned copy are left alone")
+	if err := os.WriteFile(filepath.Join(storeDir, "notes.txt"), []byte("not a backup\n"), 0o600); err != nil {
+		return err
+	}
+	if err := copyTree(filepath.Join(storeDir, newestEntry(storeDir)), filepath.Join(storeDir, "pinned-before-upgrade")); err != nil {
+		return err
+	}
+	if err := spiredb(ctx, bin, env, "backup", "prune", "--store", store, "--keep-last", "1", "--yes"); err != nil {
+		return err
+	}
+
 	step("Bootstrap a streaming standby and check it")
 	port, err := pgcluster.FreePort(0, 0)
 	if err != nil {
@@ -308,4 +319,38 @@ func spiredb(ctx context.Context, bin string, env []string, args ...string) erro
 		return nil
 	}
 	return err
+}
+
+// newestEntry names the last backup directory of a file store.
+func newestEntry(dir string) string {
+	ents, _ := os.ReadDir(dir)
+	name := ""
+	for _, e := range ents {
+		if e.IsDir() && e.Name() > name && e.Name() != "pinned-before-upgrade" {
+			name = e.Name()
+		}
+	}
+	return name
+}
+
+// copyTree copies a directory of files (cp -a of a backup, as an operator
+// pinning one would).
+func copyTree(from, to string) error {
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
