@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,7 +21,7 @@ import (
 
 	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/pg"
-	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/internal/pgprog"
 )
 
 // BootstrapOptions configure Bootstrap.
@@ -83,15 +82,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 		return nil, err
 	}
 	if o.Slot == "" {
-		o.Slot = "spiredb_" + strings.Map(func(r rune) rune {
-			if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
-				return r
-			}
-			return '_'
-		}, strings.ToLower(filepath.Base(dir)))
-		if len(o.Slot) > 63 {
-			o.Slot = o.Slot[:63]
-		}
+		o.Slot = defaultSlot(dir)
 	}
 	if !slotRE.MatchString(o.Slot) {
 		return nil, fmt.Errorf("invalid slot name %q: lower-case letters, digits and _ only, at most 63", o.Slot)
@@ -99,11 +90,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if o.Start && o.Port <= 0 {
 		return nil, errors.New("--start needs --port for the standby")
 	}
-	bin, err := pgcluster.FindBinDir(o.BinDir)
-	if err != nil {
-		return nil, err
-	}
-	cred, err := pgcluster.ServerCredential()
+	cred, err := pgprog.Credential(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -113,8 +100,20 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 		return nil, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if err := preflight(ctx, conn, o.Slot, dir); err != nil {
+	major, err := preflight(ctx, conn, o.Slot, dir)
+	if err != nil {
 		return nil, err
+	}
+	basebackup, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_basebackup", BinDir: o.BinDir, Major: major, Match: pgprog.AtLeast})
+	if err != nil {
+		return nil, err
+	}
+	var pgctl *pgprog.Program
+	if o.Start {
+		// the standby is a copy of the primary: its server must be the same major
+		if pgctl, err = pgprog.Find(ctx, pgprog.Request{Name: "pg_ctl", BinDir: o.BinDir, Major: major, Match: pgprog.Exact}); err != nil {
+			return nil, err
+		}
 	}
 
 	createdDir := false
@@ -155,35 +154,14 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	// standby's primary_conninfo: the application_name it records is how
 	// the primary will name the standby (pg_stat_replication,
 	// synchronous_standby_names), so make it the slot name.
-	lp, err := pg.NewLibpq(o.Primary, o.Slot)
-	if err != nil {
-		return nil, err
-	}
-	defer lp.Close()
-	cfg, err := pg.ParseConfig(o.Primary)
-	if err != nil {
-		return nil, err
-	}
 	// The password reaches pg_basebackup through a private passfile, never
 	// PGPASSWORD: -R copies a password it was given into primary_conninfo,
 	// in the standby's postgresql.auto.conf; a passfile it only names.
-	env := slices.DeleteFunc(slices.Clone(lp.Env), func(e string) bool { return strings.HasPrefix(e, "PGPASSWORD=") })
-	passDir, err := os.MkdirTemp("", "spiredb-bootstrap-")
+	lp, env, cleanup, err := libpqWithPassfile(o.Primary, o.Slot, cred)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(passDir)
-	tmpPass := filepath.Join(passDir, "pgpass")
-	if err := writePassfile(tmpPass, cfg.Password, cred); err != nil {
-		return nil, err
-	}
-	if cred != nil {
-		_ = os.Chown(passDir, int(cred.Uid), int(cred.Gid))
-		if err := lp.Chown(int(cred.Uid), int(cred.Gid)); err != nil {
-			return nil, err
-		}
-	}
-	env = append(env, "PGPASSFILE="+tmpPass)
+	defer cleanup()
 	args := []string{"-D", dir, "-R", "-X", "stream", "-S", o.Slot, "-c", "fast", "-P", "-w"}
 	if o.MaxRate != "" {
 		args = append(args, "--max-rate="+o.MaxRate)
@@ -191,7 +169,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if lp.Conninfo != "" {
 		args = append(args, "-d", lp.Conninfo)
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_basebackup"), args...)
+	cmd := exec.CommandContext(ctx, basebackup.Path, args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
 	cmd.Dir = "/"
@@ -206,11 +184,11 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if werr := cmd.Wait(); werr != nil {
 		return nil, fmt.Errorf("pg_basebackup failed (%w): %s", werr, dsn.RedactText(tail()))
 	}
-	if err := fixPrimaryConninfo(dir, o.StandbyPassfile, cfg.Password, cred); err != nil {
+	if err := fixPrimaryConninfo(dir, o.StandbyPassfile, lp.Params["password"], cred); err != nil {
 		return nil, err
 	}
 	copied = true
-	if cfg.Password != "" && o.StandbyPassfile == "" {
+	if lp.Params["password"] != "" && o.StandbyPassfile == "" {
 		logger.Warn("the standby's primary_conninfo carries no password: give its server user a ~/.pgpass entry, or pass --standby-passfile PATH",
 			"data_dir", dir)
 	}
@@ -220,7 +198,7 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if !o.Start {
 		return res, nil
 	}
-	if err := startStandby(ctx, bin, dir, o.Port, cred); err != nil {
+	if err := startStandby(ctx, pgctl.Path, dir, o.Port, cred); err != nil {
 		return nil, err
 	}
 	res.Started, res.Port = true, o.Port
@@ -236,37 +214,37 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 }
 
 // preflight checks everything that can be checked before touching anything.
-func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) error {
+func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) (major int, err error) {
 	var inRecovery, canReplicate, slotTaken bool
 	var walLevel string
 	var freeSenders int
 	var dbBytes int64
-	err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.pg_is_in_recovery(),
+	err = conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_setting('server_version_num')::int / 10000, pg_catalog.pg_is_in_recovery(),
 		pg_catalog.current_setting('wal_level'),
 		pg_catalog.current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_catalog.pg_stat_replication),
 		(SELECT rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user),
 		EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
 		(SELECT sum(pg_catalog.pg_database_size(oid)) FROM pg_catalog.pg_database)::bigint`, slot).
-		Scan(&inRecovery, &walLevel, &freeSenders, &canReplicate, &slotTaken, &dbBytes)
+		Scan(&major, &inRecovery, &walLevel, &freeSenders, &canReplicate, &slotTaken, &dbBytes)
 	if err != nil {
-		return fmt.Errorf("checking the primary: %w", err)
+		return 0, fmt.Errorf("checking the primary: %w", err)
 	}
 	switch {
 	case inRecovery:
-		return errors.New("the --primary-dsn server is itself a standby; bootstrap from the primary")
+		return 0, errors.New("the --primary-dsn server is itself a standby; bootstrap from the primary")
 	case walLevel != "replica" && walLevel != "logical":
-		return fmt.Errorf("wal_level is %q on the primary: set it to replica and restart", walLevel)
+		return 0, fmt.Errorf("wal_level is %q on the primary: set it to replica and restart", walLevel)
 	case freeSenders < 2:
-		return fmt.Errorf("only %d free WAL sender(s) on the primary; pg_basebackup -X stream needs 2: raise max_wal_senders", freeSenders)
+		return 0, fmt.Errorf("only %d free WAL sender(s) on the primary; pg_basebackup -X stream needs 2: raise max_wal_senders", freeSenders)
 	case !canReplicate:
-		return errors.New("the primary role has neither REPLICATION nor SUPERUSER: ALTER ROLE ... REPLICATION")
+		return 0, errors.New("the primary role has neither REPLICATION nor SUPERUSER: ALTER ROLE ... REPLICATION")
 	case slotTaken:
-		return fmt.Errorf("slot %q already exists on the primary: pick another --slot, or drop it (replica slots --drop %s)", slot, slot)
+		return 0, fmt.Errorf("slot %q already exists on the primary: pick another --slot, or drop it (replica slots --drop %s)", slot, slot)
 	}
 	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
-		return fmt.Errorf("data directory %s is not empty", dir)
+		return 0, fmt.Errorf("data directory %s is not empty", dir)
 	} else if err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("data directory %s: %w", dir, err)
+		return 0, fmt.Errorf("data directory %s: %w", dir, err)
 	}
 	parent := dir
 	for {
@@ -280,10 +258,10 @@ func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) error {
 		free := int64(fs.Bavail) * fs.Bsize
 		need := dbBytes + dbBytes/10 + 256<<20 // databases, 10%, WAL
 		if free < need {
-			return fmt.Errorf("not enough disk for the standby under %s: %s free, about %s needed", parent, formatBytes(free), formatBytes(need))
+			return 0, fmt.Errorf("not enough disk for the standby under %s: %s free, about %s needed", parent, formatBytes(free), formatBytes(need))
 		}
 	}
-	return nil
+	return major, nil
 }
 
 var progressRE = regexp.MustCompile(`(\d+)/(\d+) kB`)
@@ -361,8 +339,8 @@ func cleanupFailed(ctx context.Context, primary pg.Options, slot, dir string, cr
 	}
 }
 
-func startStandby(ctx context.Context, bin, dir string, port int, cred *syscall.Credential) error {
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_ctl"), "-D", dir, "-o", "-p "+strconv.Itoa(port),
+func startStandby(ctx context.Context, pgctl, dir string, port int, cred *syscall.Credential) error {
+	cmd := exec.CommandContext(ctx, pgctl, "-D", dir, "-o", "-p "+strconv.Itoa(port),
 		"-l", filepath.Join(dir, "startup.log"), "-w", "-t", "120", "start")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
@@ -375,15 +353,19 @@ func startStandby(ctx context.Context, bin, dir string, port int, cred *syscall.
 
 // StopStandby stops a standby started by Bootstrap (pg_ctl stop -m fast).
 func StopStandby(ctx context.Context, binDir, dir string) error {
-	bin, err := pgcluster.FindBinDir(binDir)
+	major, err := pgprog.DataDirMajor(dir)
 	if err != nil {
 		return err
 	}
-	cred, err := pgcluster.ServerCredential()
+	pgctl, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_ctl", BinDir: binDir, Major: major, Match: pgprog.Exact})
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_ctl"), "-D", dir, "-m", "fast", "-w", "stop")
+	cred, err := pgprog.Credential(dir)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, pgctl.Path, "-D", dir, "-m", "fast", "-w", "stop")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Dir = "/"
 	if out, err := cmd.CombinedOutput(); err != nil {

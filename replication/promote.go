@@ -16,9 +16,16 @@ import (
 var ErrNotStandby = errors.New("this server is not a standby (pg_is_in_recovery() is false): nothing to promote")
 
 // LagError is returned when a standby is too far behind to promote safely.
-type LagError struct{ Why string }
+type LagError struct {
+	Why string
+	// Switchover: refused by Switchover (no --force there).
+	Switchover bool
+}
 
 func (e *LagError) Error() string {
+	if e.Switchover {
+		return "refusing to switch over: the standby's replay is " + e.Why + "; nothing was fenced: wait for it to catch up or raise --max-lag"
+	}
 	return "refusing to promote: replay " + e.Why + "; wait for it to catch up, raise --max-lag, or pass --force to accept losing what it has not replayed"
 }
 
@@ -138,52 +145,6 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	}
 	logger.Info("promoted", "timeline", res.Timeline, "lsn", res.PromotionLSN, "duration", res.Duration.Round(time.Millisecond))
 	return res, nil
-}
-
-// FenceResult says what Fence did.
-type FenceResult struct {
-	AlreadyFenced bool  `json:"already_fenced"`
-	Terminated    []int `json:"terminated_pids"`
-}
-
-// Fence makes a reachable old primary refuse writes: ALTER SYSTEM SET
-// default_transaction_read_only = on, reload, and end the sessions that hold
-// a write transaction. It is idempotent. A session can still SET
-// default_transaction_read_only = off: for a hard fence, stop the server or
-// close it in pg_hba.conf.
-func Fence(ctx context.Context, opts pg.Options) (*FenceResult, error) {
-	conn, err := pg.Connect(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	res := &FenceResult{}
-	var current string
-	if err := conn.QueryRow(ctx, pg.Marker+`SELECT coalesce((SELECT setting FROM pg_catalog.pg_file_settings
-		WHERE name = 'default_transaction_read_only' AND applied ORDER BY seqno DESC LIMIT 1), 'off')`).Scan(&current); err != nil {
-		return nil, fmt.Errorf("reading the configuration: %w", err)
-	}
-	res.AlreadyFenced = current == "on"
-	if _, err := conn.Exec(ctx, pg.Marker+"ALTER SYSTEM SET default_transaction_read_only = on"); err != nil {
-		return nil, fmt.Errorf("ALTER SYSTEM: %w", err)
-	}
-	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_reload_conf()"); err != nil {
-		return nil, fmt.Errorf("reloading the configuration: %w", err)
-	}
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-		WHERE backend_xid IS NOT NULL AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend'`)
-	if err != nil {
-		return nil, fmt.Errorf("ending write transactions: %w", err)
-	}
-	for rows.Next() {
-		var pid int
-		var ok bool
-		if err := rows.Scan(&pid, &ok); err == nil && ok {
-			res.Terminated = append(res.Terminated, pid)
-		}
-	}
-	rows.Close()
-	return res, rows.Err()
 }
 
 // ListSlots lists the replication slots; DropSlot drops one that no standby

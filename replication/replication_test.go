@@ -72,6 +72,7 @@ func TestBootstrapStatusPromoteFence(t *testing.T) {
 	primary := pgtest.NewCluster(t, replicationOpts(nil))
 	pdsn := primary.DSN("postgres")
 	require.NoError(t, exec(t, pdsn, "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g"))
+	require.NoError(t, exec(t, pdsn, "CREATE DATABASE spire"))
 
 	_, _, sdsn := standby(t, primary, "standby1")
 
@@ -114,22 +115,72 @@ func TestBootstrapStatusPromoteFence(t *testing.T) {
 	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
 	require.ErrorIs(t, err, replication.ErrNotStandby)
 
-	// fence the old primary: a session holding a write transaction is ended,
-	// new writes are refused, and fencing again is a no-op
-	holder, err := pgx.Connect(ctx, pdsn)
+	// fence the old primary's "spire" database: its sessions end, no new
+	// one connects (superuser or not, READ WRITE or not), other databases
+	// get the read-only default, and fencing again is a no-op
+	spire := primary.DSN("spire")
+	holder, err := pgx.Connect(ctx, spire)
 	require.NoError(t, err)
 	defer holder.Close(ctx)
-	_, err = holder.Exec(ctx, "BEGIN; INSERT INTO t VALUES (-1)")
+	_, err = holder.Exec(ctx, "BEGIN; CREATE TABLE held (id int)")
 	require.NoError(t, err)
-	fr, err := replication.Fence(ctx, pg.Options{DSN: pdsn})
+	fr, err := replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: spire}})
 	require.NoError(t, err)
-	require.False(t, fr.AlreadyFenced)
+	require.False(t, fr.AlreadyFenced())
+	require.Equal(t, []replication.FencedDatabase{{Name: "spire"}}, fr.Databases)
+	require.Equal(t, "set", fr.ReadOnly)
 	require.Len(t, fr.Terminated, 1)
+	require.Error(t, holder.Ping(ctx), "the session holding a transaction survived the fence")
+	_, err = pgx.Connect(ctx, spire)
+	require.Equal(t, "55000", pg.SQLState(err), "a new session reached the fenced database: %v", err)
 	err = exec(t, pdsn, "INSERT INTO t VALUES (-2)")
-	require.Equal(t, "25006", pg.SQLState(err), "old primary still takes writes: %v", err)
-	fr, err = replication.Fence(ctx, pg.Options{DSN: pdsn})
+	require.Equal(t, "25006", pg.SQLState(err), "old primary still takes writes in other databases: %v", err)
+	fr, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: spire}})
 	require.NoError(t, err)
-	require.True(t, fr.AlreadyFenced)
+	require.True(t, fr.AlreadyFenced())
+	require.Equal(t, "already set", fr.ReadOnly)
+
+	// --undo reopens it
+	fr, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: spire}, Undo: true})
+	require.NoError(t, err)
+	require.Equal(t, "reset", fr.ReadOnly)
+	require.NoError(t, exec(t, spire, "CREATE TABLE reopened (id int)"))
+}
+
+// TestFenceAsDatabaseOwner: a managed-service role that owns SPIRE's
+// database but is no superuser fences it (ALTER SYSTEM is skipped with the
+// reason), and a superuser's session it may not end is reported, not
+// hidden: the command fails naming the session.
+func TestFenceAsDatabaseOwner(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.NewCluster(t, replicationOpts(nil))
+	admin := c.DSN("postgres")
+	require.NoError(t, exec(t, admin, "CREATE ROLE owner LOGIN PASSWORD 'owner-pw'"))
+	require.NoError(t, exec(t, admin, "CREATE DATABASE spire OWNER owner"))
+	ownerDSN := fmt.Sprintf("postgres://owner:owner-pw@%s:%d/spire?sslmode=disable", c.Host, c.Port)
+
+	mine, err := pgx.Connect(ctx, ownerDSN)
+	require.NoError(t, err)
+	defer mine.Close(ctx)
+	fr, err := replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: ownerDSN}})
+	require.NoError(t, err)
+	require.Contains(t, fr.ReadOnly, "skipped: ALTER SYSTEM needs a superuser")
+	require.Len(t, fr.Terminated, 1, "the owner's own other session is ended")
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: ownerDSN}, Undo: true})
+	require.NoError(t, err)
+
+	// a superuser's session on it cannot be ended by the owner
+	super, err := pgx.Connect(ctx, c.DSN("spire"))
+	require.NoError(t, err)
+	defer super.Close(ctx)
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: ownerDSN}, Settle: time.Second})
+	var fe *replication.FenceError
+	require.ErrorAs(t, err, &fe)
+	require.Len(t, fe.Survivors, 1)
+	require.Equal(t, "postgres", fe.Survivors[0].Role)
+	_, err = pgx.Connect(ctx, c.DSN("spire"))
+	require.Equal(t, "55000", pg.SQLState(err), "new connections are refused even when a session survives")
 }
 
 func TestPromoteRefusals(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 func newReplicaCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "replica",
-		Short: "Bootstrap, inspect, promote and fence streaming standbys",
+		Short: "Bootstrap, inspect, promote, fence, switch over and rejoin streaming standbys",
 		Long: `Streaming replication for the SPIRE datastore, the PostgreSQL 12+ way: a
 physical slot and pg_basebackup -R (standby.signal, primary_conninfo), never
 recovery.conf or trigger files; pg_promote() for promotion.
@@ -27,7 +27,8 @@ ro_connection_string); 'replica status' says which standbys are fit for it.`,
 		Args: cobra.ArbitraryArgs,
 		RunE: groupRunE,
 	}
-	cmd.AddCommand(newReplicaBootstrapCmd(g), newReplicaStatusCmd(g), newReplicaPromoteCmd(g), newReplicaFenceCmd(g), newReplicaSlotsCmd(g))
+	cmd.AddCommand(newReplicaBootstrapCmd(g), newReplicaStatusCmd(g), newReplicaPromoteCmd(g), newReplicaFenceCmd(g),
+		newReplicaSwitchoverCmd(g), newReplicaRejoinCmd(g), newReplicaSlotsCmd(g))
 	return cmd
 }
 
@@ -231,38 +232,240 @@ spiredb asks, elsewhere it needs --yes.`,
 }
 
 func newReplicaFenceCmd(g *globals) *cobra.Command {
+	var o replication.FenceOptions
 	cmd := &cobra.Command{
 		Use:   "fence",
-		Short: "Make a reachable old primary refuse writes",
-		Long: `fence sets default_transaction_read_only = on with ALTER SYSTEM, reloads, and
-ends the sessions holding write transactions. It is idempotent. A client can
-still SET default_transaction_read_only = off in its session: for a hard fence
-stop the server or close it in pg_hba.conf.
+		Short: "Make a primary refuse SPIRE's writes (or lift that with --undo)",
+		Long: `fence closes SPIRE's database on a primary so that no session can write
+through it, whatever the session asks for (SPIRE's lib/pq opens every
+transaction with BEGIN READ WRITE, which a read-only default does not stop):
 
-The target comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal
-spiredb asks, elsewhere it needs --yes.`,
+  1. ALTER DATABASE <db> ALLOW_CONNECTIONS false: no new connection to it, of
+     any role, superusers included;
+  2. every session of that database is ended, and again until none is left;
+  3. server-wide default_transaction_read_only = on (ALTER SYSTEM, reload) as a
+     second layer for other databases, with their write transactions ended;
+     skipped with the reason when the role may not ALTER SYSTEM.
+
+spiredb works from the postgres (or template1) database, so it keeps its own
+access. The fence is in the catalog: it survives a restart, and standbys that
+replay it refuse connections to that database too (switchover lifts it on
+the promoted one). Idempotent. --undo reopens the database and resets the
+read-only default.
+
+The database is the one --dsn names (--database to name others). The target
+comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal spiredb asks,
+elsewhere it needs --yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := explicit(cmd, "dsn"); err != nil {
 				return err
 			}
-			if err := g.confirm(cmd, "fence "+g.target(g.pgOptions())+": new transactions there become read-only and its write sessions end"); err != nil {
+			o.Conn, o.Logger = g.pgOptions(), g.logger
+			what := "fence " + g.target(o.Conn) + ": its SPIRE database refuses every connection and its sessions end"
+			if o.Undo {
+				what = "lift the fence on " + g.target(o.Conn) + ": SPIRE can connect and write there again"
+			}
+			if err := g.confirm(cmd, what); err != nil {
 				return err
 			}
-			res, err := replication.Fence(cmd.Context(), g.pgOptions())
+			res, err := replication.Fence(cmd.Context(), o)
+			if res != nil {
+				if perr := g.out.print(res, func(w io.Writer) error { return writeFence(w, res) }); perr != nil {
+					return perr
+				}
+			}
+			if err != nil {
+				if errors.Is(err, replication.ErrIsStandby) {
+					return &exitError{code: exitFailure, err: err}
+				}
+				var fe *replication.FenceError
+				if errors.As(err, &fe) {
+					return &exitError{code: exitFailure, err: err}
+				}
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&o.Undo, "undo", false, "lift the fence: reopen the database(s) and reset default_transaction_read_only")
+	cmd.Flags().StringSliceVar(&o.Databases, "database", nil, "database(s) to fence (default: the --dsn database)")
+	addYes(cmd)
+	return cmd
+}
+
+func writeFence(w io.Writer, res *replication.FenceResult) error {
+	for _, d := range res.Databases {
+		switch {
+		case res.Undone && d.Already:
+			fmt.Fprintf(w, "database %s: was not fenced\n", d.Name)
+		case res.Undone:
+			fmt.Fprintf(w, "database %s: reopened (ALLOW_CONNECTIONS true)\n", d.Name)
+		case d.Already:
+			fmt.Fprintf(w, "database %s: already fenced (ALLOW_CONNECTIONS false)\n", d.Name)
+		default:
+			fmt.Fprintf(w, "database %s: fenced (ALLOW_CONNECTIONS false)\n", d.Name)
+		}
+	}
+	fmt.Fprintf(w, "default_transaction_read_only: %s\n", res.ReadOnly)
+	if !res.Undone {
+		_, err := fmt.Fprintf(w, "%d session(s) ended\n", len(res.Terminated))
+		return err
+	}
+	return nil
+}
+
+func newReplicaSwitchoverCmd(g *globals) *cobra.Command {
+	var o replication.SwitchoverOptions
+	var primary, standby, maxLag string
+	cmd := &cobra.Command{
+		Use:   "switchover",
+		Short: "Planned switchover: fence the primary, let the standby catch up, promote it",
+		Long: `switchover moves the primary role to a standby with no acknowledged write
+lost. It refuses unless --standby-dsn is a streaming copy of --primary-dsn (same
+system identifier and timeline, its walsender seen on the primary) within
+--max-lag. Then it fences the primary (see replica fence: SPIRE's database
+refuses connections, its sessions end), waits until the standby has replayed
+the primary's last WAL position, promotes it, reopens SPIRE's database there,
+and checks the new timeline. Until the promotion a failure unfences the
+primary again (nothing changed); after it the old primary stays fenced.
+
+It prints how long SPIRE could not write and the routing steps: SPIRE's
+connection_string or the Kubernetes Service must point at the new primary.
+Before fencing it creates the slot spiredb_rewind on the primary so that
+'replica rejoin' can rewind it afterwards.
+
+Both targets come only from their flags; on a terminal spiredb asks,
+elsewhere it needs --yes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if primary == "" || standby == "" {
+				return usageErrorf("--primary-dsn and --standby-dsn are required")
+			}
+			limit, err := parseLimit(maxLag)
 			if err != nil {
 				return err
 			}
-			return g.out.print(res, func(w io.Writer) error {
-				state := "fenced"
-				if res.AlreadyFenced {
-					state = "already fenced"
-				}
-				_, err := fmt.Fprintf(w, "%s: new transactions are read-only; %d write session(s) ended\n", state, len(res.Terminated))
+			o.Primary, o.Standby, o.MaxLag, o.Logger = g.withDSN(primary), g.withDSN(standby), limit, g.logger
+			if err := g.confirm(cmd, "switch over from "+g.target(o.Primary)+" to "+g.target(o.Standby)+": SPIRE cannot write until it is re-pointed at the new primary"); err != nil {
 				return err
+			}
+			res, err := replication.Switchover(cmd.Context(), o)
+			if err != nil {
+				var le *replication.LagError
+				var se *replication.SwitchoverError
+				if errors.As(err, &le) || errors.As(err, &se) || errors.Is(err, replication.ErrNotFollowing) {
+					return &exitError{code: exitFailure, err: err}
+				}
+				return err
+			}
+			return g.out.print(res, func(w io.Writer) error {
+				fmt.Fprintf(w, "switched over: timeline %d -> %d; the new primary is %s\n", res.OldTimeline, res.NewTimeline, res.NewPrimary)
+				fmt.Fprintf(w, "SPIRE could not write for %s (fence %s, catch-up %s, promotion %s, reopen %s) plus the time to re-point it\n",
+					roundMs(res.Unavailable), roundMs(res.Fencing), roundMs(res.CatchUp), roundMs(res.Promotion), roundMs(res.Reopen))
+				fmt.Fprintf(w, "the old primary is fenced at %s (%d session(s) ended); the standby replayed to %s\nroute SPIRE to the new primary:\n", res.FenceLSN, len(res.Fence.Terminated), res.ReplayedTo)
+				for _, s := range res.Routing {
+					fmt.Fprintf(w, "  - %s\n", s)
+				}
+				fmt.Fprintln(w, "next:")
+				for _, s := range res.NextSteps {
+					fmt.Fprintf(w, "  - %s\n", s)
+				}
+				return nil
 			})
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&primary, "primary-dsn", "", "the current primary (SPIRE's database on it)")
+	f.StringVar(&standby, "standby-dsn", "", "the standby to promote")
+	f.StringVar(&maxLag, "max-lag", "16MB", "refuse when the standby is further behind: a size or a duration")
+	f.DurationVar(&o.Wait, "wait", 30*time.Second, "how long to wait for the standby to replay the primary's last write, and for the promotion")
+	f.StringSliceVar(&o.Databases, "database", nil, "database(s) to fence and reopen (default: the --primary-dsn database)")
+	addYes(cmd)
+	return cmd
+}
+
+func roundMs(d time.Duration) string { return d.Round(time.Millisecond).String() }
+
+func newReplicaRejoinCmd(g *globals) *cobra.Command {
+	var o replication.RejoinOptions
+	var primary string
+	cmd := &cobra.Command{
+		Use:   "rejoin",
+		Short: "Turn the fenced old primary into a standby of the new one (pg_rewind)",
+		Long: `rejoin makes the old primary's data directory a streaming standby of the new
+primary without copying everything again. It checks first: the directory is
+a copy of the new primary's cluster (system identifier) and the same major;
+the old primary, when it runs, is reached by --dsn, runs on --data-dir and is
+fenced (or is stopped); it has wal_log_hints = on or data checksums, and the
+new primary has full_page_writes. Then it stops the old primary, runs
+pg_rewind from the new primary, writes standby.signal, primary_conninfo
+(without the password: see --standby-passfile) and primary_slot_name (a slot
+it creates on the new primary, or an unused one of that name), and with
+--start starts it and waits until it streams. An old primary that already
+streams from the new one is left as it is.
+
+When pg_rewind cannot be used or fails, --reclone-on-failure moves the data
+directory aside (DIR.spiredb-old-TIME, never deleted) and bootstraps a fresh
+standby there.
+
+pg_rewind and pg_ctl must be of the data directory's major: --pg-bin, PATH,
+pg_config or /usr/lib/postgresql/MAJOR/bin. Run it where the data directory
+is, as root or as its owner. On a terminal spiredb asks, elsewhere it needs
+--yes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if primary == "" || o.DataDir == "" {
+				return usageErrorf("--primary-dsn and --data-dir are required")
+			}
+			if cmd.Flags().Changed("dsn") {
+				o.Old = g.pgOptions()
+			}
+			o.Primary, o.Logger = g.withDSN(primary), g.logger
+			if err := g.confirm(cmd, "rejoin "+o.DataDir+" as a standby of "+g.target(o.Primary)+": the old primary is stopped and rewound onto the new timeline"); err != nil {
+				return err
+			}
+			progress, end := progressReporter(g, "rejoin")
+			o.Progress = func(done, total int64) { progress(done, 0) }
+			res, err := replication.Rejoin(cmd.Context(), o)
+			end()
+			if err != nil {
+				if errors.Is(err, replication.ErrCannotRewind) {
+					return &exitError{code: exitFailure, err: err}
+				}
+				return err
+			}
+			return g.out.print(res, func(w io.Writer) error {
+				switch res.Method {
+				case "none":
+					fmt.Fprintf(w, "%s already streams from the new primary: nothing to do\n", res.DataDir)
+					return nil
+				case "reclone":
+					fmt.Fprintf(w, "copied afresh (%s) because: %s\nthe old data directory is kept at %s: remove it when you no longer need it\n", humanize.IBytes(uint64(res.Bytes)), res.Why, res.MovedAside)
+				default:
+					fmt.Fprintf(w, "rewound %s onto the new primary's timeline in %s\n", res.DataDir, roundMs(res.Duration))
+				}
+				if res.Started {
+					fmt.Fprintf(w, "started on port %d and streaming (slot %s)\n", res.Port, res.Slot)
+				} else {
+					fmt.Fprintf(w, "start it with: pg_ctl -D %s start   (standby.signal, primary_conninfo and slot %s are in place)\n", res.DataDir, res.Slot)
+				}
+				for _, s := range res.LeftoverSlots {
+					fmt.Fprintf(w, "leftover slot %s from its time as primary keeps WAL: drop it on the standby (replica slots --drop %s)\n", s, s)
+				}
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&primary, "primary-dsn", "", "the new primary (a role with REPLICATION, and the rights pg_rewind needs: superuser or EXECUTE on pg_ls_dir, pg_stat_file, pg_read_binary_file)")
+	f.StringVar(&o.DataDir, "data-dir", "", "the old primary's data directory")
+	f.StringVar(&o.Slot, "slot", "", "physical slot on the new primary (default: spiredb_ + data directory name)")
+	f.BoolVar(&o.Start, "start", false, "start the standby and wait until it streams")
+	f.IntVar(&o.Port, "port", 0, "port of the started standby (with --start)")
+	f.StringVar(&o.BinDir, "pg-bin", "", "directory of pg_rewind and pg_ctl (default: found for the data directory's major)")
+	f.StringVar(&o.StandbyPassfile, "standby-passfile", "", "write the new primary's password to this file (0600) and name it in primary_conninfo")
+	f.BoolVar(&o.RecloneOnFailure, "reclone-on-failure", false, "when pg_rewind cannot be used or fails, move the data directory aside and copy the new primary afresh")
 	addYes(cmd)
 	return cmd
 }

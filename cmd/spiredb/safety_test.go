@@ -91,13 +91,18 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 		v = string(res[0].Rows[0][0])
 		return v
 	}
+	_, err := c.CreateDatabase(ctx, "spire")
+	require.NoError(t, err)
 	storeDir := t.TempDir()
-	t.Setenv("SPIREDB_DSN", c.DSN("postgres"))
+	t.Setenv("SPIREDB_DSN", c.DSN("spire"))
 	t.Setenv("SPIREDB_STORE", "file://"+storeDir)
 	for _, args := range [][]string{
 		{"replica", "fence"},
 		{"replica", "fence", "--yes"},
-		{"replica", "fence", "--dsn", c.DSN("postgres")},
+		{"replica", "fence", "--dsn", c.DSN("spire")},
+		{"replica", "fence", "--undo", "--dsn", c.DSN("spire")},
+		{"replica", "switchover", "--primary-dsn", c.DSN("spire"), "--standby-dsn", c.DSN("spire")},
+		{"replica", "rejoin", "--primary-dsn", c.DSN("spire"), "--data-dir", c.DataDir},
 		{"replica", "promote", "--yes"},
 		{"replica", "promote", "--dsn", c.DSN("postgres")},
 		{"backup", "prune", "--keep-last", "1", "--yes"},
@@ -116,14 +121,16 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 	t.Cleanup(func() { stdin, stdinIsTerminal = oldIn, oldTerm })
 	stdinIsTerminal = func() bool { return true }
 	stdin = strings.NewReader("no\n")
-	_, errOut, code := runArgs(t, "replica", "fence", "--dsn", c.DSN("postgres"))
+	_, errOut, code := runArgs(t, "replica", "fence", "--dsn", c.DSN("spire"))
 	require.Equal(t, exitUsage, code, errOut)
 	require.Contains(t, errOut, "not confirmed")
 	require.Equal(t, "off", readOnly())
 	stdin = strings.NewReader("yes\n")
-	_, errOut, code = runArgs(t, "replica", "fence", "--dsn", c.DSN("postgres"))
+	_, errOut, code = runArgs(t, "replica", "fence", "--dsn", c.DSN("spire"))
 	require.Equal(t, exitOK, code, errOut)
 	require.Equal(t, "on", readOnly())
+	_, err = pgconn.Connect(ctx, c.DSN("spire"))
+	require.ErrorContains(t, err, "not currently accepting connections")
 	require.NotContains(t, errOut, c.Password)
 }
 
