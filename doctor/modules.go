@@ -155,6 +155,9 @@ func (r *Report) checkReplication(ctx context.Context, conn *pgx.Conn, replicas 
 				fmt.Sprintf("bring its standby back, or spiredb replica slots drop %s", s.Name))
 		}
 	}
+	if err := r.checkReplicationSettings(ctx, conn, st, replicas); err != nil {
+		return err
+	}
 	if st.Role == "standby" && len(st.Problems) > 0 {
 		for _, p := range st.Problems {
 			r.add(Error, "replication.receiver", p, "spiredb replica status")
@@ -174,6 +177,45 @@ func (r *Report) checkReplication(ctx context.Context, conn *pgx.Conn, replicas 
 		}
 	}
 	r.Replication = rep
+	return nil
+}
+
+// checkReplicationSettings flags what makes switchovers, rejoins and
+// slots unsafe where replication is in use: no wal_log_hints nor checksums
+// (rejoin cannot rewind), slots without max_slot_wal_keep_size (a dead
+// standby fills the disk, its slot never becomes lost), and standbys
+// without hot_standby_feedback.
+func (r *Report) checkReplicationSettings(ctx context.Context, conn *pgx.Conn, st *replication.Status, replicas []*pgx.Conn) error {
+	if st.Role == "primary" && len(st.Standbys) == 0 && len(st.Slots) == 0 && len(replicas) == 0 {
+		return nil
+	}
+	var hints, checksums, slotCap, feedback string
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_setting('wal_log_hints'), pg_catalog.current_setting('data_checksums'),
+		coalesce(pg_catalog.current_setting('max_slot_wal_keep_size', true), ''), pg_catalog.current_setting('hot_standby_feedback')`).Scan(&hints, &checksums, &slotCap, &feedback); err != nil {
+		return fmt.Errorf("reading replication settings: %w", err)
+	}
+	if hints != "on" && checksums != "on" {
+		r.add(Warning, "replication.rewind", "wal_log_hints and data checksums are both off: after a switchover the old primary cannot be rewound (replica rejoin) and must be copied afresh",
+			"ALTER SYSTEM SET wal_log_hints = on; then restart PostgreSQL")
+	}
+	if st.Role == "primary" && len(st.Slots) > 0 && slotCap == "-1" {
+		r.add(Warning, "replication.slot_cap", "max_slot_wal_keep_size is -1: a slot whose standby is gone keeps WAL until the disk is full, and never becomes 'lost' for the alert to fire",
+			"ALTER SYSTEM SET max_slot_wal_keep_size = '16GB'; SELECT pg_reload_conf();  (well under pg_wal's free space)")
+	}
+	if st.Role == "standby" && feedback != "on" {
+		r.add(Warning, "replication.feedback", "hot_standby_feedback is off on this standby: the primary's vacuum can cancel SPIRE's long reads through ro_connection_string",
+			"ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();")
+	}
+	for i, rc := range replicas {
+		var fb string
+		if err := rc.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.current_setting('hot_standby_feedback')").Scan(&fb); err != nil {
+			return fmt.Errorf("replica %d: %w", i+1, err)
+		}
+		if fb != "on" {
+			r.add(Warning, "replication.feedback", fmt.Sprintf("hot_standby_feedback is off on replica %d: the primary's vacuum can cancel SPIRE's long reads through ro_connection_string", i+1),
+				"on the replica: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();")
+		}
+	}
 	return nil
 }
 

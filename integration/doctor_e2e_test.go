@@ -186,7 +186,24 @@ func TestDoctorAllModules(t *testing.T) {
 		return r, code
 	}
 	waitTrue(t, dsn, "SELECT count(*) = 1 FROM pg_stat_replication WHERE state = 'streaming'")
+	// replication without a cap on slots' WAL, standbys without feedback
 	r, code := report()
+	assert.Equal(t, 4, code, "warnings: %+v", r.Findings)
+	flagged := map[string]bool{}
+	for _, f := range r.Findings {
+		flagged[f.Check] = true
+	}
+	assert.True(t, flagged["replication.slot_cap"], "%+v", r.Findings)
+	assert.True(t, flagged["replication.feedback"], "%+v", r.Findings)
+	assert.False(t, flagged["replication.rewind"], "the harness runs wal_log_hints = on")
+	require.NoError(t, execOn(dsn, "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'"))
+	require.NoError(t, execOn(dsn, "SELECT pg_reload_conf()"))
+	require.NoError(t, execOn(standby.DSN("spire"), "ALTER SYSTEM SET hot_standby_feedback = on"))
+	require.NoError(t, execOn(standby.DSN("spire"), "SELECT pg_reload_conf()"))
+	waitTrue(t, standby.DSN("spire"), "SELECT current_setting('hot_standby_feedback') = 'on'")
+	waitTrue(t, dsn, "SELECT current_setting('max_slot_wal_keep_size') = '1GB'")
+
+	r, code = report()
 	assert.Equal(t, 0, code, "healthy: %+v", r.Findings)
 	require.NotNil(t, r.Replication)
 	assert.Equal(t, 1, r.Replication.Ready)
@@ -235,4 +252,15 @@ func TestDoctorAllModules(t *testing.T) {
 	assert.Contains(t, checks["settings.shared_buffers"].Fix, "ALTER SYSTEM SET shared_buffers")
 	_, err = sconn.Exec(ctx, "SELECT pg_wal_replay_resume()")
 	require.NoError(t, err)
+}
+
+func execOn(dsn, sql string) error {
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer c.Close(ctx)
+	_, err = c.Exec(ctx, sql)
+	return err
 }

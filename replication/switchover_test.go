@@ -215,7 +215,7 @@ func TestSwitchoverRefusals(t *testing.T) {
 func TestRejoinRefusals(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"full_page_writes": "on"})) // no wal_log_hints
+	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"full_page_writes": "on", "wal_log_hints": "off"}))
 	require.NoError(t, exec(t, primary.DSN("postgres"), "CREATE DATABASE spire"))
 	p := primary.DSN("spire")
 	require.NoError(t, exec(t, p, "CREATE TABLE w (id int PRIMARY KEY)"))

@@ -147,6 +147,15 @@ func Recommend(in Inputs) (*Recommendation, error) {
 	add("max_wal_size", maxWal, false, "checkpoints on time, not on WAL volume, during bulk entry registration")
 	add("min_wal_size", "512MB", false, "keep recycled WAL segments for bursts")
 
+	// replication, switchover and rejoin
+	add("wal_log_hints", "on", true, "replica rejoin turns a fenced old primary into a standby with pg_rewind, which needs wal_log_hints (or data checksums) from before the switchover; without it every switchover costs a full copy")
+	slotCap := "16GB"
+	if in.RAM < 4<<30 {
+		slotCap = "8GB"
+	}
+	add("max_slot_wal_keep_size", slotCap, false, "a slot whose standby is gone keeps WAL until pg_wal's disk is full, and with the default -1 it never becomes 'lost' (the lost-slot alert cannot fire); 4 × max_wal_size, keep it well under pg_wal's free space")
+	add("hot_standby_feedback", "on", false, "for standbys serving SPIRE's ro_connection_string (set it everywhere: a promoted server's standbys need it too): vacuum on the primary otherwise cancels their long reads, such as the full cache reload")
+
 	// planner and I/O for the storage
 	switch in.Storage {
 	case "ssd":

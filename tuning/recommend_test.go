@@ -70,6 +70,13 @@ func TestRecommendTable(t *testing.T) {
 		require.Equal(t, c.workMem, get("work_mem"), "%+v", c.in)
 		require.Equal(t, c.randomPageCost, get("random_page_cost"), "%+v", c.in)
 		require.Equal(t, "'pg_stat_statements'", get("shared_preload_libraries"))
+		// switchover, rejoin and slots
+		require.Equal(t, "on", get("wal_log_hints"))
+		require.Equal(t, "on", get("hot_standby_feedback"))
+		require.NotEqual(t, "-1", get("max_slot_wal_keep_size"))
+		ws, _ := r.Get("wal_log_hints")
+		require.True(t, ws.Restart)
+		require.Contains(t, ws.Reason, "pg_rewind")
 	}
 }
 

@@ -177,6 +177,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		"max_wal_senders":          "10",
 		"max_replication_slots":    "10",
 		"hot_standby":              "on",
+		"wal_log_hints":            "on", // replica rejoin (pg_rewind) needs it, as operators should have it
 		"max_connections":          "200",
 		"shared_buffers":           "128MB",
 		"log_min_messages":         "warning",
