@@ -3,6 +3,7 @@ package replication_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -258,4 +259,67 @@ func TestRejoinRefusals(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, rj.Streaming)
 	require.True(t, ids(t, p)[1])
+}
+
+// clientTools is a directory with only what the shipped image carries of
+// PostgreSQL: its client programs and pg_rewind (no initdb, pg_ctl,
+// postgres).
+func clientTools(t *testing.T) string {
+	t.Helper()
+	src, err := filepath.Glob("/usr/lib/postgresql/*/bin/pg_rewind")
+	require.NoError(t, err)
+	require.NotEmpty(t, src)
+	// not t.TempDir: its parent is closed to the postgres user the
+	// programs run as
+	dir, err := os.MkdirTemp("", "spiredb-client-tools-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	for _, name := range []string{"pg_basebackup", "pg_rewind", "pg_dump", "pg_restore", "psql"} {
+		require.NoError(t, os.Symlink(filepath.Join(filepath.Dir(src[0]), name), filepath.Join(dir, name)))
+	}
+	return dir
+}
+
+// TestClientToolsOnly: bootstrap (without --start) and rejoin of a
+// stopped old primary need no server installation, as in the image; what
+// does need one (--start) says so in one line.
+func TestClientToolsOnly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	bin := clientTools(t)
+	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"full_page_writes": "on"}))
+	require.NoError(t, exec(t, primary.DSN("postgres"), "CREATE DATABASE spire"))
+	p := primary.DSN("spire")
+	require.NoError(t, exec(t, p, "CREATE TABLE w (id int PRIMARY KEY)"))
+
+	cold := filepath.Join(primary.Dir, "cold")
+	_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")}, DataDir: cold, BinDir: bin})
+	require.NoError(t, err, "bootstrap needs only pg_basebackup")
+	require.FileExists(t, filepath.Join(cold, "standby.signal"))
+	require.NoError(t, replication.DropSlot(ctx, pg.Options{DSN: primary.DSN("postgres")}, "spiredb_cold"))
+	_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: primary.DSN("postgres")}, DataDir: filepath.Join(primary.Dir, "warm"),
+		BinDir: bin, Start: true, Port: 1})
+	require.ErrorContains(t, err, "no pg_ctl of PostgreSQL")
+
+	_, _, sdsn := standby(t, primary, "s")
+	s := withDB(sdsn, "spire")
+	_, err = replication.Switchover(ctx, replication.SwitchoverOptions{Primary: pg.Options{DSN: p}, Standby: pg.Options{DSN: s}})
+	require.NoError(t, err)
+	require.NoError(t, exec(t, s, "INSERT INTO w VALUES (1)"))
+	// the operator stops the old primary (scales its pod down), then runs
+	// rejoin where its data directory is mounted
+	require.NoError(t, primary.Halt())
+	rj, err := replication.Rejoin(ctx, replication.RejoinOptions{Primary: pg.Options{DSN: s}, DataDir: primary.DataDir, BinDir: bin,
+		StandbyPassfile: primary.DataDir + ".pgpass"})
+	require.NoError(t, err)
+	require.Equal(t, "rewind", rj.Method)
+	require.False(t, rj.Stopped)
+	// its pod starts again, now a standby
+	require.NoError(t, primary.Restart(ctx))
+	require.Eventually(t, func() bool { return ids(t, p)[1] }, 30*time.Second, 20*time.Millisecond)
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: s}, replication.Limit{Bytes: 16 << 20})
+	require.NoError(t, err)
+	require.Len(t, st.Standbys, 1)
+	require.Equal(t, rj.Slot, st.Standbys[0].Slot)
 }
