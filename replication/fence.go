@@ -126,7 +126,9 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 	}
 	// spiredb's own session must write (ALTER DATABASE) on a server whose
 	// default a previous fence made read-only
-	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off"); err != nil {
+	// default a previous fence made read-only; and the fence must be
+	// durable (and replicated) at once, whatever synchronous_commit says
+	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off; SET synchronous_commit = on"); err != nil {
 		return nil, err
 	}
 	res := &FenceResult{Undone: o.Undo}

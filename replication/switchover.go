@@ -131,6 +131,13 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	if err != nil {
 		return nil, rollback("fence", err)
 	}
+	// Every commit before this point is in the WAL up to the insert
+	// position; with synchronous_commit off some may not be flushed (so not
+	// sent) yet. A transaction of our own, committed synchronously, flushes
+	// everything before it instead of waiting for the WAL writer.
+	if _, err := pconn.Exec(ctx, pg.Marker+"SELECT pg_catalog.txid_current()"); err != nil {
+		return nil, rollback("flushing the primary's WAL", err)
+	}
 	if err := pconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_current_wal_insert_lsn()::text").Scan(&res.FenceLSN); err != nil {
 		return nil, rollback("reading the primary's last WAL position", err)
 	}

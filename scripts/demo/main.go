@@ -45,7 +45,9 @@ func main() {
 func run(ctx context.Context, bin string, entries int) error {
 	start := time.Now()
 	step("Start a throwaway PostgreSQL cluster")
-	c, err := pgcluster.Start(ctx, pgcluster.Options{BinDir: os.Getenv("SPIREDB_PG_BIN")})
+	// full_page_writes, which the harness turns off for speed, is on in
+	// production and pg_rewind (replica rejoin) needs it
+	c, err := pgcluster.Start(ctx, pgcluster.Options{BinDir: os.Getenv("SPIREDB_PG_BIN"), Settings: map[string]string{"full_page_writes": "on"}})
 	if err != nil {
 		return err
 	}
@@ -187,9 +189,22 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
-	step("The primary is lost: promote the standby")
-	if err := spiredb(ctx, bin, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes"); err != nil {
+	step("Planned switchover: fence the primary (SPIRE's database refuses connections), let the standby replay its last write, promote it")
+	if err := spiredb(ctx, bin, nil, "replica", "switchover", "--primary-dsn", c.DSN("spire"), "--standby-dsn", standby.DSN("spire"), "--yes"); err != nil {
 		return err
+	}
+
+	step("Rejoin the old primary as a standby of the new one (pg_rewind, no full copy), and check replication")
+	// after the rewind the old primary runs under pg_ctl, not the harness
+	defer func() { _ = replication.StopStandby(context.WithoutCancel(ctx), "", c.DataDir) }()
+	for _, args := range [][]string{
+		{"replica", "rejoin", "--dsn", c.DSN("spire"), "--primary-dsn", standby.DSN("spire"), "--data-dir", c.DataDir,
+			"--standby-passfile", c.DataDir + ".pgpass", "--start", "--port", strconv.Itoa(c.Port), "--yes"},
+		{"replica", "status", "--dsn", standby.DSN("spire")},
+	} {
+		if err := spiredb(ctx, bin, nil, args...); err != nil {
+			return err
+		}
 	}
 	printSummary()
 	return nil
