@@ -127,8 +127,9 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 	// spiredb's own session must write (ALTER DATABASE) on a server whose
 	// default a previous fence made read-only
 	// default a previous fence made read-only; and the fence must be
-	// durable (and replicated) at once, whatever synchronous_commit says
-	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off; SET synchronous_commit = on"); err != nil {
+	// durable at once whatever synchronous_commit says, without waiting
+	// for a synchronous standby that may be the one that is gone
+	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off; SET synchronous_commit = local"); err != nil {
 		return nil, err
 	}
 	res := &FenceResult{Undone: o.Undo}
@@ -219,8 +220,9 @@ func endSessions(ctx context.Context, conn *pgx.Conn, dbs []string, settle time.
 			FROM pg_catalog.pg_stat_activity
 			WHERE pid <> pg_catalog.pg_backend_pid()
 			  -- another role's session shows no backend_type unless spiredb's role
-			  -- has pg_read_all_stats: count it when it has a user
-			  AND (backend_type = 'client backend' OR (backend_type IS NULL AND usesysid IS NOT NULL))
+			  -- has pg_read_all_stats: count it when it has a user. Logical
+			  -- replication workers write too, and cannot reconnect either.
+			  AND (backend_type IN ('client backend', 'logical replication worker') OR (backend_type IS NULL AND usesysid IS NOT NULL))
 			  AND (datname = ANY($1) OR backend_xid IS NOT NULL)`, dbs)
 		if err != nil {
 			return ended, fmt.Errorf("listing sessions: %w", err)

@@ -133,8 +133,9 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	}
 	// Every commit before this point is in the WAL up to the insert
 	// position; with synchronous_commit off some may not be flushed (so not
-	// sent) yet. A transaction of our own, committed synchronously, flushes
-	// everything before it instead of waiting for the WAL writer.
+	// sent) yet. A transaction of our own, committed with a local flush
+	// (fence set synchronous_commit = local), flushes everything before it
+	// instead of waiting for the WAL writer.
 	if _, err := pconn.Exec(ctx, pg.Marker+"SELECT pg_catalog.txid_current()"); err != nil {
 		return nil, rollback("flushing the primary's WAL", err)
 	}
@@ -237,6 +238,13 @@ func checkFollows(ctx context.Context, pconn, sconn *pgx.Conn, maxLag Limit, res
 	}
 	if !sRecovery {
 		return 0, errors.New("--standby-dsn is not a standby (not in recovery): nothing to switch over to")
+	}
+	var delay string
+	if err := sconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.current_setting('recovery_min_apply_delay')").Scan(&delay); err != nil {
+		return 0, fmt.Errorf("checking the standby: %w", err)
+	}
+	if delay != "0" {
+		return 0, fmt.Errorf("the standby applies WAL %s late (recovery_min_apply_delay): it cannot catch up within the switchover; pick another standby or reset the delay", delay)
 	}
 	if pSys != sSys {
 		return 0, fmt.Errorf("%w: it is a copy of another cluster (system identifier %d, the primary's is %d)", ErrNotFollowing, sSys, pSys)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,6 +200,17 @@ func TestSwitchoverRefusals(t *testing.T) {
 	require.NoError(t, exec(t, p, "INSERT INTO w VALUES (-2)"), "the fence was not rolled back")
 	require.NoError(t, exec(t, sdsn, "SELECT pg_wal_replay_resume()"))
 
+	// a delayed standby cannot catch up: refused before anything changes
+	require.NoError(t, exec(t, sdsn, "ALTER SYSTEM SET recovery_min_apply_delay = '1h'"))
+	require.NoError(t, exec(t, sdsn, "SELECT pg_reload_conf()"))
+	require.Eventually(t, func() bool {
+		_, err = replication.Switchover(ctx, replication.SwitchoverOptions{Primary: pg.Options{DSN: p}, Standby: pg.Options{DSN: s}})
+		return err != nil && strings.Contains(err.Error(), "recovery_min_apply_delay")
+	}, 10*time.Second, 50*time.Millisecond, "%v", err)
+	require.NoError(t, exec(t, p, "INSERT INTO w VALUES (-4)"))
+	require.NoError(t, exec(t, sdsn, "ALTER SYSTEM RESET recovery_min_apply_delay"))
+	require.NoError(t, exec(t, sdsn, "SELECT pg_reload_conf()"))
+
 	// a standby of another cluster
 	other := pgtest.NewCluster(t, replicationOpts(nil))
 	_, _, odsn := standby(t, other, "o")
@@ -322,4 +334,56 @@ func TestClientToolsOnly(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, st.Standbys, 1)
 	require.Equal(t, rj.Slot, st.Standbys[0].Slot)
+}
+
+// TestFenceUnderConcurrentWriters: sessions connecting and writing as
+// fast as they can, superuser and READ WRITE, none of them gets a write
+// acknowledged after Fence returns (a session that was connecting while
+// the fence committed is found and ended too).
+func TestFenceUnderConcurrentWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	c := pgtest.NewCluster(t, replicationOpts(nil))
+	require.NoError(t, exec(t, c.DSN("postgres"), "CREATE DATABASE spire"))
+	dsn := c.DSN("spire")
+	require.NoError(t, exec(t, dsn, "CREATE TABLE w (id bigserial PRIMARY KEY)"))
+	var mu sync.Mutex
+	var last time.Time
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				conn, err := pgx.Connect(ctx, dsn)
+				if err != nil {
+					continue
+				}
+				for range 5 {
+					if _, err := conn.Exec(ctx, "BEGIN READ WRITE; INSERT INTO w DEFAULT VALUES; COMMIT"); err != nil {
+						break
+					}
+					mu.Lock()
+					last = time.Now()
+					mu.Unlock()
+				}
+				conn.Close(ctx)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	_, err := replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: dsn}})
+	require.NoError(t, err)
+	fenced := time.Now()
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	require.False(t, last.IsZero())
+	require.True(t, last.Before(fenced), "a write was acknowledged %s after the fence returned", last.Sub(fenced))
 }
