@@ -65,6 +65,11 @@ func TestFenceStopsSpire(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "already fenced")
 
+	// an operator pointing a command at it is told what it is
+	_, errOut, code = runCLI(t, nil, "doctor", "--dsn", c.DSN("spire"))
+	require.Equal(t, 3, code, errOut)
+	require.Contains(t, errOut, "replica fence --undo")
+
 	out, errOut, code = runCLI(t, nil, "replica", "fence", "--undo", "--dsn", c.DSN("spire"), "--yes")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "reopened")
