@@ -74,8 +74,9 @@ func BenchmarkSwitchover(b *testing.B) {
 				"--start", "--port", fmt.Sprint(from.Port), "--standby-passfile", dirs[from]+".pgpass", "--yes")
 			require.Equal(b, 0, code, errOut)
 			rejoin = append(rejoin, time.Since(start))
-			benchLog(b, "run %d: writes unavailable %s, spiredb %s, switchover wall %s, rejoin %s", r+1,
-				unavailable[r].Round(time.Millisecond), own[r].Round(time.Millisecond), wall[r].Round(time.Millisecond), rejoin[r].Round(time.Millisecond))
+			benchLog(b, "run %d: writes unavailable %s, spiredb %s (fence %s, catch-up %s, promotion %s, reopen %s), switchover wall %s, rejoin %s", r+1,
+				unavailable[r].Round(time.Millisecond), own[r].Round(time.Millisecond), res.Fencing.Round(time.Millisecond), res.CatchUp.Round(time.Millisecond),
+				res.Promotion.Round(time.Millisecond), res.Reopen.Round(time.Millisecond), wall[r].Round(time.Millisecond), rejoin[r].Round(time.Millisecond))
 			from, to = to, from
 		}
 		benchLog(b, "write unavailability: median %s, p95 %s; spiredb's part: median %s, p95 %s; switchover wall median %s; rejoin (pg_rewind) median %s; one entry create normally takes %s (median gap)",

@@ -208,9 +208,9 @@ func setReadOnly(ctx context.Context, conn *pgx.Conn, on bool) string {
 }
 
 // endSessions ends every client session of dbs and every session holding
-// a write transaction elsewhere, then looks again until two looks in a row
-// find none of dbs (a session that was connecting while the fence
-// committed shows up late) or settle passes.
+// a write transaction elsewhere, then looks again until quietLooks looks in
+// a row, pollEvery apart, find none of dbs (a session that was connecting
+// while the fence committed shows up late) or settle passes.
 func endSessions(ctx context.Context, conn *pgx.Conn, dbs []string, settle time.Duration) ([]Session, error) {
 	var ended []Session
 	deadline := time.Now().Add(settle)
@@ -252,7 +252,7 @@ func endSessions(ctx context.Context, conn *pgx.Conn, dbs []string, settle time.
 			}
 		}
 		if found == 0 {
-			if quiet++; quiet >= 2 {
+			if quiet++; quiet >= quietLooks {
 				return ended, nil
 			}
 		} else {
@@ -267,10 +267,15 @@ func endSessions(ctx context.Context, conn *pgx.Conn, dbs []string, settle time.
 		select {
 		case <-ctx.Done():
 			return ended, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(pollEvery):
 		}
 	}
 }
+
+const (
+	quietLooks = 3
+	pollEvery  = 10 * time.Millisecond
+)
 
 // connectMaintenance connects to the server o reaches, in its postgres
 // database (else template1, else o's own), and returns o's database name:

@@ -124,22 +124,24 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 		fo.Undo = true
 		_, uerr := fence(context.WithoutCancel(ctx), pconn, fo, logger)
 		if uerr != nil {
-			return &SwitchoverError{Step: step, Err: fmt.Errorf("%w; unfencing the old primary failed too (%v): run replica fence --undo", cause, uerr)}
+			return &SwitchoverError{Step: step, Err: fmt.Errorf("%w; unfencing the old primary failed too (%w): run replica fence --undo", cause, uerr)}
 		}
 		return &SwitchoverError{Step: step, RolledBack: true, Err: cause}
 	}
 	if err != nil {
 		return nil, rollback("fence", err)
 	}
-	// Every commit before this point is in the WAL up to the insert
-	// position; with synchronous_commit off some may not be flushed (so not
-	// sent) yet. A transaction of our own, committed with a local flush
-	// (fence set synchronous_commit = local), flushes everything before it
-	// instead of waiting for the WAL writer.
+	// Every commit acknowledged on the primary happened before its session
+	// was ended, so its commit record precedes a transaction of our own
+	// committed now; committing it with a local flush (fence set
+	// synchronous_commit = local) flushes everything up to it. The flush
+	// position after it is then the target: not the insert position, which
+	// can run ahead with records nobody flushes (hint-bit images under
+	// wal_log_hints, standby snapshots) until the WAL writer wakes.
 	if _, err := pconn.Exec(ctx, pg.Marker+"SELECT pg_catalog.txid_current()"); err != nil {
 		return nil, rollback("flushing the primary's WAL", err)
 	}
-	if err := pconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_current_wal_insert_lsn()::text").Scan(&res.FenceLSN); err != nil {
+	if err := pconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_current_wal_flush_lsn()::text").Scan(&res.FenceLSN); err != nil {
 		return nil, rollback("reading the primary's last WAL position", err)
 	}
 	res.Fencing = time.Since(start)
@@ -153,11 +155,7 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	res.CatchUp = time.Since(caught)
 
 	promoting := time.Now()
-	var promoted bool
-	if err := sconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_promote(true, $1)", max(int(o.Wait.Seconds()), 1)).Scan(&promoted); err != nil || !promoted {
-		if err == nil {
-			err = fmt.Errorf("pg_promote did not finish within %s", o.Wait)
-		}
+	if err := promoteAndWait(ctx, sconn, o.Wait); err != nil {
 		// the standby may still become a primary: never unfence now
 		return nil, &SwitchoverError{Step: "promotion", Err: fmt.Errorf("%w; the old primary stays fenced: check the standby's log, then either finish (replica promote) or go back (replica fence --undo on the old primary)", err)}
 	}
@@ -191,8 +189,11 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	if err := sconn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_is_in_recovery()").Scan(&inRecovery); err != nil {
 		return nil, &SwitchoverError{Step: "verify", Err: err}
 	}
-	if res.NewTimeline, err = currentTimeline(ctx, sconn); err != nil || inRecovery {
-		return nil, &SwitchoverError{Step: "verify", Err: fmt.Errorf("the standby still reports recovery after pg_promote (%v)", err)}
+	if res.NewTimeline, err = currentTimeline(ctx, sconn); err != nil {
+		return nil, &SwitchoverError{Step: "verify", Err: err}
+	}
+	if inRecovery {
+		return nil, &SwitchoverError{Step: "verify", Err: errors.New("the standby still reports recovery after pg_promote")}
 	}
 	if res.NewTimeline <= res.OldTimeline {
 		return nil, &SwitchoverError{Step: "verify", Err: fmt.Errorf("new timeline %d is not after %d", res.NewTimeline, res.OldTimeline)}
@@ -220,6 +221,36 @@ func pinRewindWAL(ctx context.Context, conn *pgx.Conn) error {
 	}
 	_, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_create_physical_replication_slot($1, true)", RewindSlot)
 	return err
+}
+
+// promoteAndWait asks for the promotion and polls for its end every few
+// milliseconds (pg_promote(true) looks only every 100 ms).
+func promoteAndWait(ctx context.Context, conn *pgx.Conn, wait time.Duration) error {
+	var signalled bool
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_promote(false)").Scan(&signalled); err != nil {
+		return fmt.Errorf("pg_promote: %w", err)
+	}
+	if !signalled {
+		return errors.New("pg_promote could not signal the postmaster")
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		var inRecovery bool
+		if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+			return fmt.Errorf("waiting for the promotion: %w", err)
+		}
+		if !inRecovery {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the promotion did not finish within %s", wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // checkFollows proves that the standby is a streaming copy of the primary
