@@ -5,6 +5,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/spiredb/spiredb/migrations/lint"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -29,7 +30,7 @@ const Schema = "spiredb"
 // NoTransaction is the first line that makes a migration file run
 // statement by statement outside a transaction (CREATE INDEX CONCURRENTLY
 // needs that).
-const NoTransaction = "-- spiredb:no-transaction"
+const NoTransaction = lint.NoTransaction
 
 //go:embed sql/*.sql
 var own embed.FS
@@ -365,7 +366,7 @@ func (r *Runner) apply(ctx context.Context, v, next int64, direction string) (Ap
 	start := time.Now()
 	r.log.Info("migrating", "version", v, "name", name, "direction", direction)
 	sqlText := string(body)
-	if strings.HasPrefix(strings.TrimSpace(sqlText), NoTransaction) {
+	if lint.HasNoTransaction(sqlText) {
 		a.Statements, err = r.applyNoTx(ctx, v, next, name, direction, sqlText)
 	} else if err = noOwnTransaction(sqlText); err != nil {
 		err = &MigrationError{Version: v, Name: name, Err: err, Advice: "nothing ran"}

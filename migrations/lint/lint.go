@@ -55,9 +55,10 @@ type File struct {
 type Options struct {
 	// PGVersion is the target server's major version (13-18); 0 is 15.
 	PGVersion int
-	// RunnerSetsLockTimeout: spiredb's migration runner sets lock_timeout
-	// on its session, so lock-taking DDL needs no SET of its own. Off for
-	// files another tool runs.
+	// RunnerSetsLockTimeout: the files run through spiredb's migration
+	// runner, which sets lock_timeout on its session (lock-taking DDL needs
+	// no SET of its own) and runs a file in one transaction unless its
+	// first line is NoTransaction. Off for files another tool runs.
 	RunnerSetsLockTimeout bool
 	// Catalog, when set, is the live database: tables, columns and
 	// indexes are resolved against it and lock findings weighed by size.
@@ -103,8 +104,21 @@ type statement struct {
 	// file (a file is sent as one query string: an implicit transaction)
 	inTx      bool
 	multiStmt bool
-	ignore    map[string]bool
+	// runnerTx: spiredb's runner runs the file in one transaction
+	runnerTx bool
+	ignore   map[string]bool
 }
+
+// HasNoTransaction reports whether a migration file starts with the
+// NoTransaction directive (after blank lines), as spiredb's runner decides.
+func HasNoTransaction(sql string) bool {
+	return strings.HasPrefix(strings.TrimSpace(sql), NoTransaction)
+}
+
+// NoTransaction, as a file's first line, makes spiredb's runner run the
+// file statement by statement outside a transaction (migrations.NoTransaction
+// is the same directive).
+const NoTransaction = "-- spiredb:no-transaction"
 
 var ignoreRE = regexp.MustCompile(`--\s*spiredb:ignore\s+([a-z0-9-]+)`)
 
@@ -119,11 +133,11 @@ func Lint(files []File, opts Options) ([]Finding, error) {
 		return nil, err
 	}
 	l := &linter{opts: opts, spire: spire, createdTables: map[string]bool{}, uniqueIndexedViews: map[string]bool{},
-		validatedNotNull: map[string]bool{}}
+		validatedNotNull: map[string]bool{}, fileColumns: map[string]map[string]bool{}}
 	// views and tables a set of files creates are known to the others
 	var parsed [][]statement
 	for _, f := range files {
-		stmts, err := split(f)
+		stmts, err := split(f, opts.RunnerSetsLockTimeout)
 		if err != nil {
 			return nil, &ParseError{File: f.Name, Err: err}
 		}
@@ -161,13 +175,21 @@ func Lint(files []File, opts Options) ([]Finding, error) {
 // split parses a file into statements with line and column of their first
 // token, whether each runs in a transaction, and the rules silenced by a
 // `-- spiredb:ignore RULE reason` comment on the line before.
-func split(f File) ([]statement, error) {
+//
+// Whether a statement runs in a transaction depends on who runs the file. A
+// file that starts with NoTransaction runs statement by statement (only an
+// explicit BEGIN ... COMMIT makes a transaction). Otherwise spiredb's runner
+// (runner) wraps the whole file in one transaction, and another tool sends
+// a file of several statements as one query string: an implicit
+// transaction.
+func split(f File, runner bool) ([]statement, error) {
 	res, err := pg_query.Parse(f.SQL)
 	if err != nil {
 		return nil, err
 	}
 	src := f.SQL
-	multi := len(res.Stmts) > 1
+	noTx := HasNoTransaction(src)
+	multi := len(res.Stmts) > 1 && !noTx
 	var out []statement
 	inExplicit := false
 	for _, raw := range res.Stmts {
@@ -198,7 +220,8 @@ func split(f File) ([]statement, error) {
 				inExplicit = false
 			}
 		}
-		s.inTx = inExplicit || multi
+		s.inTx = inExplicit || multi || (runner && !noTx)
+		s.runnerTx = runner && !noTx
 		out = append(out, s)
 	}
 	return out, nil

@@ -27,6 +27,62 @@ func rulesOf(t *testing.T, sql string, opts Options) []string {
 	return out
 }
 
+// A file written as docs/migrations.md says: the directive on the first
+// line, then several CONCURRENTLY statements. spiredb's runner runs them one
+// by one outside a transaction, so nothing is in a transaction; without the
+// directive the same file fails.
+func TestNoTransactionDirective(t *testing.T) {
+	body := `SET lock_timeout = '2s';
+CREATE INDEX CONCURRENTLY IF NOT EXISTS e_hint ON registered_entries (hint);
+DROP INDEX CONCURRENTLY IF EXISTS e_old;
+REINDEX INDEX CONCURRENTLY e_hint;
+`
+	for _, opts := range []Options{{RunnerSetsLockTimeout: true}, {RunnerSetsLockTimeout: false}} {
+		assert.NotContains(t, rulesOf(t, NoTransaction+"\n"+body, opts), "concurrently-in-transaction", "runner=%v", opts.RunnerSetsLockTimeout)
+		assert.NotContains(t, rulesOf(t, "\n\n"+NoTransaction+" (index builds)\n"+body, opts), "concurrently-in-transaction", "after blank lines")
+		assert.Contains(t, rulesOf(t, body, opts), "concurrently-in-transaction", "without the directive: runner=%v", opts.RunnerSetsLockTimeout)
+		// the directive does not hide an explicit transaction
+		assert.Contains(t, rulesOf(t, NoTransaction+"\nBEGIN;\n"+body+"COMMIT;\n", opts), "concurrently-in-transaction")
+		// nor is it a directive anywhere but first
+		assert.Contains(t, rulesOf(t, body+NoTransaction+"\n", opts), "concurrently-in-transaction")
+	}
+	fs, err := Lint([]File{{Name: "m.sql", SQL: "CREATE INDEX CONCURRENTLY i ON t (a)"}}, Options{RunnerSetsLockTimeout: true})
+	require.NoError(t, err)
+	require.Len(t, fs, 1)
+	assert.Contains(t, fs[0].Fix, NoTransaction, "the fix names the directive")
+}
+
+// A column the same file (or an earlier file) added is known to the
+// statements after it, and so is one the live table has; one named before
+// it is added is still reported.
+func TestColumnsAddedInTheFiles(t *testing.T) {
+	runner := Options{RunnerSetsLockTimeout: true}
+	sameFile := `ALTER TABLE registered_entries ADD COLUMN owner_team text;
+UPDATE registered_entries SET owner_team = 'infra' WHERE id = 1;
+ALTER TABLE registered_entries RENAME COLUMN owner_team TO team;
+UPDATE registered_entries SET team = 'x' WHERE id = 2;`
+	assert.NotContains(t, rulesOf(t, sameFile, runner), "spire-unknown-column")
+	assert.NotContains(t, rulesOf(t, NoTransaction+"\nALTER TABLE registered_entries ADD COLUMN team text;\nCREATE INDEX CONCURRENTLY e_team ON registered_entries (team);", runner), "spire-unknown-column")
+	before := `UPDATE registered_entries SET hint = 'x' WHERE team = 'y';
+ALTER TABLE registered_entries ADD COLUMN team text;`
+	assert.Contains(t, rulesOf(t, before, runner), "spire-unknown-column", "used before it is added")
+	assert.Contains(t, rulesOf(t, "ALTER TABLE selectors ADD COLUMN team text; UPDATE registered_entries SET hint = 'x' WHERE team = 'y';", runner), "spire-unknown-column", "added to another table")
+
+	fs, err := Lint([]File{
+		{Name: "0001_add.up.sql", SQL: "ALTER TABLE registered_entries ADD COLUMN team text;"},
+		{Name: "0002_index.up.sql", SQL: NoTransaction + "\nCREATE INDEX CONCURRENTLY e_team ON registered_entries (team);"},
+	}, runner)
+	require.NoError(t, err)
+	for _, f := range fs {
+		assert.NotEqual(t, "spire-unknown-column", f.Rule, "a column an earlier file added: %+v", f)
+	}
+
+	live := Options{RunnerSetsLockTimeout: true, Catalog: &Catalog{Tables: map[string]*Table{
+		"registered_entries": {Columns: map[string]string{"id": "bigint", "team": "text"}},
+	}}}
+	assert.NotContains(t, rulesOf(t, "UPDATE registered_entries SET team = 'x' WHERE id = 2", live), "spire-unknown-column", "the live table has it")
+}
+
 // Every rule: a statement that must trigger it and a near miss that must not.
 func TestRules(t *testing.T) {
 	noRunner := Options{RunnerSetsLockTimeout: false}
@@ -38,8 +94,9 @@ func TestRules(t *testing.T) {
 		{"create-index-not-concurrently", "CREATE INDEX i ON registered_entries (hint)", "CREATE INDEX CONCURRENTLY i ON registered_entries (hint)", runner},
 		{"drop-index-not-concurrently", "DROP INDEX i", "DROP INDEX CONCURRENTLY i", runner},
 		{"reindex-not-concurrently", "REINDEX INDEX i", "REINDEX INDEX CONCURRENTLY i", runner},
-		{"concurrently-in-transaction", "BEGIN; CREATE INDEX CONCURRENTLY i ON t (a); COMMIT;", "CREATE INDEX CONCURRENTLY i ON t (a)", runner},
-		{"concurrently-in-transaction", "SET lock_timeout = '1s'; DROP INDEX CONCURRENTLY i;", "DROP INDEX CONCURRENTLY i", runner},
+		{"concurrently-in-transaction", "BEGIN; CREATE INDEX CONCURRENTLY i ON t (a); COMMIT;", "CREATE INDEX CONCURRENTLY i ON t (a)", noRunner},
+		{"concurrently-in-transaction", "CREATE INDEX CONCURRENTLY i ON t (a)", "-- spiredb:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a)", runner},
+		{"concurrently-in-transaction", "SET lock_timeout = '1s'; DROP INDEX CONCURRENTLY i;", "-- spiredb:no-transaction\nSET lock_timeout = '1s'; DROP INDEX CONCURRENTLY i;", runner},
 		{"concurrently-in-transaction", "DO $$ BEGIN EXECUTE 'CREATE INDEX CONCURRENTLY i ON t (a)'; END $$", "DO $$ BEGIN EXECUTE 'CREATE INDEX i ON t (a)'; END $$", runner},
 		{"add-column-volatile-default", "ALTER TABLE t ADD COLUMN u uuid DEFAULT gen_random_uuid()", "ALTER TABLE t ADD COLUMN c timestamptz DEFAULT now()", runner},
 		{"add-column-not-null-no-default", "ALTER TABLE t ADD COLUMN c int NOT NULL", "ALTER TABLE t ADD COLUMN c int NOT NULL DEFAULT 0", runner},

@@ -66,7 +66,10 @@ type linter struct {
 	createdTables      map[string]bool
 	uniqueIndexedViews map[string]bool
 	validatedNotNull   map[string]bool // table.column with a validated IS NOT NULL check in the files
-	lockTimeoutSet     bool
+	// fileColumns: columns the statements checked so far added (or renamed
+	// to), by table; they exist for the statements after them
+	fileColumns    map[string]map[string]bool
+	lockTimeoutSet bool
 }
 
 // learn records what the files create, before any check: tables created in
@@ -91,6 +94,20 @@ func (l *linter) learn(s statement) {
 				// VALIDATE CONSTRAINT x: assume it is the NOT NULL check
 				l.validatedNotNull[n.AlterTableStmt.Relation.Relname+".*"] = true
 			}
+		}
+	}
+}
+
+// learnColumns records the columns an ALTER TABLE adds, once it has been
+// checked: the statements after it may name them.
+func (l *linter) learnColumns(at *pg_query.AlterTableStmt) {
+	for _, c := range at.Cmds {
+		cmd := c.GetAlterTableCmd()
+		if cmd == nil || cmd.Subtype != pg_query.AlterTableType_AT_AddColumn {
+			continue
+		}
+		if cd := cmd.Def.GetColumnDef(); cd != nil {
+			l.addFileColumn(at.Relation.Relname, cd.Colname)
 		}
 	}
 }
@@ -154,7 +171,7 @@ func (l *linter) check(s statement) []Finding {
 				add(l.finding("drop-index-not-concurrently", "DROP INDEX takes ACCESS EXCLUSIVE on its table until the transaction ends",
 					"DROP INDEX CONCURRENTLY ... (alone in its migration: not in a transaction)"))
 			} else if s.inTx {
-				add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFix))
+				add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFixFor(s)))
 			}
 		}
 	case *pg_query.Node_ReindexStmt:
@@ -166,7 +183,7 @@ func (l *linter) check(s statement) []Finding {
 			}
 			add(f)
 		} else if s.inTx {
-			add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFix))
+			add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFixFor(s)))
 		}
 	case *pg_query.Node_AlterTableStmt:
 		l.checkAlterTable(s, n.AlterTableStmt, add)
@@ -196,7 +213,7 @@ func (l *linter) check(s statement) []Finding {
 			}
 		}
 		if r.Concurrent && s.inTx {
-			add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFix))
+			add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFixFor(s)))
 		}
 	case *pg_query.Node_UpdateStmt:
 		if n.UpdateStmt.WhereClause == nil {
@@ -220,12 +237,15 @@ func (l *linter) check(s statement) []Finding {
 			add(l.finding("rename", fmt.Sprintf("renaming %s breaks every running client (every SPIRE server) still using the old name", what),
 				"add the new name alongside (a new column kept in sync, or a view), move clients, then drop the old"))
 		}
+		if r.RenameType == pg_query.ObjectType_OBJECT_COLUMN && r.Relation != nil {
+			l.addFileColumn(r.Relation.Relname, r.Newname)
+		}
 	case *pg_query.Node_DoStmt:
 		l.checkBody(s, doBody(n.DoStmt), "DO block", add)
 	case *pg_query.Node_CreateFunctionStmt:
 		l.checkBody(s, functionBody(n.CreateFunctionStmt), "function", add)
 	case *pg_query.Node_SelectStmt:
-		if hasSleep(s.node) && s.inTx {
+		if hasSleep(s.node) && s.inTx && (s.multiStmt || !s.runnerTx) {
 			add(l.finding("sleep-in-transaction", "pg_sleep inside a transaction keeps every lock taken so far while it sleeps",
 				"throttle between transactions, in the client, not inside one"))
 		}
@@ -261,7 +281,19 @@ func catalogHint(c *Catalog) string {
 
 const concurrentlyTxFix = "put the statement alone in its own migration file, outside BEGIN/COMMIT, DO blocks and functions"
 
+// concurrentlyTxFixFor names the directive when spiredb's runner would wrap
+// the file in a transaction.
+func concurrentlyTxFixFor(s statement) string {
+	if s.runnerTx {
+		return "start the file with " + NoTransaction + " (spiredb's runner then runs it statement by statement, outside a transaction), or put the statement alone in a file that starts so"
+	}
+	return concurrentlyTxFix
+}
+
 func concurrentlyTxMessage(s statement) string {
+	if s.runnerTx {
+		return "CONCURRENTLY cannot run in a transaction block, and spiredb's runner runs a file in one transaction unless its first line is " + NoTransaction + ": the migration fails"
+	}
 	if s.multiStmt {
 		return "CONCURRENTLY cannot run in a transaction block, and a migration file of several statements is sent as one: the migration fails"
 	}
@@ -279,7 +311,7 @@ func (l *linter) checkIndex(s statement, ix *pg_query.IndexStmt, add func(Findin
 			"CREATE INDEX CONCURRENTLY ... (alone in its migration; check for an INVALID index if it fails)"), table))
 	}
 	if ix.Concurrent && s.inTx {
-		add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFix))
+		add(l.finding("concurrently-in-transaction", concurrentlyTxMessage(s), concurrentlyTxFixFor(s)))
 	}
 	if hasNonImmutable(ix.WhereClause) || slices.ContainsFunc(ix.IndexParams, func(p *pg_query.Node) bool {
 		e := p.GetIndexElem()
@@ -296,7 +328,7 @@ func (l *linter) checkIndex(s statement, ix *pg_query.IndexStmt, add func(Findin
 	}
 	if cols, ok := l.spire.columns[table]; ok {
 		for _, k := range keys {
-			if _, ok := cols[k]; !ok {
+			if _, ok := cols[k]; !ok && !l.knownColumn(table, k) {
 				add(l.finding("spire-unknown-column", fmt.Sprintf("SPIRE's %s has no column %s (its columns: %s)", table, k, strings.Join(sortedKeys(cols), ", ")),
 					"index a column SPIRE has; selectors live in the selectors table (registered_entry_id, type, value)"))
 			}
@@ -337,11 +369,42 @@ func (l *linter) checkIndex(s statement, ix *pg_query.IndexStmt, add func(Findin
 	}
 }
 
+// knownColumn: a column that is not SPIRE's but exists for this statement,
+// added earlier in these files or present in the live table (an earlier
+// migration).
+func (l *linter) knownColumn(table, column string) bool {
+	if l.fileColumns[table][column] {
+		return true
+	}
+	if t := l.catalogTable(table); t != nil {
+		_, live := t.Columns[column]
+		return live
+	}
+	return false
+}
+
+// catalogTable is the live table, when a catalog was given.
+func (l *linter) catalogTable(name string) *Table {
+	if l.opts.Catalog == nil {
+		return nil
+	}
+	return l.opts.Catalog.Tables[name]
+}
+
+// addFileColumn records a column a statement adds, for the statements after it.
+func (l *linter) addFileColumn(table, column string) {
+	if l.fileColumns[table] == nil {
+		l.fileColumns[table] = map[string]bool{}
+	}
+	l.fileColumns[table][column] = true
+}
+
 func (l *linter) checkAlterTable(s statement, at *pg_query.AlterTableStmt, add func(Finding)) {
 	if at.Relation == nil {
 		return
 	}
 	table := at.Relation.Relname
+	defer l.learnColumns(at)
 	strong := false
 	for _, c := range at.Cmds {
 		cmd := c.GetAlterTableCmd()
@@ -610,7 +673,7 @@ func (l *linter) checkSpireColumns(n *pg_query.Node, table string, add func(Find
 	}
 	seen := map[string]bool{}
 	for _, c := range columnRefs(n) {
-		if _, ok := cols[c]; !ok && !seen[c] {
+		if _, ok := cols[c]; !ok && !seen[c] && !l.knownColumn(table, c) {
 			seen[c] = true
 			add(l.finding("spire-unknown-column", fmt.Sprintf("SPIRE's %s has no column %s", table, c), "use one of: "+strings.Join(sortedKeys(cols), ", ")))
 		}
