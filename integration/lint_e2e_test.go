@@ -74,6 +74,13 @@ CREATE INDEX CONCURRENTLY i7 ON registered_entries (spiffe_id);
 	// --fail-on warning, text output, and a clean file
 	clean := filepath.Join(dir, "clean.sql")
 	require.NoError(t, os.WriteFile(clean, []byte("CREATE INDEX CONCURRENTLY ok ON mid (v);\n"), 0o644))
+	// spiredb's runner runs a file in one transaction: without the
+	// directive this file fails, and the fix names the directive
+	out, stderr, code = runCLI(t, nil, "migrate", "lint", clean)
+	assert.Equal(t, 1, code, out+stderr)
+	assert.Contains(t, out, "concurrently-in-transaction")
+	assert.Contains(t, out, "-- spiredb:no-transaction")
+	require.NoError(t, os.WriteFile(clean, []byte("-- spiredb:no-transaction\nCREATE INDEX CONCURRENTLY ok ON mid (v);\n"), 0o644))
 	out, stderr, code = runCLI(t, nil, "migrate", "lint", clean)
 	assert.Equal(t, 0, code, out+stderr)
 	_, _, code = runCLI(t, nil, "migrate", "lint", "--fail-on", "warning", "--dsn", db.DSN, clean)
