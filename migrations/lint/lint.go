@@ -115,7 +115,7 @@ func HasNoTransaction(sql string) bool {
 	return strings.HasPrefix(strings.TrimSpace(sql), NoTransaction)
 }
 
-// NoTransaction, as a file's first line, makes spiredb's runner run the
+// NoTransaction is the first line that makes spiredb's runner run the
 // file statement by statement outside a transaction (migrations.NoTransaction
 // is the same directive).
 const NoTransaction = "-- spiredb:no-transaction"
