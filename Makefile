@@ -48,7 +48,7 @@ spire-fixture: setup ## regenerate spire/schema.sql from a real spire-server
 docs: ## regenerate the CLI reference in docs/cli from the command tree (a test fails when it drifts)
 	$(GO) test -count=1 -run TestCLIReference ./cmd/spiredb -update-docs
 
-spire-labels: setup ## regenerate tuning/spire_statements.json (SPIRE's statements by operation) from a real spire-server, ~6 min
+spire-labels: setup ## regenerate spire/statements.json (SPIRE's statements by operation) from a real spire-server, ~6 min
 	$(GO) run ./scripts/spire-labels
 
 clean: ## remove build output

@@ -13,10 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
-	"github.com/spiredb/spiredb/integration"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
 
@@ -28,7 +27,7 @@ func spireDB(t *testing.T, n int) *pgtest.DB {
 	conn, err := pgx.Connect(ctx, db.DSN)
 	require.NoError(t, err)
 	defer conn.Close(ctx)
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: n})
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: n})
 	require.NoError(t, err)
 	return db
 }

@@ -1,4 +1,6 @@
 package backup
 
+import "github.com/spiredb/spiredb/pg"
+
 // LockKey is the advisory lock key a backup holds, for tests.
-const LockKey = lockKey
+var LockKey = pg.AdvisoryKey(lockName)

@@ -13,7 +13,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgprog"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
 
@@ -101,7 +102,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	// the DSN says
 	topts := o.Target
 	topts.Database = res.Database
-	lp, err := pg.NewLibpq(topts, "spiredb-restore")
+	lp, err := pgprog.NewLibpq(topts, "spiredb-restore")
 	if err != nil {
 		return nil, err
 	}

@@ -17,14 +17,15 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/internal/version"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
 
-// lockKey is the session advisory lock a backup holds on its source
-// database (advisory locks are per database, so one key is enough).
-const lockKey int64 = 0x73706972_65646201 // "spiredb\x01"
+// lockName names the session advisory lock a backup holds on its source
+// database (advisory locks are per database, so one name is enough).
+const lockName = "backup"
 
 // ErrBackupRunning is returned when another backup of the same database
 // holds the lock. Two CronJob pods starting at once is normal: the second
@@ -63,17 +64,15 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
-	var locked bool
-	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey).Scan(&locked); err != nil {
-		return nil, fmt.Errorf("taking the backup lock: %w", err)
+	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, lockName)
+	if err != nil {
+		return nil, err
 	}
 	if !locked {
 		return nil, ErrBackupRunning
 	}
 	// the session ends with conn: that releases the lock too
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", lockKey)
-	}()
+	defer lock.Unlock(ctx)
 
 	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
 	var dbBytes int64
@@ -123,7 +122,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	// DSN says
 	dopts := o.Conn
 	dopts.Database = m.Database
-	lp, err := pg.NewLibpq(dopts, "spiredb-backup")
+	lp, err := pgprog.NewLibpq(dopts, "spiredb-backup")
 	if err != nil {
 		return nil, err
 	}

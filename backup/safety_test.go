@@ -21,9 +21,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/s3test"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // putBackup writes a complete backup the way Run lays it out (dump, then

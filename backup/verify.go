@@ -17,7 +17,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/internal/pgprog"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
 
@@ -237,7 +238,7 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	// run created, whatever the scratch DSN names
 	sopts := o.Scratch
 	sopts.Database = scratch
-	lp, err := pg.NewLibpq(sopts, "spiredb-verify")
+	lp, err := pgprog.NewLibpq(sopts, "spiredb-verify")
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
 
@@ -81,16 +81,6 @@ type SPIRE struct {
 	Entries    int64               `json:"registration_entries"`
 	Agents     int64               `json:"agents"`
 	Bundles    int64               `json:"bundles"`
-}
-
-// Run connects with opts and inspects the server.
-func Run(ctx context.Context, opts pg.Options) (*Report, error) {
-	conn, err := pg.Connect(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return Inspect(ctx, conn)
 }
 
 // Inspect builds the report over an open session. Counts are read in one

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/indexes"
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 	"github.com/spiredb/spiredb/tuning"
 )

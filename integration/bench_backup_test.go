@@ -19,11 +19,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/s3test"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
 )
 
 // BenchmarkBackup compares, in one run and interleaved, on SPIRE fixtures:
@@ -68,7 +68,7 @@ func BenchmarkBackup(b *testing.B) {
 			db := pgtest.NewDBOn(b, cluster)
 			conn, err := pgx.Connect(ctx, db.DSN)
 			require.NoError(b, err)
-			sum, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: n})
+			sum, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: n})
 			require.NoError(b, err)
 			var dbBytes int64
 			require.NoError(b, conn.QueryRow(ctx, "SELECT pg_database_size(current_database())").Scan(&dbBytes))

@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/indexes"
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
@@ -46,7 +45,7 @@ func BenchmarkIndexes(b *testing.B) {
 	require.NoError(b, err)
 	defer conn.Close(ctx)
 	start := time.Now()
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: entries, Agents: 50})
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: entries, Agents: 50})
 	require.NoError(b, err)
 	// events: SPIRE writes one per entry or agent change and keeps them for
 	// prune_events_older_than (12 h): spread over the last 6 hours

@@ -14,12 +14,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/integration"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
 )
 
 // SPIREDB_BENCH_ROUNDS defaults to 5 here: single copies of 1 GiB vary by
@@ -41,7 +41,7 @@ func BenchmarkReplica(b *testing.B) {
 	require.NoError(b, err)
 	conn, err := pgx.Connect(ctx, dsn)
 	require.NoError(b, err)
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: n})
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: n})
 	require.NoError(b, err)
 	var clusterBytes int64
 	require.NoError(b, conn.QueryRow(ctx, "SELECT sum(pg_database_size(oid))::bigint FROM pg_database").Scan(&clusterBytes))

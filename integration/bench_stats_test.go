@@ -9,10 +9,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/tuning"
 )
 
@@ -33,7 +33,7 @@ func BenchmarkStatsTop(b *testing.B) {
 	conn, err := pgx.Connect(ctx, dsn)
 	require.NoError(b, err)
 	defer conn.Close(ctx)
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 1000})
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 1000})
 	require.NoError(b, err)
 	_, err = conn.Exec(ctx, "CREATE EXTENSION pg_stat_statements")
 	require.NoError(b, err)

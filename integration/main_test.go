@@ -15,10 +15,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
+	"github.com/spiredb/spiredb/spire"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -110,7 +110,7 @@ func loadFixture(t *testing.T, db *pgtest.DB, spec spirefixture.Spec) spirefixtu
 	conn, err := pgx.Connect(ctx, db.DSN)
 	require.NoError(t, err)
 	defer conn.Close(ctx)
-	sum, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spec)
+	sum, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spec)
 	require.NoError(t, err)
 	return sum
 }

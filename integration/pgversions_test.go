@@ -10,10 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/doctor"
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/pgtest/pgcontainer"
 	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/tuning"
 )
 
@@ -29,7 +29,7 @@ func TestPostgresVersionMatrix(t *testing.T) {
 			conn, err := pgx.Connect(ctx, db.DSN)
 			require.NoError(t, err)
 			defer conn.Close(ctx)
-			_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 1000})
+			_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 1000})
 			require.NoError(t, err)
 			rep, err := doctor.Inspect(ctx, conn)
 			require.NoError(t, err)

@@ -10,11 +10,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 )
 

@@ -9,11 +9,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
 )
 
 // primaryWithFixture starts a cluster of the test's own that standbys can
@@ -29,7 +29,7 @@ func primaryWithFixture(t *testing.T, entries int) (*pgcluster.Cluster, string, 
 	conn, err := pgx.Connect(ctx, dsn)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	_, err = spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: entries})
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: entries})
 	require.NoError(t, err)
 	return primary, dsn, conn
 }

@@ -5,13 +5,14 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"github.com/spiredb/spiredb/migrations/lint"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/spiredb/spiredb/migrations/lint"
 
 	"github.com/golang-migrate/migrate/v4/database"
 	migratepgx "github.com/golang-migrate/migrate/v4/database/pgx/v5"
@@ -21,7 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // Schema is where spiredb keeps its objects and version tables.
@@ -123,8 +124,11 @@ func (r *Runner) bootstrap(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// two runners creating the schema at once wait for each other
+	if err := pg.AdvisoryXactLock(ctx, tx, "migrate.schema"); err != nil {
+		return err
+	}
 	for _, q := range []string{
-		"SELECT pg_catalog.pg_advisory_xact_lock(7370697265646202)",
 		"CREATE SCHEMA IF NOT EXISTS spiredb",
 		`CREATE TABLE IF NOT EXISTS spiredb.migration_runs (
 			version_table text NOT NULL,
@@ -181,30 +185,25 @@ func (r *Runner) Close(ctx context.Context) error {
 	return r.conn.Close(ctx)
 }
 
-func (r *Runner) lockKey() int64 {
-	return pg.AdvisoryKey("migrate." + r.table)
-}
+// lockName names the advisory lock a run holds: one per version table.
+func (r *Runner) lockName() string { return "migrate." + r.table }
 
 // lock takes the run's advisory lock, waiting at most LockWait.
 func (r *Runner) lock(ctx context.Context) (func(), error) {
-	key := r.lockKey()
 	start := time.Now()
 	for {
-		var ok bool
-		if err := r.conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", key).Scan(&ok); err != nil {
+		lock, ok, err := pg.TryAdvisoryLock(ctx, r.conn, r.lockName())
+		if err != nil {
 			return nil, err
 		}
 		if ok {
-			return func() {
-				_, _ = r.conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", key)
-			}, nil
+			return func() { lock.Unlock(ctx) }, nil
 		}
 		if time.Since(start) >= r.opts.LockWait {
 			e := &LockHeldError{Waited: time.Since(start).Round(time.Millisecond)}
-			_ = r.conn.QueryRow(ctx, pg.Marker+`SELECT a.pid, coalesce(a.application_name, ''), a.backend_start, coalesce(a.state, '')
-				FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-				WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-				  AND ((l.classid::int8 << 32) | l.objid::int8) = $1 AND l.objsubid = 1`, key).Scan(&e.PID, &e.App, &e.Since, &e.State)
+			if h, err := pg.AdvisoryLockHolder(ctx, r.conn, r.lockName()); err == nil {
+				e.PID, e.App, e.Since, e.State = int(h.PID), h.ApplicationName, h.BackendStart, h.State
+			}
 			return nil, e
 		}
 		r.log.Info("waiting for another migration run", "waited", time.Since(start).Round(time.Second))

@@ -20,8 +20,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/internal/dsn"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgprog"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // BootstrapOptions configure Bootstrap.

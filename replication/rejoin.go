@@ -18,8 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/internal/dsn"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgprog"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // RejoinOptions configure Rejoin.
@@ -385,12 +385,12 @@ func ensureSlot(ctx context.Context, conn *pgx.Conn, slot string, res *RejoinRes
 // libpqWithPassfile is how pg_basebackup and pg_rewind reach a primary:
 // the password in a private passfile (never argv or a file it would copy),
 // readable by cred. cleanup removes it.
-func libpqWithPassfile(o pg.Options, appName string, cred *syscall.Credential) (*pg.Libpq, []string, func(), error) {
+func libpqWithPassfile(o pg.Options, appName string, cred *syscall.Credential) (*pgprog.Libpq, []string, func(), error) {
 	cfg, err := pg.ParseConfig(o)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	lp, err := pg.NewLibpq(o, appName)
+	lp, err := pgprog.NewLibpq(o, appName)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -3,7 +3,6 @@ package schedule
 import (
 	"context"
 	"errors"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,7 +11,7 @@ import (
 	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/indexes"
 	"github.com/spiredb/spiredb/indexes/views"
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/tuning"
@@ -96,11 +95,9 @@ func (s *Scheduler) collect(ctx context.Context) {
 			fail("backups", err)
 		}
 	}
-	dsn := s.cfg.DSN
-	if dsn == "" {
-		dsn = os.Getenv("SPIREDB_DSN")
-	}
-	conn, err := pg.Connect(ctx, pg.Options{DSN: dsn, ApplicationName: "spiredb-schedule"})
+	co := s.conn
+	co.ApplicationName = "spiredb-schedule"
+	conn, err := pg.Connect(ctx, co)
 	if err != nil {
 		fail("connect", err)
 		return

@@ -220,9 +220,10 @@ func oneLine(s string) string {
 	return first
 }
 
-// argv is the spiredb command line of a job.
+// argv is a job's arguments after its command: the file's defaults, then
+// the job's own.
 func (c *Config) argv(j Job) []string {
-	args := strings.Fields(j.Command)
+	var args []string
 	if c.DSN != "" {
 		args = append(args, "--dsn", c.DSN)
 	}

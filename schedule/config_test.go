@@ -30,9 +30,9 @@ func TestParseConfig(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1:9187", c.Listen)
 	require.Len(t, c.Jobs, 3)
-	assert.Equal(t, []string{"backup", "run", "--dsn", "host=spire-db port=5432 dbname=spire user=spiredb", "--store", "s3://spire-backups/prod", "--compress", "6"}, c.argv(c.Jobs[0]))
+	assert.Equal(t, []string{"--dsn", "host=spire-db port=5432 dbname=spire user=spiredb", "--store", "s3://spire-backups/prod", "--compress", "6"}, c.argv(c.Jobs[0]))
 	assert.NotContains(t, c.argv(c.Jobs[1]), "s3://spire-backups/prod", "the job's own --store wins")
-	assert.Equal(t, []string{"views", "refresh", "--dsn", "host=spire-db port=5432 dbname=spire user=spiredb"}, c.argv(c.Jobs[2]))
+	assert.Equal(t, []string{"--dsn", "host=spire-db port=5432 dbname=spire user=spiredb"}, c.argv(c.Jobs[2]))
 }
 
 func TestParseConfigErrorsNameTheLine(t *testing.T) {

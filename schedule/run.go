@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -19,11 +20,8 @@ import (
 	"github.com/robfig/cron/v3"
 
 	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/pg"
 )
-
-// RunFunc runs one spiredb command line and returns its exit code (the
-// CLI's own entry point).
-type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
 // Exit codes a job can end with that count as success: 0, and 4
 // (warnings only: doctor, indexes check).
@@ -69,10 +67,30 @@ func NewMetrics() *Metrics {
 	return m
 }
 
+// Options are what a scheduler needs besides its file.
+type Options struct {
+	// Tasks run the jobs' commands: every command the file uses needs one.
+	Tasks Registry
+	// Conn is the database when the file has no dsn (the CLI passes
+	// SPIREDB_DSN or libpq's PG* variables through it).
+	Conn pg.Options
+	// Logger gets the scheduler's lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports a job whose command no task runs.
+func (o Options) Validate(cfg *Config) error {
+	if cfg == nil {
+		return errors.New("schedule: no config")
+	}
+	return o.Tasks.check(cfg.Jobs)
+}
+
 // Scheduler runs a config's jobs.
 type Scheduler struct {
 	cfg     *Config
-	run     RunFunc
+	tasks   Registry
+	conn    pg.Options
 	log     *slog.Logger
 	metrics *Metrics
 
@@ -87,11 +105,19 @@ type Scheduler struct {
 }
 
 // New prepares a scheduler; Run starts it.
-func New(cfg *Config, run RunFunc, log *slog.Logger) *Scheduler {
+func New(cfg *Config, o Options) (*Scheduler, error) {
+	if err := o.Validate(cfg); err != nil {
+		return nil, err
+	}
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{cfg: cfg, run: run, log: log, metrics: NewMetrics(), busy: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
+	conn := o.Conn
+	if cfg.DSN != "" {
+		conn.DSN, conn.Config, conn.Pool = cfg.DSN, nil, nil
+	}
+	s := &Scheduler{cfg: cfg, tasks: o.Tasks, conn: conn, log: log, metrics: NewMetrics(), busy: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
 	s.state = newStateMetrics(s.metrics.Registry)
 	for _, j := range cfg.Jobs {
 		s.metrics.runs.WithLabelValues(j.Name)
@@ -99,7 +125,7 @@ func New(cfg *Config, run RunFunc, log *slog.Logger) *Scheduler {
 		s.metrics.skips.WithLabelValues(j.Name)
 		s.metrics.running.WithLabelValues(j.Name)
 	}
-	return s
+	return s, nil
 }
 
 // Metrics returns the collectors (for tests and pushing).
@@ -220,7 +246,9 @@ func (s *Scheduler) execute(ctx context.Context, j Job) {
 	start := time.Now()
 	s.log.Info("job started", "job", j.Name, "command", j.Command)
 	var stdout, stderr bytes.Buffer
-	code := s.run(ctx, append(args, "--log-format", "json"), &stdout, &stderr)
+	err := s.runTask(ctx, Run{Job: j, Args: args, Conn: s.conn, Store: s.cfg.Store, Stdout: &stdout, Stderr: &stderr,
+		Logger: s.log.With("job", j.Name)})
+	code := exitCode(err)
 	took := time.Since(start)
 	s.metrics.runs.WithLabelValues(j.Name).Inc()
 	s.metrics.duration.WithLabelValues(j.Name).Set(took.Seconds())
@@ -232,8 +260,23 @@ func (s *Scheduler) execute(ctx context.Context, j Job) {
 		return
 	}
 	s.metrics.failures.WithLabelValues(j.Name).Inc()
+	msg := lastLine(stderr.String())
+	if msg == "" && err != nil {
+		msg = err.Error()
+	}
 	s.log.Error("job failed", "job", j.Name, "exit", code, "duration", took.Round(time.Millisecond),
-		"error", lastLine(stderr.String()), "cancelled", errors.Is(ctx.Err(), context.Canceled))
+		"error", msg, "cancelled", errors.Is(ctx.Err(), context.Canceled))
+}
+
+// runTask runs a job's task; a panic in it is a failed run, not a dead
+// scheduler.
+func (s *Scheduler) runTask(ctx context.Context, r Run) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("task %q panicked: %v", r.Job.Command, p)
+		}
+	}()
+	return s.tasks[r.Job.Command](ctx, r)
 }
 
 func lastLine(s string) string {

@@ -7,7 +7,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/spire"
@@ -46,7 +45,7 @@ func TestReadSchemaAndCountRows(t *testing.T) {
 	conn, err := pgx.Connect(ctx, db.DSN)
 	require.NoError(t, err)
 	defer conn.Close(ctx)
-	sum, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 500})
+	sum, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 500})
 	require.NoError(t, err)
 
 	s, err = spire.ReadSchema(ctx, db.Pool)

@@ -12,7 +12,7 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 
 	"github.com/spiredb/spiredb/internal/dsn"
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // Marker begins every statement spiredb sends (pg.Marker); rows whose text

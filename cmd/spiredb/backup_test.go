@@ -8,9 +8,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/s3test"
+	"github.com/spiredb/spiredb/pg"
 )
 
 func TestBackupUsageErrors(t *testing.T) {
@@ -70,7 +70,7 @@ func TestBackupRunWhileAnotherRunsExits0(t *testing.T) {
 	holder, err := pg.Connect(ctx, pg.Options{DSN: db.DSN})
 	require.NoError(t, err)
 	defer holder.Close(ctx)
-	_, err = holder.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(0x73706972_65646201))
+	_, err = holder.Exec(ctx, "SELECT pg_advisory_lock($1)", pg.AdvisoryKey("backup"))
 	require.NoError(t, err)
 
 	dir := t.TempDir()

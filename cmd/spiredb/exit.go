@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/spiredb/spiredb/backup"
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // Exit codes; documented in `spiredb --help`.

@@ -12,8 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/migrations/lint"
+	"github.com/spiredb/spiredb/pg"
 )
 
 func newMigrateCmd(g *globals) *cobra.Command {

@@ -12,8 +12,8 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/migrations/backfill"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 )
 

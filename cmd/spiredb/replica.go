@@ -10,7 +10,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 )
 

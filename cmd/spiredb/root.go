@@ -10,11 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/logging"
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // globals are the flags every command shares.
@@ -164,4 +165,10 @@ func groupRunE(cmd *cobra.Command, args []string) error {
 		return usageErrorf("unknown command %q for %q", args[0], cmd.CommandPath())
 	}
 	return cmd.Help()
+}
+
+// withConn opens a session on the command's database (--dsn), runs fn with
+// it and closes it.
+func (g *globals) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
+	return pg.WithConn(ctx, g.pgOptions(), fn)
 }

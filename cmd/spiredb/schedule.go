@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -55,7 +57,11 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 			if listen != "" {
 				cfg.Listen = listen
 			}
-			return schedule.New(cfg, run, g.logger).Run(cmd.Context(), nil)
+			s, err := schedule.New(cfg, schedule.Options{Tasks: cliTasks(), Conn: g.pgOptions(), Logger: g.logger})
+			if err != nil {
+				return usageErrorf("%w", err)
+			}
+			return s.Run(cmd.Context(), nil)
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", "", "the schedule file (YAML)")
@@ -65,3 +71,20 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 }
 
 func itoaInt(n int) string { return strconv.Itoa(n) }
+
+// cliTasks is the CLI's registry of job tasks: each command of
+// schedule.Commands runs as the same spiredb command would, in this
+// process, with JSON log lines.
+func cliTasks() schedule.Registry {
+	r := schedule.Registry{}
+	for _, c := range schedule.Commands {
+		r[c] = func(ctx context.Context, job schedule.Run) error {
+			args := append(strings.Fields(job.Job.Command), job.Args...)
+			if code := run(ctx, append(args, "--log-format", "json"), job.Stdout, job.Stderr); code != exitOK {
+				return &schedule.ExitError{Code: code}
+			}
+			return nil
+		}
+	}
+	return r
+}

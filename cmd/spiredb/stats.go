@@ -7,9 +7,10 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/tuning"
 )
 
@@ -62,16 +63,13 @@ func newStatsTopCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			r, err := tuning.TopStatements(cmd.Context(), conn, opts)
-			if err != nil {
-				return err
-			}
-			return g.out.print(r, func(w io.Writer) error { return printTop(w, r) })
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				r, err := tuning.TopStatements(cmd.Context(), conn, opts)
+				if err != nil {
+					return err
+				}
+				return g.out.print(r, func(w io.Writer) error { return printTop(w, r) })
+			})
 		},
 	}
 	f.register(cmd)
@@ -169,20 +167,17 @@ func newStatsSnapshotCmd(g *globals) *cobra.Command {
 			if out == "" {
 				return usageErrorf("give --out FILE")
 			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			s, err := tuning.TakeSnapshot(cmd.Context(), conn)
-			if err != nil {
-				return err
-			}
-			if err := s.WriteFile(out); err != nil {
-				return err
-			}
-			g.logger.Info("snapshot written", "file", out, "statements", len(s.Statements), "database", s.Source.Database)
-			return nil
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				s, err := tuning.TakeSnapshot(cmd.Context(), conn)
+				if err != nil {
+					return err
+				}
+				if err := s.WriteFile(out); err != nil {
+					return err
+				}
+				g.logger.Info("snapshot written", "file", out, "statements", len(s.Statements), "database", s.Source.Database)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "file to write (JSON)")
@@ -268,20 +263,17 @@ func newStatsResetCmd(g *globals) *cobra.Command {
 		Short: "Clear pg_stat_statements for the database (or all databases)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			if err := tuning.Reset(cmd.Context(), conn, all); err != nil {
-				return err
-			}
-			scope := "database " + conn.Config().Database
-			if all {
-				scope = "all databases"
-			}
-			g.logger.Info("pg_stat_statements reset", "scope", scope)
-			return nil
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				if err := tuning.Reset(cmd.Context(), conn, all); err != nil {
+					return err
+				}
+				scope := "database " + conn.Config().Database
+				if all {
+					scope = "all databases"
+				}
+				g.logger.Info("pg_stat_statements reset", "scope", scope)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all-databases", false, "reset every database's statements, not only this one's")

@@ -8,9 +8,9 @@ import (
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/tuning"
 )
 
@@ -137,44 +137,41 @@ func newTuneCheckCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(cmd.Context())
-			diffs, err := tuning.CheckSettings(cmd.Context(), conn, r)
-			if err != nil {
-				return err
-			}
-			if diffs == nil {
-				diffs = []tuning.Difference{}
-			}
-			if err := g.out.print(diffs, func(w io.Writer) error {
-				if len(diffs) == 0 {
-					_, err := fmt.Fprintln(w, "all settings match the recommendation")
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				diffs, err := tuning.CheckSettings(cmd.Context(), conn, r)
+				if err != nil {
 					return err
 				}
-				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "SETTING\tCURRENT\tRECOMMENDED\tWHY")
-				for _, d := range diffs {
-					rec := d.Recommended
-					if d.Restart {
-						rec += " (restart)"
+				if diffs == nil {
+					diffs = []tuning.Difference{}
+				}
+				if err := g.out.print(diffs, func(w io.Writer) error {
+					if len(diffs) == 0 {
+						_, err := fmt.Fprintln(w, "all settings match the recommendation")
+						return err
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Name, d.Current, rec, d.Reason)
-				}
-				if err := tw.Flush(); err != nil {
+					tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "SETTING\tCURRENT\tRECOMMENDED\tWHY")
+					for _, d := range diffs {
+						rec := d.Recommended
+						if d.Restart {
+							rec += " (restart)"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", d.Name, d.Current, rec, d.Reason)
+					}
+					if err := tw.Flush(); err != nil {
+						return err
+					}
+					_, err := fmt.Fprintln(w, "\napply: spiredb tune recommend ... -o sql | psql")
+					return err
+				}); err != nil {
 					return err
 				}
-				_, err := fmt.Fprintln(w, "\napply: spiredb tune recommend ... -o sql | psql")
-				return err
-			}); err != nil {
-				return err
-			}
-			if len(diffs) > 0 {
-				return silentExit(exitFailure)
-			}
-			return nil
+				if len(diffs) > 0 {
+					return silentExit(exitFailure)
+				}
+				return nil
+			})
 		},
 	}
 	f.register(cmd)

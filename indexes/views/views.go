@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 	spiresql "github.com/spiredb/spiredb/sql"
 )
@@ -74,9 +74,8 @@ func (v View) query(spireSchema string) (string, error) {
 }
 
 // lockKey is the advisory lock a refresh of v holds.
-func (v View) lockKey() int64 {
-	return pg.AdvisoryKey("views." + v.Name)
-}
+// lockName names the advisory lock a refresh of the view holds.
+func (v View) lockName() string { return "views." + v.Name }
 
 const bookkeepingSQL = `CREATE TABLE IF NOT EXISTS spiredb.view_refreshes (
 	view_name    text PRIMARY KEY,
@@ -157,17 +156,15 @@ func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 	if !exists {
 		return r, fmt.Errorf("%s: %w", v.Name, ErrNotCreated)
 	}
-	var locked bool
-	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", v.lockKey()).Scan(&locked); err != nil {
+	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, v.lockName())
+	if err != nil {
 		return r, err
 	}
 	if !locked {
 		r.Skipped = true
 		return r, nil
 	}
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", v.lockKey())
-	}()
+	defer lock.Unlock(ctx)
 	stmt := "REFRESH MATERIALIZED VIEW "
 	if populated {
 		stmt += "CONCURRENTLY "

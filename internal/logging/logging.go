@@ -33,9 +33,6 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 	return slog.New(&redactHandler{Handler: h}), nil
 }
 
-// Discard is a logger that drops everything.
-func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
 func redactAttr(_ []string, a slog.Attr) slog.Attr {
 	switch a.Value.Kind() {
 	case slog.KindString:

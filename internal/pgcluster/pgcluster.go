@@ -34,7 +34,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // Options configure a cluster.

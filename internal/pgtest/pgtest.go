@@ -29,8 +29,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/internal/harness"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/pg"
 )
 
 var (

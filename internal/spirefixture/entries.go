@@ -1,5 +1,5 @@
 // Package spirefixture fills a database with SPIRE data fast: the schema a
-// real spire-server created (integration.SpireSchema) and N SPIRE-valid
+// real spire-server created (spire.SchemaSQL) and N SPIRE-valid
 // registration entries with their selectors, DNS names, federated bundles,
 // events rows and attested agents, written with COPY.
 //

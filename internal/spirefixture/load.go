@@ -44,7 +44,7 @@ func FederatedTrustDomains(n int) []string {
 	return out
 }
 
-// Load creates SPIRE's schema from schemaSQL (integration.SpireSchema) in
+// Load creates SPIRE's schema from schemaSQL (spire.SchemaSQL) in
 // the connected database and fills it per spec. The database must be empty.
 func Load(ctx context.Context, conn *pgx.Conn, schemaSQL string, spec Spec) (Summary, error) {
 	start := time.Now()

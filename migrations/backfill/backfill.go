@@ -20,7 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/internal/pg"
+	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 )
 
@@ -281,9 +281,8 @@ func (t *table) statements(spec Spec, first bool) (sel, upd string) {
 	return sel, upd
 }
 
-func lockKey(name string) int64 {
-	return pg.AdvisoryKey("backfill." + name)
-}
+// lockName names the advisory lock a running job holds.
+func lockName(job string) string { return "backfill." + job }
 
 func jobsTable(ctx context.Context, conn *pgx.Conn) error {
 	var ok bool
@@ -357,16 +356,14 @@ func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Jo
 	if opts.TargetBatchDuration == 0 {
 		opts.TargetBatchDuration = 200 * time.Millisecond
 	}
-	var got bool
-	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.pg_try_advisory_lock($1)", lockKey(name)).Scan(&got); err != nil {
+	lock, got, err := pg.TryAdvisoryLock(ctx, conn, lockName(name))
+	if err != nil {
 		return nil, err
 	}
 	if !got {
 		return nil, fmt.Errorf("backfill job %q is already running in another session", name)
 	}
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT pg_catalog.pg_advisory_unlock($1)", lockKey(name))
-	}()
+	defer lock.Unlock(ctx)
 
 	job, err := Get(ctx, conn, name)
 	if err != nil {

@@ -21,12 +21,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/integration"
 	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
 )
 
 func main() {
@@ -69,7 +69,7 @@ func run(ctx context.Context, bin string, entries int) error {
 	if err != nil {
 		return err
 	}
-	sum, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: entries})
+	sum, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: entries})
 	_ = conn.Close(ctx)
 	if err != nil {
 		return err

@@ -24,11 +24,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/integration"
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
+	"github.com/spiredb/spiredb/pg"
+	"github.com/spiredb/spiredb/spire"
 )
 
 func main() {
@@ -109,7 +109,7 @@ func run(out string, pruneWait time.Duration, raw bool) error {
 	}
 	// SPIRE reloads in pages of 10,000: 12,000 entries give a first page
 	// and a later one, which are different statements.
-	if _, err := spirefixture.Load(ctx, conn, integration.SpireSchema, spirefixture.Spec{Entries: 12000, Agents: 5}); err != nil {
+	if _, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 12000, Agents: 5}); err != nil {
 		return err
 	}
 	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_stat_statements_reset()"); err != nil {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiredb/spiredb/internal/pg"
 	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/pg"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }

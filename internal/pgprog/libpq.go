@@ -1,6 +1,7 @@
-package pg
+package pgprog
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spiredb/spiredb/internal/dsn"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // pgxOnlyKeys are connection string keys pgx understands and libpq
@@ -43,14 +45,32 @@ func (l *Libpq) Close() {
 
 // NewLibpq builds the target of a libpq program from opts, naming the
 // session appName.
-func NewLibpq(opts Options, appName string) (*Libpq, error) {
+//
+// With a caller's own pgx config or pool (Options.Config, Options.Pool)
+// the program gets that config's connection string with the config's host,
+// port, user, database and password applied: a config changed after
+// parsing (a password from a secret manager) reaches the program too.
+func NewLibpq(opts pg.Options, appName string) (*Libpq, error) {
 	// pgx must accept the DSN too: spiredb's own sessions use it
-	if _, err := ParseConfig(opts); err != nil {
+	cfg, err := pg.ParseConfig(opts)
+	if err != nil {
 		return nil, err
 	}
-	params, err := dsn.Parse(opts.DSN)
+	own := opts.Config != nil || opts.Pool != nil
+	src := opts.DSN
+	if own {
+		src = cfg.ConnString()
+	}
+	params, err := dsn.Parse(src)
 	if err != nil {
 		return nil, fmt.Errorf("parsing DSN: %w", err)
+	}
+	if own {
+		params["host"], params["port"], params["user"], params["dbname"] = cfg.Host, fmt.Sprint(cfg.Port), cfg.User, cfg.Database
+		delete(params, "hostaddr")
+		if cfg.Password != "" {
+			params["password"] = cfg.Password
+		}
 	}
 	dsn.Remember(params.Secrets()...)
 	for _, k := range pgxOnlyKeys {
@@ -66,7 +86,7 @@ func NewLibpq(opts Options, appName string) (*Libpq, error) {
 	}
 	l.Env = append(os.Environ(), "PGAPPNAME="+appName)
 	if _, ok := params["connect_timeout"]; !ok {
-		l.Env = append(l.Env, fmt.Sprintf("PGCONNECT_TIMEOUT=%d", int(orDefault(opts.ConnectTimeout, DefaultConnectTimeout).Seconds())))
+		l.Env = append(l.Env, fmt.Sprintf("PGCONNECT_TIMEOUT=%d", int(cmp.Or(opts.ConnectTimeout, pg.DefaultConnectTimeout).Seconds())))
 	}
 	if pw, ok := params["password"]; ok {
 		l.Env = append(l.Env, "PGPASSWORD="+pw)
