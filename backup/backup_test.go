@@ -271,7 +271,7 @@ func TestRunFailsCleanlyBeforeWriting(t *testing.T) {
 	db := spireDB(t, 10)
 
 	_, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Compress: -1, Tools: backup.Tools{BinDir: "/nonexistent"}})
-	require.ErrorContains(t, err, "pg_dump not found in /nonexistent")
+	require.ErrorContains(t, err, "no pg_dump of PostgreSQL 15 or newer in /nonexistent")
 
 	bad := *db.Cluster
 	bad.Port = 1
@@ -297,10 +297,4 @@ func TestCheckDumpVersion(t *testing.T) {
 	require.NoError(t, backup.CheckDumpVersion(17, 150018), "a newer pg_dump can dump an older server")
 	err := backup.CheckDumpVersion(14, 150018)
 	require.ErrorContains(t, err, "pg_dump 14 is older than the server (PostgreSQL 15)")
-	full, major, err := backup.ParseToolVersion("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
-	require.NoError(t, err)
-	require.Equal(t, "15.18", full)
-	require.Equal(t, 15, major)
-	_, _, err = backup.ParseToolVersion("something else")
-	require.Error(t, err)
 }

@@ -94,7 +94,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
 	}
 
-	path, err := o.Tools.Path("pg_restore")
+	restorer, err := o.Tools.restorer(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -115,9 +115,9 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	start := time.Now()
 	logger.Info("restore started", "id", m.ID, "database", res.Database, "jobs", o.Jobs)
 	if o.Jobs > 1 {
-		err = restoreParallel(ctx, o, m, path, args, env, logger)
+		err = restoreParallel(ctx, o, m, restorer.Path, args, env, logger)
 	} else {
-		err = restoreStream(ctx, o, m, path, args, env, logger)
+		err = restoreStream(ctx, o, m, restorer.Path, args, env, logger)
 	}
 	if err != nil {
 		return nil, err
@@ -152,8 +152,8 @@ func restoreStream(ctx context.Context, o RestoreOptions, m *Manifest, path stri
 	defer rc.Close()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stderr := newStderrLog(logger, "pg_restore")
-	cmd := command(rctx, path, env, stderr, append(args, "--single-transaction")...)
+	stderr := pgprog.NewOutput(logger, "pg_restore")
+	cmd := pgprog.Command(rctx, path, env, nil, stderr, append(args, "--single-transaction")...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
@@ -210,8 +210,8 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 	if err := checkSum(m, n, h); err != nil {
 		return fmt.Errorf("restore of %s not started: %w", m.ID, err)
 	}
-	stderr := newStderrLog(logger, "pg_restore")
-	if err := command(ctx, path, env, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {
+	stderr := pgprog.NewOutput(logger, "pg_restore")
+	if err := pgprog.Command(ctx, path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {
 		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())
 	}
 	return nil

@@ -87,14 +87,13 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		// data), so the database size bounds the part count safely
 		store = s.ForSize(dbBytes)
 	}
-	dumpVersion, dumpMajor, err := o.Tools.Version(ctx, "pg_dump")
+	dumper, err := o.Tools.dumper(ctx, m.ServerVersionNum)
 	if err != nil {
 		return nil, err
 	}
-	if err := CheckDumpVersion(dumpMajor, m.ServerVersionNum); err != nil {
+	if m.PgDumpVersion, _, err = pgprog.FullVersion(ctx, dumper.Path); err != nil {
 		return nil, err
 	}
-	m.PgDumpVersion = dumpVersion
 
 	// Export a snapshot; count SPIRE's rows in it; pg_dump dumps the same
 	// snapshot. The exporting transaction stays open until pg_dump is done.
@@ -129,14 +128,10 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	defer lp.Close()
 	env := lp.Env
 	args = append(args, "--dbname="+lp.Conninfo)
-	path, err := o.Tools.Path("pg_dump")
-	if err != nil {
-		return nil, err
-	}
 	dumpCtx, cancelDump := context.WithCancel(ctx)
 	defer cancelDump()
-	stderr := newStderrLog(logger, "pg_dump")
-	cmd := command(dumpCtx, path, env, stderr, args...)
+	stderr := pgprog.NewOutput(logger, "pg_dump")
+	cmd := pgprog.Command(dumpCtx, dumper.Path, env, nil, stderr, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -202,7 +197,7 @@ func newID(t time.Time) string {
 type dumpReader struct {
 	r        io.Reader
 	cmd      *exec.Cmd
-	stderr   *stderrLog
+	stderr   *pgprog.Output
 	hash     hash.Hash
 	n        int64
 	start    time.Time

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -342,7 +343,7 @@ func recordingTools(t *testing.T) (backup.Tools, string) {
 	dir := t.TempDir()
 	argv := filepath.Join(dir, "argv.log")
 	for _, prog := range []string{"pg_dump", "pg_restore"} {
-		real, err := (backup.Tools{}).Path(prog)
+		real, err := exec.LookPath(prog)
 		require.NoError(t, err)
 		script := fmt.Sprintf("#!/bin/sh\nprintf '%%s\\n' \"$*\" >> %s\nexec %s \"$@\"\n", argv, real)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, prog), []byte(script), 0o755))

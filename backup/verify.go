@@ -179,12 +179,12 @@ func (f *forgivingWriter) Write(p []byte) (int, error) {
 }
 
 func verifyTOC(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult) error {
-	path, err := o.Tools.Path("pg_restore")
+	restorer, err := o.Tools.restorer(ctx)
 	if err != nil {
 		return err
 	}
-	stderr := newStderrLog(orDiscard(o.Logger), "pg_restore")
-	cmd := command(ctx, path, nil, stderr, "--list")
+	stderr := pgprog.NewOutput(orDiscard(o.Logger), "pg_restore")
+	cmd := pgprog.Command(ctx, restorer.Path, nil, nil, stderr, "--list")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err
@@ -244,12 +244,12 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	}
 	defer lp.Close()
 	conninfo, env := lp.Conninfo, lp.Env
-	path, err := o.Tools.Path("pg_restore")
+	restorer, err := o.Tools.restorer(ctx)
 	if err != nil {
 		return err
 	}
 	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--dbname=" + conninfo}
-	stderr := newStderrLog(logger, "pg_restore")
+	stderr := pgprog.NewOutput(logger, "pg_restore")
 	var werr error
 	if o.Jobs > 1 {
 		f, err := os.CreateTemp(o.TempDir, "spiredb-verify-*.dump")
@@ -267,9 +267,9 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 		if res.Failed() != nil {
 			return nil // the checksum failed: restoring it proves nothing more
 		}
-		werr = command(ctx, path, env, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run()
+		werr = pgprog.Command(ctx, restorer.Path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run()
 	} else {
-		cmd := command(ctx, path, env, stderr, args...)
+		cmd := pgprog.Command(ctx, restorer.Path, env, nil, stderr, args...)
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			return err

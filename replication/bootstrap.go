@@ -1,15 +1,11 @@
 package replication
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -169,20 +165,11 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if lp.Conninfo != "" {
 		args = append(args, "-d", lp.Conninfo)
 	}
-	cmd := exec.CommandContext(ctx, basebackup.Path, args...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	cmd.Dir = "/"
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting pg_basebackup: %w", err)
-	}
-	tail := readProgress(stderr, o.Progress, &res.Bytes, logger)
-	if werr := cmd.Wait(); werr != nil {
-		return nil, fmt.Errorf("pg_basebackup failed (%w): %s", werr, dsn.RedactText(tail()))
+	out := &pgprog.Output{Logger: logger, Program: "pg_basebackup", Level: slog.LevelInfo, Progress: o.Progress}
+	werr := pgprog.Command(ctx, basebackup.Path, env, cred, out, args...).Run()
+	res.Bytes = out.Done()
+	if werr != nil {
+		return nil, fmt.Errorf("pg_basebackup failed (%w): %s", werr, out.Tail())
 	}
 	if err := fixPrimaryConninfo(dir, o.StandbyPassfile, lp.Params["password"], cred); err != nil {
 		return nil, err
@@ -264,52 +251,6 @@ func preflight(ctx context.Context, conn *pgx.Conn, slot, dir string) (major int
 	return major, nil
 }
 
-var progressRE = regexp.MustCompile(`(\d+)/(\d+) kB`)
-
-// readProgress parses pg_basebackup -P output (\r-separated) into the
-// callback and keeps the last non-progress lines for errors.
-func readProgress(r io.Reader, progress func(done, total int64), bytesDone *int64, logger *slog.Logger) func() string {
-	var last []string
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(r)
-		sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-			if i := bytes.IndexAny(data, "\r\n"); i >= 0 {
-				return i + 1, data[:i], nil
-			}
-			if atEOF && len(data) > 0 {
-				return len(data), data, nil
-			}
-			return 0, nil, nil
-		})
-		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if line == "" {
-				continue
-			}
-			if m := progressRE.FindStringSubmatch(line); m != nil {
-				d, _ := strconv.ParseInt(m[1], 10, 64)
-				t, _ := strconv.ParseInt(m[2], 10, 64)
-				*bytesDone = d << 10
-				if progress != nil {
-					progress(d<<10, t<<10)
-				}
-				continue
-			}
-			logger.Info(dsn.RedactText(line), "program", "pg_basebackup")
-			last = append(last, line)
-			if len(last) > 5 {
-				last = last[1:]
-			}
-		}
-	}()
-	return func() string {
-		<-done
-		return strings.Join(last, "; ")
-	}
-}
-
 // cleanupFailed drops the slot (retrying while the primary comes back) and
 // removes what the copy wrote: the directory when this run created it,
 // else its contents (it was empty before). Never under a running server.
@@ -340,13 +281,11 @@ func cleanupFailed(ctx context.Context, primary pg.Options, slot, dir string, cr
 }
 
 func startStandby(ctx context.Context, pgctl, dir string, port int, cred *syscall.Credential) error {
-	cmd := exec.CommandContext(ctx, pgctl, "-D", dir, "-o", "-p "+strconv.Itoa(port),
+	err := pgprog.PgCtl(ctx, pgctl, cred, "-D", dir, "-o", "-p "+strconv.Itoa(port),
 		"-l", filepath.Join(dir, "startup.log"), "-w", "-t", "120", "start")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
+	if err != nil {
 		b, _ := os.ReadFile(filepath.Join(dir, "startup.log"))
-		return fmt.Errorf("starting the standby: %w: %s %s", err, strings.TrimSpace(string(out)), lastLine(string(b)))
+		return fmt.Errorf("starting the standby: %w %s", err, lastLine(string(b)))
 	}
 	return nil
 }
@@ -365,13 +304,7 @@ func StopStandby(ctx context.Context, binDir, dir string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, pgctl.Path, "-D", dir, "-m", "fast", "-w", "stop")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_ctl stop: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return pgprog.PgCtl(ctx, pgctl.Path, cred, "-D", dir, "-m", "fast", "-w", "stop")
 }
 
 func waitStreaming(ctx context.Context, conn *pgx.Conn, slot string, timeout time.Duration) error {

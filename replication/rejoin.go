@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -182,7 +181,7 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stopping the old primary: %w (or stop it yourself)", err)
 		}
-		if err := runPgCtl(ctx, pgctl.Path, cred, "-D", dir, "-m", "fast", "-w", "-t", "120", "stop"); err != nil {
+		if err := pgprog.PgCtl(ctx, pgctl.Path, cred, "-D", dir, "-m", "fast", "-w", "-t", "120", "stop"); err != nil {
 			return nil, fmt.Errorf("stopping the old primary: %w", err)
 		}
 		res.Stopped = true
@@ -270,20 +269,11 @@ func rewind(ctx context.Context, o RejoinOptions, pconn *pgx.Conn, dir string, m
 	conninfo := lp.Params.WithoutSecrets()
 	conninfo["dbname"] = "postgres"
 	args = append(args, "--source-server="+conninfo.String())
-	cmd := exec.CommandContext(ctx, prog.Path, args...)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	cmd.Dir = "/"
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting pg_rewind: %w", err)
-	}
-	tail := readProgress(stderr, o.Progress, &res.Bytes, logger)
-	if werr := cmd.Wait(); werr != nil {
-		msg := dsn.RedactText(tail())
+	out := &pgprog.Output{Logger: logger, Program: "pg_rewind", Level: slog.LevelInfo, Progress: o.Progress}
+	werr := pgprog.Command(ctx, prog.Path, env, cred, out, args...).Run()
+	res.Bytes = out.Done()
+	if werr != nil {
+		msg := out.Tail()
 		if strings.Contains(msg, "wal_log_hints") || strings.Contains(msg, "data checksums") {
 			return fmt.Errorf("%w: %s", ErrCannotRewind, msg)
 		}
@@ -524,16 +514,6 @@ func sameDir(a, b string) bool {
 		return filepath.Clean(a) == filepath.Clean(b)
 	}
 	return ra == rb
-}
-
-func runPgCtl(ctx context.Context, pgctl string, cred *syscall.Credential, args ...string) error {
-	cmd := exec.CommandContext(ctx, pgctl, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	cmd.Dir = "/"
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pg_ctl %s: %w: %s", args[len(args)-1], err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }
 
 func defaultSlot(dir string) string {

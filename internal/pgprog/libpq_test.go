@@ -35,3 +35,35 @@ func TestLibpqFromCallerConfig(t *testing.T) {
 	defer lp2.Close()
 	require.Contains(t, lp2.Conninfo, "dbname='scratch'")
 }
+
+func TestParseVersion(t *testing.T) {
+	full, major, err := pgprog.ParseVersion("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n")
+	require.NoError(t, err)
+	require.Equal(t, "15.18", full)
+	require.Equal(t, 15, major)
+	full, major, err = pgprog.ParseVersion("pg_ctl (PostgreSQL) 18devel")
+	require.NoError(t, err)
+	require.Equal(t, "18", full)
+	require.Equal(t, 18, major)
+	_, _, err = pgprog.ParseVersion("something else")
+	require.Error(t, err)
+}
+
+// Output: lines to the log and the tail, progress (\r-separated, as
+// pg_basebackup -P writes it) to the callback, secrets redacted.
+func TestOutput(t *testing.T) {
+	var got [][2]int64
+	o := pgprog.NewOutput(nil, "pg_basebackup")
+	o.Progress = func(d, tot int64) { got = append(got, [2]int64{d, tot}) }
+	for _, chunk := range []string{"waiting for checkpoint\n", "   10/100 kB (10%), 0/1 tablespace\r", "  100/100 kB (100%), 1/1 tablespace\r\n",
+		"error: connection to \"host=x password=hunter2xyz\" failed", "\n", "a", "b\n"} {
+		_, err := o.Write([]byte(chunk))
+		require.NoError(t, err)
+	}
+	require.Equal(t, [][2]int64{{10 << 10, 100 << 10}, {100 << 10, 100 << 10}}, got)
+	require.Equal(t, int64(100<<10), o.Done())
+	tail := o.Tail()
+	require.Contains(t, tail, "waiting for checkpoint")
+	require.Contains(t, tail, "; ab")
+	require.NotContains(t, tail, "hunter2xyz")
+}

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,19 +49,10 @@ type Program struct {
 	Major int
 }
 
-var versionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
-
 // Version runs `path --version` and returns its major.
 func Version(ctx context.Context, path string) (int, error) {
-	out, err := exec.CommandContext(ctx, path, "--version").Output()
-	if err != nil {
-		return 0, fmt.Errorf("running %s --version: %w", path, err)
-	}
-	m := versionRE.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("%s --version printed no PostgreSQL version: %q", path, strings.TrimSpace(string(out)))
-	}
-	return strconv.Atoi(string(m[1]))
+	_, major, err := FullVersion(ctx, path)
+	return major, err
 }
 
 // Find returns the program r asks for. Without BinDir it looks, in order,
