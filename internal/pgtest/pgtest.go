@@ -19,18 +19,22 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/internal/harness"
 	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/pg"
+	"github.com/spiredb/spiredb/spire"
 )
 
 var (
@@ -51,10 +55,16 @@ func Options() pgcluster.Options {
 // Cluster returns the package's shared cluster, starting it on first use.
 func Cluster(t testing.TB) *pgcluster.Cluster {
 	t.Helper()
+	c, err := sharedCluster()
+	require.NoError(t, err, "starting the shared PostgreSQL cluster")
+	return c
+}
+
+func sharedCluster() (*pgcluster.Cluster, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	if !harness.InMain() {
-		t.Fatal("pgtest: add `func TestMain(m *testing.M) { pgtest.Main(m) }` to this package")
+		return nil, errors.New("pgtest: add `func TestMain(m *testing.M) { pgtest.Main(m) }` to this package")
 	}
 	if shared == nil && startErr == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -65,8 +75,44 @@ func Cluster(t testing.TB) *pgcluster.Cluster {
 			harness.AtExit(func() { _ = c.Stop() })
 		}
 	}
-	require.NoError(t, startErr, "starting the shared PostgreSQL cluster")
-	return shared
+	return shared, startErr
+}
+
+// ExampleDB creates a fresh database on the shared cluster for a runnable
+// example (which has no *testing.T) and returns its DSN; with entries > 0
+// it holds a small SPIRE datastore (SPIRE's schema as a real spire-server
+// created it, entries registration entries, 3 agents). It is dropped when
+// the package's tests end; it panics when there is no cluster.
+func ExampleDB(name string, entries int) string {
+	c, err := sharedCluster()
+	if err != nil {
+		panic(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	db := "example_" + name + "_" + hex.EncodeToString(b)
+	dsn, err := c.CreateDatabase(ctx, db)
+	if err != nil {
+		panic(err)
+	}
+	harness.AtExit(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = c.DropDatabase(ctx, db)
+	})
+	if entries > 0 {
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close(ctx)
+		if _, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: entries}); err != nil {
+			panic(err)
+		}
+	}
+	return dsn
 }
 
 // NewCluster starts a cluster of the test's own (replication tests need
