@@ -335,7 +335,7 @@ func createConcurrently(schema string, c Candidate) string {
 	if len(name) > 63 {
 		name = name[:63]
 	}
-	s := fmt.Sprintf("CREATE INDEX CONCURRENTLY %s ON %s (%s)", pgx.Identifier{name}.Sanitize(), pgx.Identifier{schema, c.Table}.Sanitize(), strings.Join(c.Columns, ", "))
+	s := fmt.Sprintf("CREATE INDEX CONCURRENTLY %s ON %s (%s)", pgx.Identifier{name}.Sanitize(), pgx.Identifier{schema, c.Table}.Sanitize(), c.columnList())
 	if c.Where != "" {
 		s += " WHERE " + c.Where
 	}

@@ -20,11 +20,37 @@ type Candidate struct {
 
 // DDL is the CREATE INDEX statement for hypopg (no name, no CONCURRENTLY).
 func (c Candidate) DDL(schema string) string {
-	s := fmt.Sprintf("CREATE INDEX ON %s (%s)", pgx.Identifier{schema, c.Table}.Sanitize(), strings.Join(c.Columns, ", "))
+	s := fmt.Sprintf("CREATE INDEX ON %s (%s)", pgx.Identifier{schema, c.Table}.Sanitize(), c.columnList())
 	if c.Where != "" {
 		s += " WHERE " + c.Where
 	}
 	return s
+}
+
+// ident writes a column name taken from a statement text, which is data:
+// bare when PostgreSQL reads it back as that very column (so that the
+// predicate matches what pg_get_expr shows), else quoted with
+// pgx.Identifier.
+func ident(name string) string {
+	res, err := pg_query.Parse("SELECT " + name)
+	if err == nil && len(res.Stmts) == 1 {
+		if sel := res.Stmts[0].Stmt.GetSelectStmt(); sel != nil && len(sel.TargetList) == 1 {
+			if cr := sel.TargetList[0].GetResTarget().GetVal().GetColumnRef(); cr != nil && len(cr.Fields) == 1 &&
+				cr.Fields[0].GetString_().GetSval() == name {
+				return name
+			}
+		}
+	}
+	return pgx.Identifier{name}.Sanitize()
+}
+
+// columnList is the index's column list (see ident).
+func (c Candidate) columnList() string {
+	quoted := make([]string, len(c.Columns))
+	for i, col := range c.Columns {
+		quoted[i] = ident(col)
+	}
+	return strings.Join(quoted, ", ")
 }
 
 func (c Candidate) key() string { return c.Table + "|" + strings.Join(c.Columns, ",") + "|" + c.Where }
@@ -91,7 +117,7 @@ func candidatesFor(sql string, params []*string) ([]Candidate, error) {
 			switch p.op {
 			case "<>", "!=":
 				if p.value != "" {
-					add(Candidate{Table: t, Columns: []string{p.column}, Where: fmt.Sprintf("(%s <> %s)", p.column, p.value)})
+					add(Candidate{Table: t, Columns: []string{p.column}, Where: fmt.Sprintf("(%s <> %s)", ident(p.column), p.value)})
 				}
 			default:
 				add(Candidate{Table: t, Columns: []string{p.column}})

@@ -125,3 +125,10 @@ func TestSetCarriesConfirmingFigures(t *testing.T) {
 		assert.False(t, inSet)
 	}
 }
+
+// Column names come from statement texts: anything that is not plainly a
+// column is quoted, so that no name can change the DDL advise prints.
+func TestCandidateColumnsAreIdentifiers(t *testing.T) {
+	c := Candidate{Table: "t", Columns: []string{"expiry", "Mixed", "order", "a b", `x"); DROP TABLE t; --`}}
+	require.Equal(t, `CREATE INDEX ON "public"."t" (expiry, "Mixed", "order", "a b", "x""); DROP TABLE t; --")`, c.DDL("public"))
+}

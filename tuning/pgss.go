@@ -87,9 +87,9 @@ func (e *NotEnabledError) Error() string {
 func extension(ctx context.Context, conn *pgx.Conn) (schema, version string, err error) {
 	var db, preload string
 	var nsp, ver *string
-	err = conn.QueryRow(ctx, Marker+`SELECT current_database(), current_setting('shared_preload_libraries'),
-		(SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'),
-		(SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')`).Scan(&db, &preload, &nsp, &ver)
+	err = conn.QueryRow(ctx, Marker+`SELECT pg_catalog.current_database(), pg_catalog.current_setting('shared_preload_libraries'),
+		(SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'),
+		(SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements')`).Scan(&db, &preload, &nsp, &ver)
 	if err != nil {
 		return "", "", err
 	}
@@ -148,7 +148,7 @@ func selectList(cols map[string]bool) (sel, where string, err error) {
 	}
 	sel = fmt.Sprintf("userid, COALESCE(queryid, 0), COALESCE(query, ''), calls, %s, %s, rows, shared_blks_hit, shared_blks_read, temp_blks_read, temp_blks_written, %s, %s",
 		exec, plan, ioExpr, since)
-	where = "dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+	where = "dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())"
 	if cols["toplevel"] {
 		// with pg_stat_statements.track = all, nested statements are
 		// counted again inside their caller's time
@@ -210,15 +210,15 @@ func ReadStatements(ctx context.Context, conn *pgx.Conn) ([]Statement, Source, e
 	}
 	src.Extension = version
 	view := pgx.Identifier{schema, "pg_stat_statements"}.Sanitize()
-	err = conn.QueryRow(ctx, Marker+`SELECT current_database(), current_setting('server_version'), current_setting('server_version_num')::int,
-		current_setting('track_io_timing') = 'on',
-		COALESCE(current_setting('pg_stat_statements.track_planning', true) = 'on', false),
-		COALESCE(current_setting('pg_stat_statements.max', true), '0')::int8`).
+	err = conn.QueryRow(ctx, Marker+`SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'), pg_catalog.current_setting('server_version_num')::int,
+		pg_catalog.current_setting('track_io_timing') = 'on',
+		COALESCE(pg_catalog.current_setting('pg_stat_statements.track_planning', true) = 'on', false),
+		COALESCE(pg_catalog.current_setting('pg_stat_statements.max', true), '0')::int8`).
 		Scan(&src.Database, &src.ServerVersion, &src.ServerVersionNum, &src.TrackIOTiming, &src.TrackPlanning, &src.Max)
 	if err != nil {
 		return nil, src, err
 	}
-	rows, err := conn.Query(ctx, Marker+`SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, view)
+	rows, err := conn.Query(ctx, Marker+`SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, view)
 	if err != nil {
 		return nil, src, err
 	}
@@ -300,7 +300,7 @@ func Reset(ctx context.Context, conn *pgx.Conn, all bool) error {
 	q := Marker + "SELECT " + fn + "()"
 	if !all {
 		// (userid, dbid, queryid) with 0 meaning any: PostgreSQL 12+
-		q = Marker + "SELECT " + fn + "(0, (SELECT oid FROM pg_database WHERE datname = current_database()), 0)"
+		q = Marker + "SELECT " + fn + "(0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), 0)"
 	}
 	if _, err := conn.Exec(ctx, q); err != nil {
 		return fmt.Errorf("resetting pg_stat_statements: %w (a superuser, or GRANT EXECUTE ON FUNCTION pg_stat_statements_reset to this role)", err)

@@ -32,7 +32,7 @@ func TakeSnapshot(ctx context.Context, conn *pgx.Conn) (*Snapshot, error) {
 		return nil, err
 	}
 	var now time.Time
-	if err := conn.QueryRow(ctx, Marker+"SELECT now()").Scan(&now); err != nil {
+	if err := conn.QueryRow(ctx, Marker+"SELECT pg_catalog.now()").Scan(&now); err != nil {
 		return nil, err
 	}
 	if stmts == nil {
