@@ -64,6 +64,9 @@ func (e *NotEmptyError) Error() string {
 // Restore restores a backup into the target database.
 func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	logger := orDiscard(o.Logger)
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	if o.Jobs <= 0 {
 		o.Jobs = 1
 	}

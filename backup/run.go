@@ -52,8 +52,8 @@ type RunOptions struct {
 // of the database is in progress.
 func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	logger := orDiscard(o.Logger)
-	if o.Compress < -1 || o.Compress > 9 {
-		return nil, fmt.Errorf("invalid compression %d: want 0-9", o.Compress)
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	if err := checkWrite(ctx, o.Store); err != nil {
 		return nil, err

@@ -86,6 +86,9 @@ type VerifyOptions struct {
 // OK false, not an error; errors mean verification itself could not run.
 func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	logger := orDiscard(o.Logger)
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	if o.Level == "" {
 		o.Level = LevelRestore
 	}

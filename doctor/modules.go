@@ -64,6 +64,9 @@ type Indexes struct {
 // Check runs the whole report: the server, SPIRE's schema, replication and
 // slots, the standbys, index health and, with a store, the backups.
 func Check(ctx context.Context, o Options) (*Report, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	if o.MaxBackupAge == 0 {
 		o.MaxBackupAge = 26 * time.Hour
 	}

@@ -83,6 +83,9 @@ func (e *HypopgError) Error() string {
 // MinGain. Statements are planned as SPIRE sent them (the catalog's
 // examples with their parameters) or, from PostgreSQL 16, as generic plans.
 func Advise(ctx context.Context, conn *pgx.Conn, opts AdviseOptions) (*AdviseReport, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.MinGain <= 0 {
 		opts.MinGain = 0.5
 	}

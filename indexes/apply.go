@@ -57,10 +57,8 @@ func Apply(ctx context.Context, conn *pgx.Conn, opts ApplyOptions) ([]Action, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	for _, n := range opts.Only {
-		if _, ok := Lookup(n); !ok {
-			return nil, &UnknownIndexError{Name: n}
-		}
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
 	plan, err := MakePlan(ctx, conn)
 	if err != nil {

@@ -53,6 +53,9 @@ type CheckOptions struct {
 // tables. It never proposes dropping a unique, primary-key or constraint
 // index, nor one SPIRE creates; an index a standby scans is not unused.
 func Check(ctx context.Context, conn *pgx.Conn, opts CheckOptions) (*Report, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.MinBloatBytes == 0 {
 		opts.MinBloatBytes = 1 << 20
 	}

@@ -86,6 +86,12 @@ func (e *LockHeldError) Error() string {
 // Open connects and prepares a runner: the spiredb schema, the version
 // table (golang-migrate's format: version, dirty) and the runs table.
 func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if err := po.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.LockWait == 0 {
 		opts.LockWait = 30 * time.Second
 	}

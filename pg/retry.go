@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 )
@@ -70,4 +71,12 @@ func Retry(ctx context.Context, p RetryPolicy, fn func(context.Context) error) e
 		}
 		wait = min(wait*2, maxWait)
 	}
+}
+
+// Validate reports a policy Retry cannot follow, in one line.
+func (p RetryPolicy) Validate() error {
+	if p.Attempts < 0 || p.Initial < 0 || p.Max < 0 {
+		return errors.New("retry policy: negative attempts or delays")
+	}
+	return nil
 }

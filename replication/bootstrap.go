@@ -70,8 +70,8 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if o.DataDir == "" {
-		return nil, errors.New("no data directory: pass --data-dir")
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
 	dir, err := filepath.Abs(o.DataDir)
 	if err != nil {
@@ -82,9 +82,6 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	}
 	if !slotRE.MatchString(o.Slot) {
 		return nil, fmt.Errorf("invalid slot name %q: lower-case letters, digits and _ only, at most 63", o.Slot)
-	}
-	if o.Start && o.Port <= 0 {
-		return nil, errors.New("--start needs --port for the standby")
 	}
 	cred, err := pgprog.Credential(dir)
 	if err != nil {

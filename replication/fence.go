@@ -105,6 +105,9 @@ func Fence(ctx context.Context, o FenceOptions) (*FenceResult, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	conn, target, err := connectMaintenance(ctx, o.Conn)
 	if err != nil {
 		return nil, err

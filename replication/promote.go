@@ -61,6 +61,9 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	if o.Wait <= 0 {
 		o.Wait = 60 * time.Second
 	}

@@ -88,10 +88,10 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	start := time.Now()
-	if o.DataDir == "" {
-		return nil, errors.New("no data directory: pass --data-dir")
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
+	start := time.Now()
 	dir, err := filepath.Abs(o.DataDir)
 	if err != nil {
 		return nil, err
@@ -101,9 +101,6 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 	}
 	if !slotRE.MatchString(o.Slot) {
 		return nil, fmt.Errorf("invalid slot name %q: lower-case letters, digits and _ only, at most 63", o.Slot)
-	}
-	if o.Start && o.Port <= 0 {
-		return nil, errors.New("--start needs --port for the standby")
 	}
 	major, err := pgprog.DataDirMajor(dir)
 	if err != nil {

@@ -85,6 +85,9 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	if o.Wait <= 0 {
 		o.Wait = 30 * time.Second
 	}

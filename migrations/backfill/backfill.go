@@ -298,6 +298,9 @@ func jobsTable(ctx context.Context, conn *pgx.Conn) error {
 // Start creates a job and runs it to the end (or until ctx ends, it is
 // cancelled, or it fails).
 func Start(ctx context.Context, conn *pgx.Conn, spec Spec, opts Options) (*Job, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	c, err := validate(&spec)
 	if err != nil {
 		return nil, err
@@ -343,6 +346,9 @@ func Start(ctx context.Context, conn *pgx.Conn, spec Spec, opts Options) (*Job, 
 
 // Resume runs a job from its last checkpoint.
 func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Job, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if err := jobsTable(ctx, conn); err != nil {
 		return nil, err
 	}

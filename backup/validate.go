@@ -1,0 +1,50 @@
+package backup
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Validate reports options Run cannot work with, in one line.
+func (o RunOptions) Validate() error {
+	if o.Store == nil {
+		return errors.New("backup: no store")
+	}
+	if o.Compress < -1 || o.Compress > 9 {
+		return fmt.Errorf("invalid compression %d: want 0-9", o.Compress)
+	}
+	return o.Conn.Validate()
+}
+
+// Validate reports options Restore cannot work with, in one line.
+func (o RestoreOptions) Validate() error {
+	if o.Store == nil {
+		return errors.New("restore: no store")
+	}
+	if (o.ID == "") == !o.Latest {
+		return errors.New("name a backup with --id ID or --latest (one of them)")
+	}
+	if o.Jobs < 0 {
+		return fmt.Errorf("restore: invalid jobs %d", o.Jobs)
+	}
+	return o.Target.Validate()
+}
+
+// Validate reports options Verify cannot work with, in one line.
+func (o VerifyOptions) Validate() error {
+	if o.Store == nil {
+		return errors.New("verify: no store")
+	}
+	if (o.ID == "") == !o.Latest {
+		return errors.New("name a backup with --id ID or --latest (one of them)")
+	}
+	switch o.Level {
+	case "", LevelChecksum, LevelTOC, LevelRestore:
+	default:
+		return fmt.Errorf("invalid level %q: want checksum, toc or restore", o.Level)
+	}
+	if o.Jobs < 0 {
+		return fmt.Errorf("verify: invalid jobs %d", o.Jobs)
+	}
+	return o.Scratch.Validate()
+}

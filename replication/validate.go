@@ -1,0 +1,81 @@
+package replication
+
+import (
+	"errors"
+	"fmt"
+)
+
+// validDataDir checks what bootstrap and rejoin need of their data
+// directory options.
+func validDataDir(dir, slot string, start bool, port int) error {
+	if dir == "" {
+		return errors.New("no data directory: pass --data-dir")
+	}
+	if slot != "" && !slotRE.MatchString(slot) {
+		return fmt.Errorf("invalid slot name %q: lower-case letters, digits and _ only, at most 63", slot)
+	}
+	if start && port <= 0 {
+		return errors.New("--start needs --port for the standby")
+	}
+	if port < 0 || port > 65535 {
+		return fmt.Errorf("invalid port %d", port)
+	}
+	return nil
+}
+
+// Validate reports options Bootstrap cannot work with, in one line.
+func (o BootstrapOptions) Validate() error {
+	if err := validDataDir(o.DataDir, o.Slot, o.Start, o.Port); err != nil {
+		return err
+	}
+	return o.Primary.Validate()
+}
+
+// Validate reports options Rejoin cannot work with, in one line.
+func (o RejoinOptions) Validate() error {
+	if err := validDataDir(o.DataDir, o.Slot, o.Start, o.Port); err != nil {
+		return err
+	}
+	if err := o.Old.Validate(); err != nil {
+		return err
+	}
+	return o.Primary.Validate()
+}
+
+// Validate reports options Switchover cannot work with, in one line.
+func (o SwitchoverOptions) Validate() error {
+	if o.Wait < 0 {
+		return errors.New("switchover: negative wait")
+	}
+	if o.MaxLag.Bytes < 0 || o.MaxLag.Duration < 0 {
+		return errors.New("switchover: negative lag limit")
+	}
+	if err := o.Primary.Validate(); err != nil {
+		return err
+	}
+	return o.Standby.Validate()
+}
+
+// Validate reports options Fence cannot work with, in one line.
+func (o FenceOptions) Validate() error {
+	if o.Settle < 0 {
+		return errors.New("fence: negative settle time")
+	}
+	for _, d := range o.Databases {
+		if d == "" {
+			return errors.New("fence: an empty database name")
+		}
+	}
+	return o.Conn.Validate()
+}
+
+// Validate reports options Promote cannot work with, in one line.
+func (o PromoteOptions) Validate() error {
+	if o.Wait < 0 {
+		return errors.New("promote: negative wait")
+	}
+	if o.MaxLag.Bytes < 0 || o.MaxLag.Duration < 0 {
+		return errors.New("promote: negative lag limit")
+	}
+	return o.Conn.Validate()
+}
