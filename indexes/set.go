@@ -140,7 +140,7 @@ var rejected = []Index{
 		Columns: []string{"registered_entry_id"}, Include: []string{"id", "type", "value"},
 		Serves:         []string{"cache reload page"},
 		SchemaVersions: [2]int{23, 23},
-		Why: "suggested by shared/SPIRE.md (a 10k reload page 91.4 -> 69.3 ms): the page reads " +
+		Why: "suggested by published SPIRE tuning notes, docs/spire.md (a 10k reload page 91.4 -> 69.3 ms): the page reads " +
 			"selectors.id, which SPIRE's (registered_entry_id, type, value) index lacks. Measured " +
 			"here, in four runs: the first page 1.09-1.18x faster, later pages 1.04-1.14x (target " +
 			"1.2x), selector inserts 1-9.5% slower; the page's " +

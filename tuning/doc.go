@@ -1,7 +1,7 @@
 // Package tuning recommends PostgreSQL settings for a SPIRE datastore and
 // checks a live server against them.
 //
-// The workload it sizes for is SPIRE's, measured (shared/SPIRE.md): every
+// The workload it sizes for is SPIRE's, measured (docs/spire.md): every
 // spire-server re-reads the whole entry set every 5 seconds in pages of
 // 10,000 rows (a sort that spilled ~3.4 MB per page at 20,000 entries), many
 // tiny write transactions, events tables that churn and are pruned with
