@@ -377,14 +377,7 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 		res.add("amcheck", true, "skipped: %v", err)
 		return nil
 	}
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT c.oid::regclass::text
-		FROM pg_catalog.pg_index i
-		JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-		JOIN pg_catalog.pg_am am ON am.oid = c.relam
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE am.amname = 'btree' AND i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-		  AND n.nspname NOT LIKE 'pg\_toast%'
-		ORDER BY pg_catalog.pg_relation_size(c.oid) DESC`)
+	rows, err := conn.Query(ctx, pg.Marker+amcheckIndexesSQL)
 	if err != nil {
 		return fmt.Errorf("listing indexes: %w", err)
 	}

@@ -96,13 +96,7 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 	var inRecovery bool
 	var preload string
 	var extVersion *string
-	err = tx.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_setting('server_version'),
-		pg_catalog.current_setting('server_version_num')::int,
-		pg_catalog.pg_is_in_recovery(),
-		pg_catalog.current_database(),
-		pg_catalog.pg_database_size(pg_catalog.current_database()),
-		pg_catalog.current_setting('shared_preload_libraries'),
-		(SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_stat_statements')`).
+	err = tx.QueryRow(ctx, pg.Marker+serverFactsSQL).
 		Scan(&r.Server.Version, &r.Server.VersionNum, &inRecovery, &r.Server.Database, &r.Server.DatabaseBytes, &preload, &extVersion)
 	if err != nil {
 		return nil, fmt.Errorf("reading server facts: %w", err)

@@ -109,15 +109,7 @@ func ReadStatus(ctx context.Context, conn *pgx.Conn, maxLag Limit) (*Status, err
 		return nil, err
 	}
 	st.Slots = slots
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT r.pid, coalesce(r.application_name, ''), coalesce(host(r.client_addr), ''),
-		coalesce(r.state, ''), coalesce(r.sync_state, ''),
-		coalesce(r.sent_lsn::text, ''), coalesce(r.write_lsn::text, ''), coalesce(r.flush_lsn::text, ''), coalesce(r.replay_lsn::text, ''),
-		coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), r.replay_lsn), 0)::bigint,
-		coalesce(extract(epoch FROM r.replay_lag), 0)::float8,
-		coalesce(s.slot_name::text, '')
-		FROM pg_catalog.pg_stat_replication r
-		LEFT JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
-		ORDER BY r.application_name, r.pid`)
+	rows, err := conn.Query(ctx, pg.Marker+standbysSQL)
 	if err != nil {
 		return nil, fmt.Errorf("reading pg_stat_replication: %w", err)
 	}
@@ -170,11 +162,7 @@ func judge(s *Standby, slots map[string]Slot, maxLag Limit) {
 }
 
 func readSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT slot_name::text, slot_type, active, active_pid, coalesce(wal_status, ''),
-		coalesce(restart_lsn::text, ''),
-		coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::bigint,
-		safe_wal_size
-		FROM pg_catalog.pg_replication_slots ORDER BY slot_name`)
+	rows, err := conn.Query(ctx, pg.Marker+slotsSQL)
 	if err != nil {
 		return nil, fmt.Errorf("reading pg_replication_slots: %w", err)
 	}
@@ -194,18 +182,7 @@ func readSlots(ctx context.Context, conn *pgx.Conn) ([]Slot, error) {
 func readReceiver(ctx context.Context, conn *pgx.Conn) (*Receiver, error) {
 	r := &Receiver{}
 	var status, sender, slot *string
-	err := conn.QueryRow(ctx, pg.Marker+`SELECT
-		(SELECT status FROM pg_catalog.pg_stat_wal_receiver),
-		(SELECT sender_host FROM pg_catalog.pg_stat_wal_receiver),
-		(SELECT slot_name FROM pg_catalog.pg_stat_wal_receiver),
-		(SELECT last_msg_receipt_time FROM pg_catalog.pg_stat_wal_receiver),
-		coalesce(pg_catalog.pg_last_wal_receive_lsn()::text, ''),
-		coalesce(pg_catalog.pg_last_wal_replay_lsn()::text, ''),
-		coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint,
-		CASE WHEN pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
-		     ELSE coalesce(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), 0) END::float8,
-		pg_catalog.pg_is_wal_replay_paused(),
-		(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())`).
+	err := conn.QueryRow(ctx, pg.Marker+receiverSQL).
 		Scan(&status, &sender, &slot, &r.LastMessage, &r.ReceiveLSN, &r.ReplayLSN, &r.ReplayGapBytes, &r.ReplayDelaySecs, &r.ReplayPaused, &r.Timeline)
 	if err != nil {
 		return nil, fmt.Errorf("reading the standby's WAL receiver: %w", err)
