@@ -217,3 +217,54 @@ func TestExposureFindsInternalTypes(t *testing.T) {
 		t.Fatalf("exposure = %q, want %q", got, want)
 	}
 }
+
+// harness are the test harness's packages: only tests and the developer
+// scripts may use them.
+var harness = []string{"internal/harness", "internal/pgcluster", "internal/pgtest", "internal/s3test", "internal/spiretest",
+	"internal/spirefixture", "internal/tcpproxy"}
+
+func isHarness(path string) bool {
+	for _, h := range harness {
+		if path == module+"/"+h || strings.HasPrefix(path, module+"/"+h+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// No production package (the CLI included) imports the test harness,
+// directly or through another package.
+func TestProductionDoesNotImportTheHarness(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", module+"/cmd/spiredb")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 20 {
+		t.Fatalf("go list found only %d packages", len(deps))
+	}
+	for _, d := range deps {
+		if isHarness(d) {
+			t.Errorf("the spiredb binary depends on the test harness package %s", d)
+		}
+	}
+	list := exec.Command("go", "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", module+"/...")
+	list.Dir = "../.."
+	out, err = list.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || isHarness(f[0]) || strings.Contains(f[0], "/scripts/") || strings.HasSuffix(f[0], "/integration") {
+			continue
+		}
+		for _, imp := range f[1:] {
+			if isHarness(imp) {
+				t.Errorf("%s imports the test harness package %s", f[0], imp)
+			}
+		}
+	}
+}
