@@ -116,6 +116,20 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
+	step("Lint migrations written as docs/migrations.md says: a column added, then used; concurrent builds in a -- spiredb:no-transaction file (exit 0: clean)")
+	safeDir := filepath.Join(c.Dir, "safe-migrations")
+	if err := os.MkdirAll(safeDir, 0o755); err != nil {
+		return err
+	}
+	for name, body := range safeMigrations {
+		if err := os.WriteFile(filepath.Join(safeDir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	if err := spiredb(ctx, bin, env, "migrate", "lint", safeDir); err != nil {
+		return err
+	}
+
 	step("SPIRE's index set: plan, build concurrently, then check index health")
 	for _, args := range [][]string{
 		{"indexes", "plan"},
@@ -368,4 +382,14 @@ func copyTree(from, to string) error {
 		}
 	}
 	return nil
+}
+
+// safeMigrations are the rewrite of guideMigration's intent the linter
+// passes: a column added and then used, and index builds that run
+// statement by statement outside a transaction.
+var safeMigrations = map[string]string{
+	"0002_issued_by.up.sql": "ALTER TABLE join_tokens ADD COLUMN issued_by text;\nUPDATE join_tokens SET issued_by = 'ops' WHERE token = 'x';\n",
+	"0003_hint_lower.up.sql": "-- spiredb:no-transaction\nSET lock_timeout = '2s';\n" +
+		"CREATE INDEX CONCURRENTLY IF NOT EXISTS spire_entries_hint_lower ON registered_entries (lower(hint));\n" +
+		"REINDEX INDEX CONCURRENTLY spire_entries_hint_lower;\n",
 }
