@@ -153,12 +153,12 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 // ListSlots lists the replication slots; DropSlot drops one that no standby
 // is using.
 func ListSlots(ctx context.Context, opts pg.Options) ([]Slot, error) {
-	conn, err := pg.Connect(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return readSlots(ctx, conn)
+	var slots []Slot
+	err := pg.WithConn(ctx, opts, func(conn *pgx.Conn) (err error) {
+		slots, err = readSlots(ctx, conn)
+		return err
+	})
+	return slots, err
 }
 
 // DropSlot drops a replication slot; it refuses an active one.

@@ -70,12 +70,12 @@ type Receiver struct {
 // GetStatus connects with opts and reads the replication status, judging
 // each standby against maxLag.
 func GetStatus(ctx context.Context, opts pg.Options, maxLag Limit) (*Status, error) {
-	conn, err := pg.Connect(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return ReadStatus(ctx, conn, maxLag)
+	var st *Status
+	err := pg.WithConn(ctx, opts, func(conn *pgx.Conn) (err error) {
+		st, err = ReadStatus(ctx, conn, maxLag)
+		return err
+	})
+	return st, err
 }
 
 // ReadStatus reads the replication status over an open session.

@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/indexes/views"
-	"github.com/spiredb/spiredb/pg"
 )
 
 func newViewsCmd(g *globals) *cobra.Command {
@@ -38,12 +37,7 @@ func newViewsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := pg.Connect(cmd.Context(), g.pgOptions())
-			if err != nil {
-				return err
-			}
-			defer conn.Close(context.WithoutCancel(cmd.Context()))
-			return fn(cmd.Context(), conn, vs)
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error { return fn(cmd.Context(), conn, vs) })
 		}
 	}
 	printResults := func(rs []views.Result) error {
