@@ -47,6 +47,9 @@ type RestoreResult struct {
 	SPIRE      spire.Schema        `json:"spire"`
 	Compatible spire.Compatibility `json:"compatible_servers"`
 	RowCounts  map[string]int64    `json:"row_counts"`
+	// SkippedExtensions are monitoring extensions of the dump the target
+	// role could neither find nor create: left out (no SPIRE data).
+	SkippedExtensions []string `json:"skipped_extensions,omitempty"`
 }
 
 // NotEmptyError is returned when the target has objects and Clean is off.
@@ -114,6 +117,16 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	args := []string{"--no-owner", "--no-privileges", "--exit-on-error", "--dbname=" + lp.Conninfo}
 	if o.Clean {
 		args = append(args, "--clean", "--if-exists")
+	}
+	skipped, extArgs, cleanup, err := leaveOut(ctx, o.Store, m, restorer.Path, "", o.TempDir, conn)
+	defer cleanup()
+	if err != nil {
+		return nil, err
+	}
+	if len(skipped) > 0 {
+		res.SkippedExtensions = skipped
+		logger.Warn(leftOutDetail(skipped))
+		args = append(args, extArgs...)
 	}
 	start := time.Now()
 	logger.Info("restore started", "id", m.ID, "database", res.Database, "jobs", o.Jobs)

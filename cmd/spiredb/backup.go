@@ -317,6 +317,10 @@ releases can start on it.`,
 			}
 			return g.out.print(res, func(w io.Writer) error {
 				fmt.Fprintf(w, "restored %s into %s in %s (jobs %d)\n", res.ID, res.Database, res.Duration.Round(10*time.Millisecond), res.Jobs)
+				if len(res.SkippedExtensions) > 0 {
+					fmt.Fprintf(w, "left out %s: this role cannot create it (monitoring only, no SPIRE data); a superuser can CREATE EXTENSION it later\n",
+						strings.Join(res.SkippedExtensions, ", "))
+				}
 				if res.SPIRE.Present {
 					fmt.Fprintf(w, "SPIRE schema version %d, code_version %s: %d registration entries\n",
 						res.SPIRE.Version, orNone(res.SPIRE.CodeVersion), res.RowCounts["registered_entries"])
