@@ -51,6 +51,8 @@ type Report struct {
 	Replication *Replication `json:"replication,omitempty"`
 	Indexes     *Indexes     `json:"indexes,omitempty"`
 	Backups     *Backups     `json:"backups,omitempty"`
+	// Privileges lists, per module, what the connecting role lacks.
+	Privileges *Privileges `json:"privileges,omitempty"`
 	// SettingsChecked is set when the live settings were compared with a
 	// recommendation (doctor --ram --cpus).
 	SettingsChecked bool      `json:"settings_checked"`
@@ -114,22 +116,39 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 		r.Statements.Created, r.Statements.Version = true, *extVersion
 	}
 
-	s, err := spire.ReadSchema(ctx, tx)
+	// a role that may not read SPIRE's tables (a managed service's monitoring
+	// role) still gets the rest of the report, and the GRANT it needs
+	var denied error
+	err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
+		s, err := spire.ReadSchema(ctx, sp)
+		if err != nil {
+			return err
+		}
+		r.SPIRE.Schema = s
+		r.SPIRE.Compatible = spire.Compatible(s)
+		if s.Present {
+			counts, err := spire.CountRows(ctx, sp, s.Schema)
+			if err != nil {
+				return err
+			}
+			r.SPIRE.Entries = counts["registered_entries"]
+			r.SPIRE.Agents = counts["attested_node_entries"]
+			r.SPIRE.Bundles = counts["bundles"]
+		}
+		return nil
+	})
+	if pg.SQLState(err) == "42501" {
+		denied, err = err, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	r.SPIRE.Schema = s
-	r.SPIRE.Compatible = spire.Compatible(s)
-	if s.Present {
-		counts, err := spire.CountRows(ctx, tx, s.Schema)
-		if err != nil {
-			return nil, err
-		}
-		r.SPIRE.Entries = counts["registered_entries"]
-		r.SPIRE.Agents = counts["attested_node_entries"]
-		r.SPIRE.Bundles = counts["bundles"]
-	}
 	r.Findings = findings(r)
+	if denied != nil {
+		r.Findings = append(r.Findings, Finding{Severity: Warning, Check: "spire.read",
+			Message: "this role cannot read SPIRE's tables, so doctor cannot see the SPIRE schema: " + denied.Error(),
+			Fix:     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO current_user's role (or connect as SPIRE's role)"})
+	}
 	r.Worst = Info
 	for _, f := range r.Findings {
 		if f.Severity.rank() > r.Worst.rank() {

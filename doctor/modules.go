@@ -85,6 +85,13 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	schema := "public"
+	if r.SPIRE.Present {
+		schema = r.SPIRE.Schema.Schema
+	}
+	if r.Privileges, err = checkPrivileges(ctx, conn, schema, r.Server.VersionNum); err != nil {
+		return nil, err
+	}
 	var replicas []*pgx.Conn
 	for i, ro := range o.Replicas {
 		rc, err := pg.Connect(ctx, ro)

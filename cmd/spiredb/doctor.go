@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -125,6 +126,24 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 			line += fmt.Sprintf("; newest verified %s ago", time.Since(*b.NewestVerified).Round(time.Minute))
 		}
 		fmt.Fprintf(tw, "backups\t%s\n", line)
+	}
+	if p := r.Privileges; p != nil {
+		if p.Superuser {
+			fmt.Fprintf(tw, "privileges	role %s is a superuser: every module can run\n", p.Role)
+		} else {
+			missing := 0
+			for _, m := range p.Modules {
+				if len(m.Missing) > 0 {
+					missing++
+				}
+			}
+			fmt.Fprintf(tw, "privileges	role %s: %d of %d modules can run\n", p.Role, len(p.Modules)-missing, len(p.Modules))
+			for _, m := range p.Modules {
+				if len(m.Missing) > 0 {
+					fmt.Fprintf(tw, "  %s	missing %s: %s\n", m.Name, strings.Join(m.Missing, ", "), m.Fix)
+				}
+			}
+		}
 	}
 	if err := tw.Flush(); err != nil {
 		return err
