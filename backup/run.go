@@ -63,6 +63,10 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		return nil, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	// the backup lock and pg_dump's snapshot need a session of their own
+	if err := pg.RequireSession(ctx, conn, o.Conn); err != nil {
+		return nil, err
+	}
 
 	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, lockName)
 	if err != nil {

@@ -51,6 +51,8 @@ type Report struct {
 	Replication *Replication `json:"replication,omitempty"`
 	Indexes     *Indexes     `json:"indexes,omitempty"`
 	Backups     *Backups     `json:"backups,omitempty"`
+	// Pooling says whether doctor talks through a pooler.
+	Pooling *pg.Pooling `json:"pooling,omitempty"`
 	// Privileges lists, per module, what the connecting role lacks.
 	Privileges *Privileges `json:"privileges,omitempty"`
 	// SettingsChecked is set when the live settings were compared with a

@@ -85,6 +85,20 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	pooling, err := pg.DetectPooling(ctx, conn, o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	if pooling.Behind {
+		r.Pooling = &pooling
+		msg := "doctor talks to PostgreSQL through a pooler or proxy (" + pooling.Detail + ")"
+		fix := "read-only commands work through it; give spiredb a direct DSN for backup run, migrate, indexes apply and backfill"
+		if pooling.Transaction {
+			msg += ": transaction pooling, so commands that need a session (backup run, migrate, indexes apply, migrate backfill, replica fence) refuse it"
+			fix = "give those commands a direct DSN to PostgreSQL; SPIRE's lib/pq uses named prepared statements: transaction pooling needs PgBouncer 1.21+ with max_prepared_statements"
+		}
+		r.add(Info, "connection.pooler", msg, fix)
+	}
 	schema := "public"
 	if r.SPIRE.Present {
 		schema = r.SPIRE.Schema.Schema

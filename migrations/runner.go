@@ -114,6 +114,11 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
+	// the migration lock is a session's
+	if err := pg.RequireSession(ctx, conn, po); err != nil {
+		_ = conn.Close(ctx)
+		return nil, err
+	}
 	r := &Runner{conn: conn, cfg: cfg, src: src, opts: opts, table: table, log: log}
 	// concurrent runs create these at the same time: serialize on a
 	// transaction-scoped advisory lock (bounded by lock_timeout)

@@ -160,11 +160,59 @@ func Connect(ctx context.Context, opts Options) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return connectConfig(ctx, cfg)
+}
+
+// connectConfig opens a session with cfg; a pooler that refuses spiredb's
+// startup settings gets them once connected.
+func connectConfig(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil && unsupportedStartup(err) {
+		conn, err = pgx.ConnectConfig(ctx, settingsAfterConnect(cfg))
+	}
 	if err != nil {
 		return nil, &ConnectError{Target: Describe(cfg), Err: err}
 	}
 	return conn, nil
+}
+
+// sessionSettings are the startup parameters spiredb adds; a pooler that
+// refuses them at start-up (PgBouncer: "unsupported startup parameter")
+// gets them with set_config once connected.
+var sessionSettings = []string{"lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout"}
+
+func unsupportedStartup(err error) bool {
+	return strings.Contains(err.Error(), "unsupported startup parameter")
+}
+
+// settingsAfterConnect moves spiredb's session settings from the startup
+// packet to set_config calls after connecting. It is for PgBouncer, which
+// may pool transactions: statements go as one round trip each (unnamed,
+// QueryExecModeExec), never as prepared statements a server session keeps.
+func settingsAfterConnect(cfg *pgx.ConnConfig) *pgx.ConnConfig {
+	c := cfg.Copy()
+	c.DefaultQueryExecMode = pgx.QueryExecModeExec
+	var keys, values []string
+	for _, k := range sessionSettings {
+		if v, ok := c.RuntimeParams[k]; ok {
+			keys, values = append(keys, k), append(values, v)
+			delete(c.RuntimeParams, k)
+		}
+	}
+	after := c.AfterConnect
+	c.AfterConnect = func(ctx context.Context, conn *pgconn.PgConn) error {
+		for i, k := range keys {
+			if _, err := conn.ExecParams(ctx, Marker+"SELECT pg_catalog.set_config($1, $2, false)",
+				[][]byte{[]byte(k), []byte(values[i])}, nil, nil, nil).Close(); err != nil {
+				return fmt.Errorf("setting %s: %w", k, err)
+			}
+		}
+		if after != nil {
+			return after(ctx, conn)
+		}
+		return nil
+	}
+	return c
 }
 
 // hijack takes a session out of the caller's pool, so that what spiredb
@@ -229,7 +277,21 @@ func NewPool(ctx context.Context, opts Options) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
 	}
-	if err := pool.Ping(ctx); err != nil {
+	if err := pool.Ping(ctx); err != nil && unsupportedStartup(err) {
+		pool.Close()
+		pcfg.ConnConfig = settingsAfterConnect(pcfg.ConnConfig)
+		if pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
+			return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
+		}
+		err = pool.Ping(ctx)
+		if err != nil {
+			pool.Close()
+		}
+		if err != nil {
+			return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
+		}
+		return pool, nil
+	} else if err != nil {
 		pool.Close()
 		return nil, &ConnectError{Target: Describe(pcfg.ConnConfig), Err: err}
 	}

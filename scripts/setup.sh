@@ -27,7 +27,7 @@ as_root() {
 
 apt_packages() {
   local missing=()
-  for p in postgresql postgresql-contrib postgresql-15-hypopg gcc libc6-dev; do
+  for p in postgresql postgresql-contrib postgresql-15-hypopg pgbouncer gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0

@@ -127,6 +127,13 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		}
 		fmt.Fprintf(tw, "backups\t%s\n", line)
 	}
+	if p := r.Pooling; p != nil {
+		mode := "session pooling or a proxy"
+		if p.Transaction {
+			mode = "transaction pooling"
+		}
+		fmt.Fprintf(tw, "connection	through a pooler (%s)\n", mode)
+	}
 	if p := r.Privileges; p != nil {
 		if p.Superuser {
 			fmt.Fprintf(tw, "privileges	role %s is a superuser: every module can run\n", p.Role)

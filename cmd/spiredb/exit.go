@@ -51,6 +51,9 @@ func exitCodeOf(err error) int {
 	if errors.As(err, &ee) {
 		return ee.code
 	}
+	if errors.Is(err, pg.ErrTransactionPooler) {
+		return exitUsage // the fix is another --dsn
+	}
 	var ce *pg.ConnectError
 	var se *backup.StoreError
 	if errors.As(err, &ce) || errors.As(err, &se) {

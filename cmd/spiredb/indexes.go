@@ -98,6 +98,9 @@ bounded by --lock-timeout and retried with backoff.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				if err := pg.RequireSession(cmd.Context(), conn, g.pgOptions()); err != nil {
+					return err // CREATE INDEX CONCURRENTLY and its retries need a session
+				}
 				actions, err := indexes.Apply(cmd.Context(), conn, indexes.ApplyOptions{Only: only, DryRun: dryRun, Logger: g.logger})
 				var unknown *indexes.UnknownIndexError
 				if errors.As(err, &unknown) {

@@ -75,6 +75,9 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 				return err
 			}
 			defer conn.Close(ctx)
+			if err := pg.RequireSession(ctx, conn, g.pgOptions()); err != nil {
+				return err
+			}
 			switch {
 			case cmd.Flags().Changed("status"):
 				name := status
