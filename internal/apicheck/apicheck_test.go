@@ -221,7 +221,7 @@ func TestExposureFindsInternalTypes(t *testing.T) {
 // harness are the test harness's packages: only tests and the developer
 // scripts may use them.
 var harness = []string{"internal/harness", "internal/pgcluster", "internal/pgtest", "internal/s3test", "internal/spiretest",
-	"internal/spirefixture", "internal/tcpproxy"}
+	"internal/spirefixture", "internal/tcpproxy", "internal/pgbouncertest"}
 
 func isHarness(path string) bool {
 	for _, h := range harness {
