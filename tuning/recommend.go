@@ -202,6 +202,49 @@ func (r *Recommendation) Conf() string {
 	return b.String()
 }
 
+// PgBouncerINI renders a pgbouncer.ini for the spire-servers in front of
+// this server: transaction pooling, a client limit for every server's
+// max_open_conns, server connections sized to the cores. SPIRE's lib/pq
+// uses named prepared statements, which transaction pooling carries only
+// from PgBouncer 1.21 on (max_prepared_statements).
+func (r *Recommendation) PgBouncerINI() string {
+	in := r.Inputs
+	pool := 4 * in.CPUs
+	var b strings.Builder
+	fmt.Fprintf(&b, `; spiredb tune recommend -o pgbouncer: %d spire-server(s) × max_open_conns %d
+; Needs PgBouncer 1.21 or later: SPIRE's lib/pq uses named prepared statements,
+; which transaction pooling carries only with max_prepared_statements.
+; spiredb's backup run, migrate, migrate backfill and indexes apply need a
+; session of their own: give them a direct DSN, not this pooler.
+[databases]
+; SPIRE's connection_string points here; dbname as in SPIRE's DataStore
+spire = host=POSTGRESQL_HOST port=5432 dbname=spire
+
+[pgbouncer]
+listen_addr = 0.0.0.0
+listen_port = 6432
+auth_type = scram-sha-256
+auth_file = /etc/pgbouncer/userlist.txt
+pool_mode = transaction
+max_prepared_statements = 200
+; every spire-server may open max_open_conns, plus room for operators
+max_client_conn = %d
+; server connections: about 4 per core (max_connections is %s)
+default_pool_size = %d
+reserve_pool_size = %d
+reserve_pool_timeout = 3
+; SPIRE closes idle connections after 30 s
+server_idle_timeout = 60
+ignore_startup_parameters = extra_float_digits
+`, in.SpireServers, in.MaxOpenConns, in.SpireServers*in.MaxOpenConns+50, r.value("max_connections"), pool, max(in.CPUs, 2))
+	return b.String()
+}
+
+func (r *Recommendation) value(name string) string {
+	s, _ := r.Get(name)
+	return s.Value
+}
+
 // SQL renders ALTER SYSTEM statements (and the per-table settings).
 func (r *Recommendation) SQL() string {
 	var b strings.Builder

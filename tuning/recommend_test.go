@@ -150,3 +150,22 @@ func TestRecommendRenderings(t *testing.T) {
 	require.Contains(t, sql, "ALTER TABLE registered_entries_events SET (autovacuum_vacuum_scale_factor = 0.02")
 	require.Contains(t, sql, "SELECT pg_reload_conf();")
 }
+
+// The pgbouncer.ini fits the servers it fronts: every spire-server's
+// max_open_conns as clients, about 4 server connections per core, and
+// PostgreSQL's max_connections above the pool.
+func TestPgBouncerINI(t *testing.T) {
+	t.Parallel()
+	r, err := tuning.Recommend(tuning.Inputs{RAM: 16 << 30, CPUs: 8, SpireServers: 6, MaxOpenConns: 100, Pooler: "pgbouncer"})
+	require.NoError(t, err)
+	ini := r.PgBouncerINI()
+	for _, want := range []string{"pool_mode = transaction", "max_client_conn = 650", "default_pool_size = 32", "max_prepared_statements = 200", "1.21"} {
+		require.Contains(t, ini, want)
+	}
+	mc, ok := r.Get("max_connections")
+	require.True(t, ok)
+	var n int
+	_, err = fmt.Sscan(mc.Value, &n)
+	require.NoError(t, err)
+	require.Greater(t, n, 32+8, "max_connections leaves room above the pool and its reserve")
+}

@@ -14,16 +14,16 @@ type printer struct {
 
 func newPrinter(format string, w io.Writer) (*printer, error) {
 	switch format {
-	case "text", "json", "conf", "sql":
+	case "text", "json", "conf", "sql", "pgbouncer":
 		return &printer{format: format, w: w}, nil
 	}
-	return nil, usageErrorf("invalid --output %q: want text or json (conf and sql for tune recommend)", format)
+	return nil, usageErrorf("invalid --output %q: want text or json (conf, sql and pgbouncer for tune recommend)", format)
 }
 
 // print writes v as indented JSON, or through text for -o text.
 func (p *printer) print(v any, text func(w io.Writer) error) error {
 	switch p.format {
-	case "conf", "sql":
+	case "conf", "sql", "pgbouncer":
 		return usageErrorf("-o %s is only for tune recommend", p.format)
 	}
 	if p.format == "json" {

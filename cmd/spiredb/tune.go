@@ -87,7 +87,8 @@ autovacuum for the churning events tables and pg_stat_statements. The worst
 case (shared_buffers + max_connections × work_mem × 2 + maintenance for each
 autovacuum worker) never exceeds --ram.
 
--o text|json|conf (postgresql.conf snippet)|sql (ALTER SYSTEM statements).`,
+-o text|json|conf (postgresql.conf snippet)|sql (ALTER SYSTEM statements)|
+pgbouncer (a pgbouncer.ini sized for the spire-servers, with --pooler pgbouncer).`,
 		Args: cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error {
 			r, err := f.recommend(g)
@@ -100,6 +101,12 @@ autovacuum worker) never exceeds --ram.
 				return err
 			case "sql":
 				_, err := io.WriteString(g.stdout, r.SQL())
+				return err
+			case "pgbouncer":
+				if r.Inputs.Pooler != "pgbouncer" {
+					return usageErrorf("-o pgbouncer sizes a pooler: add --pooler pgbouncer")
+				}
+				_, err := io.WriteString(g.stdout, r.PgBouncerINI())
 				return err
 			}
 			return g.out.print(r, func(w io.Writer) error {
