@@ -2,7 +2,6 @@ package backup_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -12,22 +11,6 @@ import (
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/pg"
 )
-
-// managedRole creates a role as a managed service hands it out: no
-// superuser, CREATEDB, a member of pg_monitor. It returns its DSN on db.
-func managedRole(t *testing.T, db *pgtest.DB, dbname string) (string, string) {
-	t.Helper()
-	ctx := context.Background()
-	role := "managed_" + strings.TrimPrefix(pgtest.DBName(t), "t_")
-	if len(role) > 60 {
-		role = role[:60]
-	}
-	_, err := db.Pool.Exec(ctx, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN PASSWORD 'managed-pw-1' NOSUPERUSER CREATEDB IN ROLE pg_monitor")
-	require.NoError(t, err)
-	c := *db.Cluster
-	c.User, c.Password = role, "managed-pw-1"
-	return role, c.DSN(dbname)
-}
 
 // A SPIRE datastore with pg_stat_statements created in it (as monitoring
 // setups do), backed up by a superuser: a role a managed service gives out
@@ -41,7 +24,8 @@ func TestManagedRoleVerifiesAndRestoresAroundMonitoringExtensions(t *testing.T) 
 	require.NoError(t, err)
 	s := fileStore(t)
 	m := runBackup(t, db, s, "with-pgss")
-	role, dsn := managedRole(t, db, "postgres")
+	managed := pgtest.ManagedRole(t, db)
+	role, dsn := managed.User, managed.DSN("postgres")
 
 	for _, jobs := range []int{1, 2} {
 		res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: backup.LevelRestore, Jobs: jobs,
@@ -60,9 +44,7 @@ func TestManagedRoleVerifiesAndRestoresAroundMonitoringExtensions(t *testing.T) 
 	// restore into a database the managed role owns
 	_, err = db.Pool.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{role + "_target"}.Sanitize()+" OWNER "+pgx.Identifier{role}.Sanitize())
 	require.NoError(t, err)
-	c := *db.Cluster
-	c.User, c.Password = role, "managed-pw-1"
-	rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: c.DSN(role + "_target")}})
+	rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: managed.DSN(role + "_target")}})
 	require.NoError(t, err)
 	require.Equal(t, []string{"pg_stat_statements"}, rr.SkippedExtensions)
 	require.EqualValues(t, 40, rr.RowCounts["registered_entries"])

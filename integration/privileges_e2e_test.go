@@ -22,14 +22,8 @@ func TestDoctorListsMissingPrivileges(t *testing.T) {
 	ctx := context.Background()
 	db := pgtest.NewDB(t)
 	loadFixture(t, db, spirefixture.Spec{Entries: 20})
-	role := "managed_" + strings.TrimPrefix(db.Name, "t_")
-	if len(role) > 60 {
-		role = role[:60]
-	}
-	_, err := db.Pool.Exec(ctx, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN PASSWORD 'managed-pw-2' NOSUPERUSER CREATEDB IN ROLE pg_monitor")
-	require.NoError(t, err)
-	c := *db.Cluster
-	c.User, c.Password = role, "managed-pw-2"
+	c := pgtest.ManagedRole(t, db)
+	role := c.User
 
 	privileges := func(dsn string) *doctor.Privileges {
 		out, stderr, code := runCLI(t, nil, "doctor", "--dsn", dsn, "-o", "json")
@@ -60,7 +54,7 @@ func TestDoctorListsMissingPrivileges(t *testing.T) {
 	require.Contains(t, got["replica fence"], "pg_signal_backend")
 
 	// the fix it names works
-	_, err = db.Pool.Exec(ctx, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+pgx.Identifier{role}.Sanitize()+
+	_, err := db.Pool.Exec(ctx, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+pgx.Identifier{role}.Sanitize()+
 		"; GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO "+pgx.Identifier{role}.Sanitize())
 	require.NoError(t, err)
 	require.NotContains(t, missing(privileges(c.DSN(db.Name))), "backup run")
@@ -70,7 +64,7 @@ func TestDoctorListsMissingPrivileges(t *testing.T) {
 	require.Contains(t, out, "privileges")
 	require.Contains(t, out, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" REPLICATION;")
 	require.Contains(t, out, "ALTER DATABASE "+pgx.Identifier{db.Name}.Sanitize()+" OWNER TO")
-	require.NotContains(t, out, "managed-pw-2")
+	require.NotContains(t, out, c.Password)
 
 	su := privileges(db.DSN)
 	require.True(t, su.Superuser)

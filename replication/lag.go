@@ -14,6 +14,14 @@ type Limit struct {
 	Duration time.Duration `json:"duration_ns,omitempty"`
 }
 
+// Validate refuses a negative limit.
+func (l Limit) Validate() error {
+	if l.Bytes < 0 || l.Duration < 0 {
+		return fmt.Errorf("negative lag limit %s", l)
+	}
+	return nil
+}
+
 // IsZero reports whether no limit is set.
 func (l Limit) IsZero() bool { return l.Bytes == 0 && l.Duration == 0 }
 

@@ -47,8 +47,8 @@ func (o SwitchoverOptions) Validate() error {
 	if o.Wait < 0 {
 		return errors.New("switchover: negative wait")
 	}
-	if o.MaxLag.Bytes < 0 || o.MaxLag.Duration < 0 {
-		return errors.New("switchover: negative lag limit")
+	if err := o.MaxLag.Validate(); err != nil {
+		return fmt.Errorf("switchover: %w", err)
 	}
 	if err := o.Primary.Validate(); err != nil {
 		return err
@@ -74,8 +74,8 @@ func (o PromoteOptions) Validate() error {
 	if o.Wait < 0 {
 		return errors.New("promote: negative wait")
 	}
-	if o.MaxLag.Bytes < 0 || o.MaxLag.Duration < 0 {
-		return errors.New("promote: negative lag limit")
+	if err := o.MaxLag.Validate(); err != nil {
+		return fmt.Errorf("promote: %w", err)
 	}
 	return o.Conn.Validate()
 }

@@ -196,3 +196,21 @@ func DBName(t testing.TB) string {
 	}
 	return "t_" + base + "_" + hex.EncodeToString(b)
 }
+
+// ManagedRole creates a login role of the kind a managed service hands
+// out (no superuser, CREATEDB, a member of pg_monitor) and returns db's
+// cluster as that role: its User, Password and DSN(name).
+func ManagedRole(t testing.TB, db *DB) *pgcluster.Cluster {
+	t.Helper()
+	role := "managed_" + strings.TrimPrefix(DBName(t), "t_")
+	if len(role) > 60 {
+		role = role[:60]
+	}
+	const password = "managed-pw-1"
+	_, err := db.Pool.Exec(context.Background(), "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+
+		" LOGIN PASSWORD '"+password+"' NOSUPERUSER CREATEDB IN ROLE pg_monitor")
+	require.NoError(t, err)
+	c := *db.Cluster
+	c.User, c.Password = role, password
+	return &c
+}

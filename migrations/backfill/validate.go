@@ -16,8 +16,8 @@ func (o Options) Validate() error {
 	if o.Rest < 0 {
 		return fmt.Errorf("invalid rest %g: a fraction of the batch's duration, 0 or more", o.Rest)
 	}
-	if o.MaxReplicaLag.Bytes < 0 || o.MaxReplicaLag.Duration < 0 {
-		return errors.New("backfill: negative replica lag limit")
+	if err := o.MaxReplicaLag.Validate(); err != nil {
+		return fmt.Errorf("backfill: --max-replica-lag: %w", err)
 	}
 	return o.Retry.Validate()
 }
