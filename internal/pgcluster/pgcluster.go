@@ -34,6 +34,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 )
 
@@ -155,8 +156,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.chown(dir); err != nil {
 		return nil, err
 	}
-	initdb := c.command(ctx, "initdb", "-D", c.DataDir, "-U", c.User, "--pwfile", pwfile,
-		"--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+	args := []string{"-D", c.DataDir, "-U", c.User, "--pwfile", pwfile,
+		"--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync"}
+	major, err := pgprog.Version(ctx, filepath.Join(bin, "initdb"))
+	if err != nil {
+		return nil, err
+	}
+	if major >= 14 { // --no-instructions came in 14
+		args = append(args, "--no-instructions")
+	}
+	initdb := c.command(ctx, "initdb", args...)
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("initdb: %w: %s", err, lastLines(string(out), 5))
 	}
