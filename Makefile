@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/spiredb/spiredb/internal/version.Version=$(VERSION)
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help setup build test test-unit bench demo lint fmt fmt-check vet spire-fixture spire-labels docs clean
+.PHONY: help setup build image test test-unit bench demo lint fmt fmt-check vet spire-fixture spire-labels docs clean
 
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,6 +18,9 @@ setup: ## install PostgreSQL (apt) and build versitygw + spire-server into the c
 
 build: ## build bin/spiredb
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/spiredb
+
+image: setup build ## build the container image (deploy/Dockerfile) with podman, no registry: localhost/spiredb:dev
+	scripts/image.sh $(BIN) localhost/spiredb:dev
 
 test: setup ## set-up, then unit, integration and SPIRE end-to-end tests (real PostgreSQL, S3, spire-server)
 	$(GO) vet ./...

@@ -100,7 +100,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
 	}
 
-	restorer, err := o.Tools.restorer(ctx)
+	restorer, err := o.Tools.restorer(ctx, serverVersionNum(conn))
 	if err != nil {
 		return nil, err
 	}

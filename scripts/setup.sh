@@ -40,7 +40,9 @@ as_root() {
 
 apt_packages() {
   local missing=()
-  for p in postgresql postgresql-contrib postgresql-15-hypopg pgbouncer gcc libc6-dev curl openssl; do
+  # podman, buildah, mmdebstrap and runc build and run the image (scripts/image.sh)
+  for p in postgresql postgresql-contrib postgresql-15-hypopg pgbouncer gcc libc6-dev curl openssl \
+    podman buildah mmdebstrap runc uidmap; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
