@@ -298,3 +298,13 @@ func TestCheckDumpVersion(t *testing.T) {
 	err := backup.CheckDumpVersion(14, 150018)
 	require.ErrorContains(t, err, "pg_dump 14 is older than the server (PostgreSQL 15)")
 }
+
+func TestCheckRestoreVersion(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, backup.CheckRestoreVersion(15, 150018))
+	require.NoError(t, backup.CheckRestoreVersion(15, 170004), "an older pg_restore restores into a newer server")
+	require.NoError(t, backup.CheckRestoreVersion(17, 170004))
+	require.NoError(t, backup.CheckRestoreVersion(16, 130020))
+	err := backup.CheckRestoreVersion(17, 160009)
+	require.ErrorContains(t, err, "pg_restore 17 cannot restore into PostgreSQL 16 (it sets transaction_timeout, new in 17): install postgresql-client-16")
+}

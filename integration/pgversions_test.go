@@ -91,6 +91,19 @@ func TestPostgresMajors(t *testing.T) {
 			require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM bf WHERE n <> 1").Scan(&left))
 			require.Zero(t, left, "every row once")
 
+			// the machine's pg_dump is 15: a newer server gets one line
+			// naming the fix, and nothing is stored
+			if major > 15 {
+				store := t.TempDir()
+				_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", "file://"+store)
+				require.NotEqual(t, 0, code)
+				assert.Contains(t, stderr, fmt.Sprintf("pg_dump 15 is older than the server (PostgreSQL %d): install postgresql-client-%d", major, major))
+				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+				entries, err := os.ReadDir(store)
+				require.NoError(t, err)
+				assert.Empty(t, entries)
+			}
+
 			run([]int{0, 1}, "tune", "check", "--dsn", db.DSN, "--ram", "4GB", "--cpus", "2")
 
 			bad := filepath.Join(t.TempDir(), "0002_ix.up.sql")
