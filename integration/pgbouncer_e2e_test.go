@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -44,9 +45,26 @@ func TestThroughPgBouncer(t *testing.T) {
 			require.Contains(t, stderr, "transaction pooler")
 			require.Contains(t, stderr, "direct DSN")
 			require.NotContains(t, stderr, db.Cluster.Password)
-			_, stderr, code = runCLI(t, nil, "migrate", "up", "--dsn", dsn)
-			require.Equal(t, 2, code, stderr)
-			require.Contains(t, stderr, "transaction pooler")
+			// every command that needs a session of its own refuses
+			// before it does anything
+			for _, args := range [][]string{
+				{"migrate", "up", "--dsn", dsn},
+				{"migrate", "backfill", "--dsn", dsn, "--table", "registered_entries", "--set", "ttl = ttl", "--name", "pooled"},
+				{"indexes", "apply", "--dsn", dsn},
+				{"views", "create", "--dsn", dsn},
+				{"views", "refresh", "--dsn", dsn},
+				{"replica", "fence", "--dsn", dsn, "--yes"},
+				{"replica", "switchover", "--primary-dsn", dsn, "--standby-dsn", dsn, "--yes"},
+			} {
+				_, stderr, code = runCLI(t, nil, args...)
+				require.Equal(t, 2, code, "%v: %s", args[:2], stderr)
+				require.Contains(t, stderr, "transaction pooler", args[:2])
+			}
+			var allowed bool
+			require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT datallowconn FROM pg_database WHERE datname = current_database()").Scan(&allowed))
+			require.True(t, allowed, "the refused fence did not fence")
+			_, stderr, code = runCLI(t, nil, "views", "status", "--dsn", dsn)
+			require.NotEqual(t, 2, code, "views status reads only: %s", stderr)
 		} else {
 			require.Equal(t, 0, code, "backup run through session pooling: %s", stderr)
 		}

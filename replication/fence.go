@@ -288,6 +288,12 @@ func connectMaintenance(ctx context.Context, o pg.Options) (*pgx.Conn, string, e
 		m.Database = db
 		conn, err := pg.Connect(ctx, m)
 		if err == nil {
+			// fence terminates every other backend until none is left: it
+			// must stay on one backend of its own
+			if err := pg.RequireSession(ctx, conn, m); err != nil {
+				_ = conn.Close(context.WithoutCancel(ctx))
+				return nil, "", err
+			}
 			return conn, target, nil
 		}
 		lastErr = err

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/spiredb/spiredb/indexes/views"
+	"github.com/spiredb/spiredb/pg"
 )
 
 func newViewsCmd(g *globals) *cobra.Command {
@@ -37,7 +38,15 @@ func newViewsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error { return fn(cmd.Context(), conn, vs) })
+			return g.withConn(cmd.Context(), func(conn *pgx.Conn) error {
+				if cmd.Name() != "status" {
+					// REFRESH … CONCURRENTLY under a session advisory lock
+					if err := pg.RequireSession(cmd.Context(), conn, g.pgOptions()); err != nil {
+						return err
+					}
+				}
+				return fn(cmd.Context(), conn, vs)
+			})
 		}
 	}
 	printResults := func(rs []views.Result) error {
