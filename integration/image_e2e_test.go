@@ -91,7 +91,7 @@ func runImage(t *testing.T, env []string, volumes []string, args ...string) (str
 }
 
 // The image operators run, built and run here: version, doctor, a backup
-// to S3 (versitygw), a verification by real restore and a standby
+// to S3 (versitygw), a verification by real restore, a restore and a standby
 // bootstrap, on PostgreSQL 15 (the machine's) and 17 (the newest the
 // image's client tools dump), as uid 10001 on a read-only root.
 func TestImage(t *testing.T) {
@@ -137,6 +137,13 @@ func TestImage(t *testing.T) {
 			out, stderr, code = runImage(t, env, nil, append([]string{"backup", "verify", "--dsn", db.DSN, "--id", m.ID, "--level", "restore"}, store...)...)
 			require.Equal(t, 0, code, out+stderr)
 			assert.NotContains(t, out+stderr, db.Cluster.Password)
+
+			dst := pgtest.NewDBOn(t, db.Cluster)
+			out, stderr, code = runImage(t, env, nil, append([]string{"backup", "restore", "--latest", "--target-dsn", dst.DSN}, store...)...)
+			require.Equal(t, 0, code, out+stderr)
+			var n int
+			require.NoError(t, dst.Pool.QueryRow(context.Background(), "SELECT count(*) FROM registered_entries").Scan(&n))
+			require.Equal(t, 500, n)
 
 			if tc.name == "pg15" {
 				// the newest pg_restore cannot restore into an older server:
