@@ -85,6 +85,9 @@ type SPIRE struct {
 	Entries    int64               `json:"registration_entries"`
 	Agents     int64               `json:"agents"`
 	Bundles    int64               `json:"bundles"`
+	// Unreadable: the connecting role may not read SPIRE's tables, so
+	// whether a SPIRE schema is here is unknown (finding spire.read).
+	Unreadable bool `json:"unreadable,omitempty"`
 }
 
 // Inspect builds the report over an open session. Counts are read in one
@@ -141,6 +144,7 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 	})
 	if pg.SQLState(err) == "42501" {
 		denied, err = err, nil
+		r.SPIRE.Unreadable = true
 	}
 	if err != nil {
 		return nil, err
@@ -177,7 +181,7 @@ func findings(r *Report) []Finding {
 			Message: "pg_stat_statements is preloaded but the extension is not created in this database",
 			Fix:     "CREATE EXTENSION pg_stat_statements"})
 	}
-	if !r.SPIRE.Present {
+	if !r.SPIRE.Present && !r.SPIRE.Unreadable {
 		out = append(out, Finding{Severity: Info, Check: "spire.schema",
 			Message: "no SPIRE schema here (no migrations table on the search_path)",
 			Fix:     "point --dsn at the database named in spire-server's DataStore \"sql\" connection_string"})

@@ -53,6 +53,18 @@ func TestDoctorListsMissingPrivileges(t *testing.T) {
 	require.Contains(t, got["indexes apply, migrate backfill"], "ownership of SPIRE's tables")
 	require.Contains(t, got["replica fence"], "pg_signal_backend")
 
+	// SPIRE's tables are there but unreadable: said so, not "no SPIRE schema"
+	out, _, _ := runCLI(t, nil, "doctor", "--dsn", c.DSN(db.Name), "-o", "json")
+	var rep doctor.Report
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+	require.True(t, rep.SPIRE.Unreadable)
+	checks := map[string]bool{}
+	for _, f := range rep.Findings {
+		checks[f.Check] = true
+	}
+	require.True(t, checks["spire.read"])
+	require.False(t, checks["spire.schema"], "%+v", rep.Findings)
+
 	// the fix it names works
 	_, err := db.Pool.Exec(ctx, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+pgx.Identifier{role}.Sanitize()+
 		"; GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO "+pgx.Identifier{role}.Sanitize())
@@ -60,7 +72,7 @@ func TestDoctorListsMissingPrivileges(t *testing.T) {
 	require.NotContains(t, missing(privileges(c.DSN(db.Name))), "backup run")
 
 	// text output names the role and the fixes, never the password
-	out, _, _ := runCLI(t, nil, "doctor", "--dsn", c.DSN(db.Name))
+	out, _, _ = runCLI(t, nil, "doctor", "--dsn", c.DSN(db.Name))
 	require.Contains(t, out, "privileges")
 	require.Contains(t, out, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" REPLICATION;")
 	require.Contains(t, out, "ALTER DATABASE "+pgx.Identifier{db.Name}.Sanitize()+" OWNER TO")

@@ -108,6 +108,8 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		fmt.Fprintf(tw, "registration entries\t%s\n", humanize.Comma(r.SPIRE.Entries))
 		fmt.Fprintf(tw, "agents\t%s\n", humanize.Comma(r.SPIRE.Agents))
 		fmt.Fprintf(tw, "bundles\t%s\n", humanize.Comma(r.SPIRE.Bundles))
+	} else if r.SPIRE.Unreadable {
+		fmt.Fprintf(tw, "SPIRE schema\tnot readable by this role (see spire.read)\n")
 	} else {
 		fmt.Fprintf(tw, "SPIRE schema\tno SPIRE schema here\n")
 	}

@@ -7,6 +7,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -165,6 +167,23 @@ func run(ctx context.Context, bin string, entries int) error {
 		{"backup", "verify", "--store", store, "--latest", "--level", "restore"},
 	} {
 		if err := spiredb(ctx, bin, env, args...); err != nil {
+			return err
+		}
+	}
+
+	step("As a managed service's role (no superuser; CREATEDB, pg_monitor): verify by real restore, and what doctor says it lacks")
+	managed := *c
+	managed.User, managed.Password = "spiredb_managed", randomPassword()
+	if err := execSQL(ctx, spireDSN, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s' NOSUPERUSER CREATEDB IN ROLE pg_monitor",
+		managed.User, managed.Password)); err != nil {
+		return err
+	}
+	menv := append(env, "SPIREDB_MANAGED="+managed.DSN("spire"))
+	for _, args := range [][]string{
+		{"backup", "verify", "--store", store, "--latest", "--level", "restore", "--dsn", "$SPIREDB_MANAGED"},
+		{"doctor", "--dsn", "$SPIREDB_MANAGED"},
+	} {
+		if err := spiredb(ctx, bin, menv, args...); err != nil {
 			return err
 		}
 	}
@@ -392,4 +411,22 @@ var safeMigrations = map[string]string{
 	"0003_hint_lower.up.sql": "-- spiredb:no-transaction\nSET lock_timeout = '2s';\n" +
 		"CREATE INDEX CONCURRENTLY IF NOT EXISTS spire_entries_hint_lower ON registered_entries (lower(hint));\n" +
 		"REINDEX INDEX CONCURRENTLY spire_entries_hint_lower;\n",
+}
+
+// execSQL runs one statement as the cluster's superuser.
+func execSQL(ctx context.Context, dsn, sql string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// randomPassword is a throwaway role's password.
+func randomPassword() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
