@@ -47,7 +47,9 @@ func TestEveryCommandAsManagedRole(t *testing.T) {
 	restoreDB := db.Name + "_r"
 	_, err = db.Pool.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{restoreDB}.Sanitize()+" OWNER "+role)
 	require.NoError(t, err)
-	t.Cleanup(func() { _, _ = db.Pool.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{restoreDB}.Sanitize()+" WITH (FORCE)") })
+	t.Cleanup(func() {
+		_, _ = db.Pool.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{restoreDB}.Sanitize()+" WITH (FORCE)")
+	})
 
 	works := [][]string{
 		{"doctor", "--dsn", dsn},

@@ -178,7 +178,7 @@ func run(ctx context.Context, bin string, entries int) error {
 		managed.User, managed.Password)); err != nil {
 		return err
 	}
-	menv := append(env, "SPIREDB_MANAGED="+managed.DSN("spire"))
+	menv := append(append([]string{}, env...), "SPIREDB_MANAGED="+managed.DSN("spire"))
 	for _, args := range [][]string{
 		{"backup", "verify", "--store", store, "--latest", "--level", "restore", "--dsn", "$SPIREDB_MANAGED"},
 		{"doctor", "--dsn", "$SPIREDB_MANAGED"},
