@@ -78,16 +78,7 @@ func runImage(t *testing.T, env []string, volumes []string, args ...string) (str
 	cmd := exec.CommandContext(ctx, "podman", append(argv, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Env = append(cmd.Env, "CONTAINERS_CONF="+filepath.Join(harness.CacheDir(), "image", "containers.conf"))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	return stdout.String(), stderr.String(), code
+	return runCmd(t, cmd)
 }
 
 // The image operators run, built and run here: version, doctor, a backup
@@ -160,6 +151,11 @@ func TestImage(t *testing.T) {
 			_, stderr, code = runImage(t, nil, []string{dir + ":/data"}, "replica", "bootstrap",
 				"--primary-dsn", db.Cluster.DSN("postgres"), "--data-dir", "/data/pgdata")
 			require.Equal(t, 0, code, stderr)
+			// the standby's slot stays on the primary until dropped: drop
+			// it, other tests read the shared cluster's replication state
+			var slot string
+			require.NoError(t, db.Pool.QueryRow(context.Background(),
+				"SELECT pg_drop_replication_slot(slot_name)::text || slot_name FROM pg_replication_slots WHERE slot_name = 'spiredb_pgdata'").Scan(&slot))
 			assert.FileExists(t, filepath.Join(dir, "pgdata", "standby.signal"))
 			auto, err := os.ReadFile(filepath.Join(dir, "pgdata", "postgresql.auto.conf"))
 			require.NoError(t, err)

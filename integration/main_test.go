@@ -72,6 +72,13 @@ func runCLIAs(t *testing.T, cred *syscall.Credential, env []string, args ...stri
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		cmd.Dir = "/"
 	}
+	return runCmd(t, cmd)
+}
+
+// runCmd runs cmd and returns stdout, stderr and the exit code; the test
+// fails when it cannot be run at all.
+func runCmd(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
