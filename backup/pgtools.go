@@ -36,17 +36,35 @@ func (t Tools) dumper(ctx context.Context, serverVersionNum int) (*pgprog.Progra
 	return nil, err
 }
 
-// restorer finds a pg_restore for a target server of targetVersionNum
-// (0: any, for --list): the target's own major first, else the newest
-// there is, refused up front when it cannot restore into the target.
-func (t Tools) restorer(ctx context.Context, targetVersionNum int) (*pgprog.Program, error) {
-	if targetVersionNum > 0 {
-		if p, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_restore", BinDir: t.BinDir, Major: targetVersionNum / 10000, Match: pgprog.Exact}); err == nil {
+// restorer finds a pg_restore for backup m and a target server of
+// targetVersionNum (0: none, for --list). It must read m's archive (its
+// pg_dump's major or newer) and be able to restore into the target: the
+// target's own major first, else the nearest that reads the archive;
+// refused up front, in one line naming the fix, when none can.
+func (t Tools) restorer(ctx context.Context, m *Manifest, targetVersionNum int) (*pgprog.Program, error) {
+	dumpMajor := dumpMajorOf(m)
+	target := targetVersionNum / 10000
+	if dumpMajor >= 17 && target > 0 && target < 17 {
+		return nil, fmt.Errorf("backup %s was made by pg_dump %d, whose archives only pg_restore %d or newer reads, and those cannot restore into PostgreSQL %d (they set transaction_timeout): restore into a PostgreSQL %d or newer server, or take backups of this server with pg_dump %d (--pg-bin /usr/lib/postgresql/%d/bin)",
+			m.ID, dumpMajor, dumpMajor, target, 17, target, target)
+	}
+	if target > 0 && target >= dumpMajor {
+		if p, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_restore", BinDir: t.BinDir, Major: target, Match: pgprog.Exact}); err == nil {
 			return p, nil
 		}
 	}
-	p, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_restore", BinDir: t.BinDir})
+	req := pgprog.Request{Name: "pg_restore", BinDir: t.BinDir}
+	if dumpMajor > 0 {
+		req.Major, req.Match = dumpMajor, pgprog.AtLeast
+	}
+	p, err := pgprog.Find(ctx, req)
 	if err != nil {
+		if dumpMajor > 0 {
+			if old, oerr := pgprog.Find(ctx, pgprog.Request{Name: "pg_restore", BinDir: t.BinDir}); oerr == nil {
+				return nil, fmt.Errorf("backup %s was made by pg_dump %d, and pg_restore %d cannot read its archive: install postgresql-client-%d and pass --pg-bin /usr/lib/postgresql/%d/bin",
+					m.ID, dumpMajor, old.Major, dumpMajor, dumpMajor)
+			}
+		}
 		return nil, err
 	}
 	if targetVersionNum > 0 {
@@ -55,6 +73,16 @@ func (t Tools) restorer(ctx context.Context, targetVersionNum int) (*pgprog.Prog
 		}
 	}
 	return p, nil
+}
+
+// dumpMajorOf is the major of the pg_dump that made m (0 when unknown).
+func dumpMajorOf(m *Manifest) int {
+	if m == nil {
+		return 0
+	}
+	major, _, _ := strings.Cut(m.PgDumpVersion, ".")
+	n, _ := strconv.Atoi(major)
+	return n
 }
 
 // CheckRestoreVersion refuses a pg_restore that cannot restore into a

@@ -100,7 +100,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
 	}
 
-	restorer, err := o.Tools.restorer(ctx, serverVersionNum(conn))
+	restorer, err := o.Tools.restorer(ctx, m, serverVersionNum(conn))
 	if err != nil {
 		return nil, err
 	}

@@ -182,7 +182,7 @@ func (f *forgivingWriter) Write(p []byte) (int, error) {
 }
 
 func verifyTOC(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult) error {
-	restorer, err := o.Tools.restorer(ctx, 0)
+	restorer, err := o.Tools.restorer(ctx, m, 0)
 	if err != nil {
 		return err
 	}
@@ -247,7 +247,7 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	}
 	defer lp.Close()
 	conninfo, env := lp.Conninfo, lp.Env
-	restorer, err := o.Tools.restorer(ctx, serverVersionNum(admin))
+	restorer, err := o.Tools.restorer(ctx, m, serverVersionNum(admin))
 	if err != nil {
 		return err
 	}

@@ -136,6 +136,22 @@ func TestImage(t *testing.T) {
 			require.NoError(t, dst.Pool.QueryRow(context.Background(), "SELECT count(*) FROM registered_entries").Scan(&n))
 			require.Equal(t, 500, n)
 
+			if tc.name == "pg17" {
+				// this machine's pg_restore 15 cannot read pg_dump 17's
+				// archive: one line naming the fix, nothing restored
+				_, stderr, code := runCLI(t, env, append([]string{"backup", "verify", "--dsn", db.DSN, "--id", m.ID, "--level", "restore"}, store...)...)
+				require.NotEqual(t, 0, code)
+				assert.Contains(t, stderr, "was made by pg_dump 17, and pg_restore 15 cannot read its archive: install postgresql-client-17")
+
+				// and no pg_restore both reads it and restores into a 15 server
+				old := pgtest.NewDB(t)
+				_, stderr, code = runImage(t, env, nil, append([]string{"backup", "restore", "--latest", "--target-dsn", old.DSN}, store...)...)
+				require.NotEqual(t, 0, code)
+				assert.Contains(t, stderr, "cannot restore into PostgreSQL 15 (they set transaction_timeout): restore into a PostgreSQL 17 or newer server")
+				var rels int
+				require.NoError(t, old.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").Scan(&rels))
+				assert.Zero(t, rels, "nothing restored")
+			}
 			if tc.name == "pg15" {
 				// the newest pg_restore cannot restore into an older server:
 				// one line naming the fix, before anything is restored
