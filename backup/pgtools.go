@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/internal/pgprog"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // Tools says where the PostgreSQL client programs (pg_dump, pg_restore)
@@ -109,15 +110,11 @@ func CheckDumpVersion(dumpMajor, serverVersionNum int) error {
 	return nil
 }
 
-// serverVersionNum is conn's server_version_num (0 when unknown), from the
-// server_version it reported at start-up.
-func serverVersionNum(conn *pgx.Conn) int {
-	v := conn.PgConn().ParameterStatus("server_version")
-	major, rest, _ := strings.Cut(v, ".")
-	maj, err := strconv.Atoi(major)
-	if err != nil {
-		return 0
+// serverVersionNum is conn's server_version_num, as backup run reads it.
+func serverVersionNum(ctx context.Context, conn *pgx.Conn) (int, error) {
+	var v int
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.current_setting('server_version_num')::int").Scan(&v); err != nil {
+		return 0, fmt.Errorf("reading the target's version: %w", err)
 	}
-	minor, _ := strconv.Atoi(strings.TrimFunc(strings.SplitN(rest, " ", 2)[0], func(r rune) bool { return r < '0' || r > '9' }))
-	return maj*10000 + minor
+	return v, nil
 }

@@ -100,7 +100,11 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
 	}
 
-	restorer, err := o.Tools.restorer(ctx, m, serverVersionNum(conn))
+	version, err := serverVersionNum(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	restorer, err := o.Tools.restorer(ctx, m, version)
 	if err != nil {
 		return nil, err
 	}

@@ -247,7 +247,11 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 	}
 	defer lp.Close()
 	conninfo, env := lp.Conninfo, lp.Env
-	restorer, err := o.Tools.restorer(ctx, m, serverVersionNum(admin))
+	version, err := serverVersionNum(ctx, admin)
+	if err != nil {
+		return err
+	}
+	restorer, err := o.Tools.restorer(ctx, m, version)
 	if err != nil {
 		return err
 	}
