@@ -17,13 +17,17 @@ import (
 // Object names inside a backup's directory.
 const (
 	dumpName     = "dump"
+	baseName     = "base.tar.zst"
 	manifestName = "manifest.json"
 	verifyName   = "verify.json"
 )
 
 // Manifest describes one complete backup.
 type Manifest struct {
-	ID               string           `json:"id"`
+	ID string `json:"id"`
+	// Kind is KindLogical (pg_dump; manifests before PITR have none) or
+	// KindPhysical (a base backup for point-in-time recovery).
+	Kind             string           `json:"kind,omitempty"`
 	Label            string           `json:"label,omitempty"`
 	Database         string           `json:"database"`
 	StartedAt        time.Time        `json:"started_at"`
@@ -38,8 +42,35 @@ type Manifest struct {
 	Size             int64            `json:"size"`
 	SHA256           string           `json:"sha256"`
 	SpiredbVersion   string           `json:"spiredb_version"`
+	// Physical describes a base backup.
+	Physical *PhysicalInfo `json:"physical,omitempty"`
 	// Verification is the last verify result, read from verify.json by List.
 	Verification *VerifyResult `json:"verification,omitempty"`
+}
+
+// Backup kinds.
+const (
+	KindLogical  = "logical"
+	KindPhysical = "physical"
+)
+
+// IsPhysical reports whether m is a base backup.
+func (m *Manifest) IsPhysical() bool { return m.Kind == KindPhysical }
+
+// KindName is the backup's kind, logical for manifests written before kinds.
+func (m *Manifest) KindName() string {
+	if m.Kind == "" {
+		return KindLogical
+	}
+	return m.Kind
+}
+
+// dataKey is the object holding the backup's data.
+func (m *Manifest) dataKey() string {
+	if m.IsPhysical() {
+		return m.ID + "/" + baseName
+	}
+	return dumpKey(m.ID)
 }
 
 // SPIREInfo is SPIRE's schema record at backup time.
@@ -90,7 +121,7 @@ func IsBackupID(s string) bool { return idPattern.MatchString(s) }
 
 // ownNames are the objects Run and Verify write inside a backup's
 // directory: the only names prune ever deletes.
-var ownNames = []string{dumpName, manifestName, verifyName}
+var ownNames = []string{dumpName, baseName, manifestName, verifyName}
 
 // Problem is something in a store that looks like a backup but cannot be
 // used as one: an unreadable manifest, a copied backup directory. It is
@@ -200,11 +231,12 @@ func List(ctx context.Context, s Store) ([]Manifest, error) {
 
 // Find returns the backup with id, or the newest when latest is set.
 func Find(ctx context.Context, s Store, id string, latest bool) (*Manifest, error) {
-	return find(ctx, s, id, latest, nil)
+	return find(ctx, s, id, latest, "", nil)
 }
 
-// find is Find, logging the store's problems as warnings.
-func find(ctx context.Context, s Store, id string, latest bool, logger *slog.Logger) (*Manifest, error) {
+// find is Find for backups of kind ("": any), logging the store's
+// problems as warnings. latest picks the newest of that kind.
+func find(ctx context.Context, s Store, id string, latest bool, kind string, logger *slog.Logger) (*Manifest, error) {
 	if latest == (id != "") {
 		return nil, errors.New("name a backup with --id ID or --latest (one of them)")
 	}
@@ -213,15 +245,26 @@ func find(ctx context.Context, s Store, id string, latest bool, logger *slog.Log
 		return nil, err
 	}
 	inv.Warn(orDiscard(logger))
-	all := inv.Backups
+	var all []Manifest
+	for _, m := range inv.Backups {
+		if kind == "" || m.KindName() == kind || m.ID == id {
+			all = append(all, m)
+		}
+	}
 	if latest {
 		if len(all) == 0 {
+			if kind != "" {
+				return nil, fmt.Errorf("no %s backups in %s", kind, s)
+			}
 			return nil, fmt.Errorf("no backups in %s", s)
 		}
 		return &all[len(all)-1], nil
 	}
 	for i := range all {
 		if all[i].ID == id {
+			if kind != "" && all[i].KindName() != kind {
+				return nil, fmt.Errorf("backup %s is a %s backup, this needs a %s one", id, all[i].KindName(), kind)
+			}
 			return &all[i], nil
 		}
 	}

@@ -76,7 +76,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if err := o.Store.Check(ctx); err != nil {
 		return nil, err
 	}
-	m, err := find(ctx, o.Store, o.ID, o.Latest, o.Logger)
+	m, err := find(ctx, o.Store, o.ID, o.Latest, KindLogical, o.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -207,6 +207,7 @@ type dumpReader struct {
 	start    time.Time
 	lastTick time.Time
 	progress Progress
+	what     string // the program, for errors (default pg_dump)
 
 	once    sync.Once
 	waitErr error
@@ -242,7 +243,11 @@ func (d *dumpReader) dumpErr() error {
 	if d.waitErr == nil {
 		return nil
 	}
-	return fmt.Errorf("pg_dump failed (%w): %s", d.waitErr, d.stderr.Tail())
+	what := d.what
+	if what == "" {
+		what = "pg_dump"
+	}
+	return fmt.Errorf("%s failed (%w): %s", what, d.waitErr, d.stderr.Tail())
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {

@@ -40,8 +40,13 @@ func (o VerifyOptions) Validate() error {
 	}
 	switch o.Level {
 	case "", LevelChecksum, LevelTOC, LevelRestore:
+	case LevelPITR:
+		if o.FetchCommand == "" {
+			return errors.New("verify --level pitr: no restore_command (FetchCommand)")
+		}
+		return nil
 	default:
-		return fmt.Errorf("invalid level %q: want checksum, toc or restore", o.Level)
+		return fmt.Errorf("invalid level %q: want checksum, toc, restore or pitr", o.Level)
 	}
 	if o.Jobs < 0 {
 		return fmt.Errorf("verify: invalid jobs %d", o.Jobs)

@@ -27,6 +27,9 @@ const (
 	LevelChecksum = "checksum" // stream the object, compare size and sha256
 	LevelTOC      = "toc"      // also pg_restore --list
 	LevelRestore  = "restore"  // also restore into a scratch database and compare
+	// LevelPITR restores the newest (or named) base backup and every
+	// archived WAL segment after it into a scratch data directory.
+	LevelPITR = "pitr"
 )
 
 // VerifyResult is stored next to the manifest and shown by List.
@@ -78,7 +81,11 @@ type VerifyOptions struct {
 	Jobs    int
 	TempDir string
 	Tools   Tools
-	Logger  *slog.Logger
+	// FetchCommand is the restore_command of a pitr verification
+	// (spiredb wal fetch %f %p with this store's flags); its scratch data
+	// directory is made in TempDir.
+	FetchCommand string
+	Logger       *slog.Logger
 }
 
 // Verify checks a backup at the requested level, stores the result next to
@@ -96,14 +103,21 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 		o.Jobs = 2
 	}
 	switch o.Level {
-	case LevelChecksum, LevelTOC, LevelRestore:
+	case LevelChecksum, LevelTOC, LevelRestore, LevelPITR:
 	default:
-		return nil, fmt.Errorf("invalid level %q: want checksum, toc or restore", o.Level)
+		return nil, fmt.Errorf("invalid level %q: want checksum, toc, restore or pitr", o.Level)
 	}
 	if err := o.Store.Check(ctx); err != nil {
 		return nil, err
 	}
-	m, err := find(ctx, o.Store, o.ID, o.Latest, o.Logger)
+	kind := KindLogical
+	switch o.Level {
+	case LevelChecksum:
+		kind = ""
+	case LevelPITR:
+		kind = KindPhysical
+	}
+	m, err := find(ctx, o.Store, o.ID, o.Latest, kind, o.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +132,8 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 		err = verifyTOC(ctx, o, m, res)
 	case LevelRestore:
 		err = verifyRestore(ctx, o, m, res, logger)
+	case LevelPITR:
+		err = verifyPITR(ctx, o, m, res, logger)
 	}
 	if err != nil {
 		return nil, err
@@ -137,9 +153,9 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 // verifyChecksum streams the object through sink (when not nil) and
 // compares size and sha256 with the manifest.
 func verifyChecksum(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult, sink io.Writer) error {
-	rc, err := o.Store.Get(ctx, dumpKey(m.ID))
+	rc, err := o.Store.Get(ctx, m.dataKey())
 	if errors.Is(err, ErrNotFound) {
-		res.add("checksum", false, "data object %s is missing", dumpKey(m.ID))
+		res.add("checksum", false, "data object %s is missing", m.dataKey())
 		return nil
 	}
 	if err != nil {
@@ -153,7 +169,7 @@ func verifyChecksum(ctx context.Context, o VerifyOptions, m *Manifest, res *Veri
 	}
 	n, err := io.Copy(w, rc)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", dumpKey(m.ID), err)
+		return fmt.Errorf("reading %s: %w", m.dataKey(), err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	switch {

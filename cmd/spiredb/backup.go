@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -58,6 +59,51 @@ func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
 	return s, nil
 }
 
+// fetchCommand is the restore_command that reaches this store with the
+// same flags: this executable's wal fetch, every argument shell-quoted.
+// Credentials are not in it: PostgreSQL runs it with spiredb's
+// environment (the AWS credential chain).
+func (f *storeFlags) fetchCommand() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("finding spiredb's executable for restore_command: %w", err)
+	}
+	u := f.url
+	if u == "" {
+		u = os.Getenv("SPIREDB_STORE")
+	}
+	args := []string{exe, "wal", "fetch", "%f", "%p", "--store", u}
+	if f.s3Endpoint != "" {
+		args = append(args, "--s3-endpoint", f.s3Endpoint)
+	}
+	if f.s3Region != "" {
+		args = append(args, "--s3-region", f.s3Region)
+	}
+	if f.s3PathStyle {
+		args = append(args, "--s3-path-style")
+	}
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = shellQuote(a)
+	}
+	return strings.Join(quoted, " "), nil
+}
+
+// shellQuote quotes s for /bin/sh, leaving plain words (and %f, %p) bare.
+func shellQuote(s string) string {
+	plain := s != ""
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:%=@+,", r)) {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
 func (f *storeFlags) tools() backup.Tools { return backup.Tools{BinDir: f.pgBin} }
 
 func newBackupCmd(g *globals) *cobra.Command {
@@ -82,7 +128,8 @@ AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
 
 func newBackupRunCmd(g *globals, f *storeFlags) *cobra.Command {
 	var compress int
-	var label string
+	var label, checkpoint, maxRate string
+	var physical bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Stream a pg_dump of the database into the store",
@@ -91,20 +138,43 @@ the upload part size), then writes the manifest: ids, times, versions, SPIRE's
 schema version and the row count of every SPIRE table taken in the snapshot
 pg_dump dumps, size and sha256.
 
-When another backup of the same database is running (two CronJob pods), it
-says so and exits 0 without writing anything.`,
+With --physical it takes a base backup for point-in-time recovery instead:
+pg_basebackup's tar stream compressed with zstd into the store (no local
+copy), start and stop LSN, timeline and SPIRE's rows in the manifest. The WAL
+comes from the archive (archive_command = 'spiredb wal push %p --store ...'):
+the manifest is written only once the store holds the WAL from the base's
+start to its stop segment, so a base the archive cannot complete never
+counts.
+
+When another backup of the same kind of the same database is running (two
+CronJob pods), it says so and exits 0 without writing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if compress < -1 || compress > 9 {
 				return usageErrorf("invalid --compress %d: want 0-9", compress)
+			}
+			if checkpoint != "fast" && checkpoint != "spread" {
+				return usageErrorf("invalid --checkpoint %q: want fast or spread", checkpoint)
+			}
+			if physical && cmd.Flags().Changed("compress") {
+				return usageErrorf("--compress is pg_dump's: a --physical base is always zstd-compressed")
+			}
+			if !physical && (cmd.Flags().Changed("checkpoint") || maxRate != "") {
+				return usageErrorf("--checkpoint and --max-rate go with --physical")
 			}
 			s, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
 			progress, endProgress := progressReporter(g, "backup")
-			m, err := backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Compress: compress,
-				Label: label, Tools: f.tools(), Logger: g.logger, Progress: progress})
+			var m *backup.Manifest
+			if physical {
+				m, err = backup.RunPhysical(cmd.Context(), backup.PhysicalOptions{Conn: g.pgOptions(), Store: s, Label: label,
+					SpreadCheckpoint: checkpoint == "spread", MaxRate: maxRate, Tools: f.tools(), Logger: g.logger, Progress: progress})
+			} else {
+				m, err = backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Compress: compress,
+					Label: label, Tools: f.tools(), Logger: g.logger, Progress: progress})
+			}
 			endProgress()
 			if errors.Is(err, backup.ErrBackupRunning) {
 				g.logger.Info(err.Error() + "; nothing written")
@@ -119,10 +189,18 @@ says so and exits 0 without writing anything.`,
 			return g.out.print(m, func(w io.Writer) error {
 				_, err := fmt.Fprintf(w, "backup %s: %s in %s, sha256 %s\n", m.ID, humanize.IBytes(uint64(m.Size)),
 					m.FinishedAt.Sub(m.StartedAt).Round(10*time.Millisecond), m.SHA256)
+				if err == nil && m.Physical != nil {
+					_, err = fmt.Fprintf(w, "base backup on timeline %d from %s to %s (WAL %s to %s): restorable from %s on\n",
+						m.Physical.Timeline, m.Physical.StartLSN, m.Physical.StopLSN, m.Physical.StartWAL, m.Physical.StopWAL,
+						m.FinishedAt.Format(time.RFC3339))
+				}
 				return err
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&physical, "physical", false, "a base backup for point-in-time recovery (pg_basebackup; needs WAL archiving with wal push)")
+	cmd.Flags().StringVar(&checkpoint, "checkpoint", "fast", "--physical: fast (an immediate checkpoint) or spread (wait for the next one; gentler)")
+	cmd.Flags().StringVar(&maxRate, "max-rate", "", "--physical: throttle the transfer (pg_basebackup --max-rate, e.g. 50M)")
 	cmd.Flags().IntVar(&compress, "compress", -1, "pg_dump compression level 0-9 (default: pg_dump's)")
 	cmd.Flags().StringVar(&label, "label", "", "free text stored in the manifest")
 	return cmd
@@ -156,13 +234,13 @@ func newBackupListCmd(g *globals, f *storeFlags) *cobra.Command {
 					return err
 				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tSTARTED\tSIZE\tDURATION\tSPIRE\tENTRIES\tVERIFIED\tLABEL")
+				fmt.Fprintln(tw, "ID\tKIND\tSTARTED\tSIZE\tDURATION\tSPIRE\tENTRIES\tVERIFIED\tLABEL")
 				for _, m := range ms {
 					sp := "-"
 					if m.SPIRE != nil {
 						sp = fmt.Sprintf("v%d", m.SPIRE.SchemaVersion)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.StartedAt.Format(time.RFC3339),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.KindName(), m.StartedAt.Format(time.RFC3339),
 						humanize.IBytes(uint64(m.Size)), m.FinishedAt.Sub(m.StartedAt).Round(10*time.Millisecond),
 						sp, m.RowCounts["registered_entries"], verifiedText(m.Verification), m.Label)
 				}
@@ -200,6 +278,14 @@ func newBackupVerifyCmd(g *globals, f *storeFlags) *cobra.Command {
             the --dsn server), compare SPIRE's schema version and every table's row
             count with the manifest, run amcheck's bt_index_check when available,
             and drop the scratch database
+  pitr      for a --physical base: the checksum, then WAL continuity from the
+            base's start to the newest archived segment (a gap fails), then
+            the base and all WAL restored into a scratch data directory under
+            --temp-dir and recovered to the archive's end by a private
+            postgres (Unix socket only, no archiving), amcheck, SPIRE's rows
+
+--latest picks the newest backup of the kind the level needs (logical for toc
+and restore, physical for pitr).
 
 With --jobs N > 1 (default 2) the restore level downloads the dump to a
 temporary file, checks it, and restores with pg_restore -j N; --jobs 1 streams
@@ -210,9 +296,9 @@ check fails; the message names the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch level {
-			case backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore:
+			case backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, backup.LevelPITR:
 			default:
-				return usageErrorf("invalid --level %q: want checksum, toc or restore", level)
+				return usageErrorf("invalid --level %q: want checksum, toc, restore or pitr", level)
 			}
 			if latest == (id != "") {
 				return usageErrorf("name a backup with --id ID or --latest (one of them)")
@@ -228,8 +314,14 @@ check fails; the message names the check.`,
 			if scratchDSN != "" {
 				scratch.DSN = scratchDSN
 			}
+			fetch := ""
+			if level == backup.LevelPITR {
+				if fetch, err = f.fetchCommand(); err != nil {
+					return err
+				}
+			}
 			res, err := backup.Verify(cmd.Context(), backup.VerifyOptions{Store: s, ID: id, Latest: latest, Level: level,
-				Scratch: scratch, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Logger: g.logger})
+				Scratch: scratch, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), FetchCommand: fetch, Logger: g.logger})
 			if err != nil {
 				return err
 			}
@@ -245,10 +337,10 @@ check fails; the message names the check.`,
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
 	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
-	cmd.Flags().StringVar(&level, "level", backup.LevelRestore, "checksum, toc or restore")
+	cmd.Flags().StringVar(&level, "level", backup.LevelRestore, "checksum, toc, restore or pitr")
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
 	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore and amcheck sessions (1: stream, no temporary file)")
-	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
+	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download and the pitr scratch data directory (default: $TMPDIR)")
 	return cmd
 }
 
@@ -269,8 +361,8 @@ func writeVerify(w io.Writer, r *backup.VerifyResult) error {
 }
 
 func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
-	var id, targetDSN, tempDir string
-	var latest, clean bool
+	var id, targetDSN, tempDir, toTime, toLSN, dataDir string
+	var latest, clean, physical, prepareOnly bool
 	var jobs int
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -287,9 +379,28 @@ the dump is first downloaded to a temporary file (pg_restore cannot run
 parallel from a pipe) and checked before the parallel restore starts.
 
 Afterwards it prints the SPIRE schema version found and which spire-server
-releases can start on it.`,
+releases can start on it.
+
+With --physical it is a point-in-time restore into a new data directory:
+  --to-time T   the state at T (RFC 3339, e.g. 2026-12-02T04:05:06.5Z)
+  --to-lsn L    the state at WAL position L (e.g. 0/3000148)
+  --latest      the end of the archive
+It picks the newest base backup whose window holds the target (or --id), and
+refuses a target outside every window, printing them. It unpacks the base into
+--data-dir (absent or empty), then recovers it with a private postgres of the
+base's major (Unix socket only, no archiving, restore_command = spiredb wal
+fetch with this store's flags), ends recovery at the target on a new timeline
+and shuts down cleanly: start your server on the directory. With --prepare-only
+it leaves recovery.signal and the recovery settings in postgresql.auto.conf for
+your server to do the recovery when it starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if physical {
+				return runPhysicalRestore(cmd, g, f, id, latest, toTime, toLSN, dataDir, prepareOnly)
+			}
+			if toTime != "" || toLSN != "" || dataDir != "" || prepareOnly {
+				return usageErrorf("--to-time, --to-lsn, --data-dir and --prepare-only go with --physical")
+			}
 			if latest == (id != "") {
 				return usageErrorf("name a backup with --id ID or --latest (one of them)")
 			}
@@ -338,7 +449,12 @@ releases can start on it.`,
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
 	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
-	cmd.Flags().StringVar(&targetDSN, "target-dsn", "", "database to restore into (required)")
+	cmd.Flags().StringVar(&targetDSN, "target-dsn", "", "database to restore into (required for a logical backup)")
+	cmd.Flags().BoolVar(&physical, "physical", false, "point-in-time restore of a base backup and the archived WAL into --data-dir")
+	cmd.Flags().StringVar(&toTime, "to-time", "", "--physical: restore to this time (RFC 3339)")
+	cmd.Flags().StringVar(&toLSN, "to-lsn", "", "--physical: restore to this WAL position")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "--physical: the new data directory (absent or empty)")
+	cmd.Flags().BoolVar(&prepareOnly, "prepare-only", false, "--physical: write the base and recovery settings; your server recovers when it starts")
 	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first (asks, or --yes)")
 	addYes(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
@@ -473,4 +589,88 @@ func progressReporter(g *globals, what string) (progress backup.Progress, end fu
 			g.logger.Info(what+" progress", "bytes", done, "rate_bytes_per_s", int64(rate), "elapsed", elapsed.Round(time.Second).String())
 		}
 	}, end
+}
+
+func runPhysicalRestore(cmd *cobra.Command, g *globals, f *storeFlags, id string, latest bool, toTime, toLSN, dataDir string, prepareOnly bool) error {
+	var t backup.Target
+	t.Latest = latest
+	if toTime != "" {
+		v, err := parseTime(toTime)
+		if err != nil {
+			return usageErrorf("invalid --to-time %q: want RFC 3339, e.g. 2026-12-02T04:05:06Z", toTime)
+		}
+		t.Time = v
+	}
+	if toLSN != "" {
+		v, err := backup.ParseLSN(toLSN)
+		if err != nil {
+			return usageErrorf("invalid --to-lsn: %w", err)
+		}
+		t.LSN = v
+	}
+	n := 0
+	for _, set := range []bool{t.Latest, toTime != "", toLSN != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return usageErrorf("--physical needs one target: --to-time T, --to-lsn L or --latest")
+	}
+	if dataDir == "" {
+		return usageErrorf("--physical needs --data-dir DIR (a new or empty directory)")
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return usageErrorf("invalid --data-dir: %w", err)
+	}
+	s, err := f.open(cmd)
+	if err != nil {
+		return err
+	}
+	fetch, err := f.fetchCommand()
+	if err != nil {
+		return err
+	}
+	res, err := backup.RestorePhysical(cmd.Context(), backup.PhysicalRestoreOptions{Store: s, ID: id, Target: t, DataDir: abs,
+		FetchCommand: fetch, PrepareOnly: prepareOnly, Tools: f.tools(), Logger: g.logger})
+	var ow *backup.OutsideWindowError
+	if errors.As(err, &ow) {
+		return &exitError{code: exitFailure, err: err}
+	}
+	if err != nil {
+		return err
+	}
+	return g.out.print(res, func(w io.Writer) error {
+		if res.Prepared {
+			fmt.Fprintf(w, "base %s unpacked into %s with recovery settings to %s: start PostgreSQL on it to recover\n", res.BaseID, res.DataDir, res.Target)
+			return nil
+		}
+		reached := "no transaction replayed after the base"
+		if res.ReachedTime != nil {
+			reached = "last transaction committed at " + res.ReachedTime.Format(time.RFC3339Nano)
+		}
+		fmt.Fprintf(w, "restored base %s to %s in %s: WAL position %s, %s; new timeline %d\n", res.BaseID, res.Target,
+			res.Duration.Round(10*time.Millisecond), res.ReachedLSN, reached, res.Timeline)
+		if res.EndOfArchive {
+			fmt.Fprintln(w, "no transaction after the target was archived: the end of the archive is the state at the target")
+		}
+		fmt.Fprintf(w, "the directory is shut down cleanly; start PostgreSQL on %s (its configuration is the base's: check archive_command before it archives the new timeline)\n", res.DataDir)
+		return nil
+	})
+}
+
+// parseTime reads RFC 3339 and PostgreSQL's "2006-01-02 15:04:05+00" form.
+func parseTime(s string) (time.Time, error) {
+	var firstErr error
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07"} {
+		t, err := time.Parse(layout, s)
+		if err == nil {
+			return t, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return time.Time{}, firstErr
 }
