@@ -161,6 +161,9 @@ func Inspect(ctx context.Context, s Store) (*Inventory, error) {
 	hasVerify := map[string]bool{}
 	for _, o := range objs {
 		id, name, nested := strings.Cut(o.Key, "/")
+		if id+"/" == walPrefix && nested {
+			continue // the WAL archive: wal push's, pruned with the bases
+		}
 		if !IsBackupID(id) || !nested {
 			if name == manifestName {
 				inv.Problems = append(inv.Problems, Problem{Key: o.Key, Reason: "a manifest outside a backup-ID directory (a copied backup?): ignored"})

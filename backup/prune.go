@@ -40,6 +40,11 @@ type PruneResult struct {
 	Problems []Problem `json:"problems"`
 	// Foreign are top-level names that are not backup IDs: never touched.
 	Foreign []string `json:"foreign"`
+	// WALDeleted counts archived WAL files older than the oldest kept base
+	// backup's start (removed, or to remove on a dry run); WALKeptFrom is
+	// that start segment. Without a kept base no WAL is removed.
+	WALDeleted  int    `json:"wal_deleted"`
+	WALKeptFrom string `json:"wal_kept_from,omitempty"`
 }
 
 // Prune applies the retention policy, removes leftovers of failed runs and
@@ -75,7 +80,7 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		return nil, err
 	}
 	inv.Warn(logger)
-	res := &PruneResult{DryRun: o.DryRun, Decisions: Select(inv.Backups, o.Policy), Problems: inv.Problems, Foreign: inv.Foreign}
+	res := &PruneResult{DryRun: o.DryRun, Decisions: selectByKind(inv.Backups, o.Policy), Problems: inv.Problems, Foreign: inv.Foreign}
 	if res.Problems == nil {
 		res.Problems = []Problem{}
 	}
@@ -153,6 +158,9 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		}
 	}
 
+	if err := pruneWAL(ctx, o, inv, res, logger); err != nil {
+		return res, err
+	}
 	for _, d := range res.Decisions {
 		if d.Keep {
 			continue
@@ -173,4 +181,98 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		logger.Info("backup deleted", "id", d.ID)
 	}
 	return res, nil
+}
+
+// selectByKind applies the policy to logical and physical backups apart:
+// keep-last 7 keeps seven of each, so frequent dumps never push the base
+// backups (and with them the WAL) out.
+func selectByKind(backups []Manifest, p Policy) []Decision {
+	var logical, physical []Manifest
+	for _, b := range backups {
+		if b.IsPhysical() {
+			physical = append(physical, b)
+		} else {
+			logical = append(logical, b)
+		}
+	}
+	out := append(Select(logical, p), Select(physical, p)...)
+	slices.SortStableFunc(out, func(a, b Decision) int {
+		if c := b.StartedAt.Compare(a.StartedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
+	return out
+}
+
+// pruneWAL removes the archived WAL no kept base backup needs: everything
+// before the oldest kept base's start segment. Timeline history files stay
+// (tiny, and recovery reads them to follow timelines). WAL is deleted
+// before the bases, so a crash in between leaves bases that still have all
+// their WAL.
+func pruneWAL(ctx context.Context, o PruneOptions, inv *Inventory, res *PruneResult, logger *slog.Logger) error {
+	keep := map[string]bool{}
+	for _, d := range res.Decisions {
+		keep[d.ID] = d.Keep
+	}
+	var kept []Manifest
+	for _, b := range inv.Backups {
+		if b.IsPhysical() && keep[b.ID] {
+			kept = append(kept, b)
+		}
+	}
+	if len(kept) == 0 {
+		return nil
+	}
+	files, _, err := ListWAL(ctx, o.Store)
+	if err != nil {
+		return err
+	}
+	names, from := WALToPrune(kept, files)
+	res.WALDeleted, res.WALKeptFrom = len(names), from
+	if o.DryRun || len(names) == 0 {
+		return nil
+	}
+	keys := make([]string, len(names))
+	for i, n := range names {
+		keys[i] = walKey(n)
+	}
+	for chunk := range slices.Chunk(keys, 1000) {
+		if err := o.Store.Delete(ctx, chunk...); err != nil {
+			return fmt.Errorf("deleting archived WAL: %w", err)
+		}
+	}
+	logger.Info("archived WAL before the oldest kept base deleted", "files", len(names), "kept_from", from)
+	return nil
+}
+
+// WALToPrune returns the archived files that no base in kept needs (all of
+// them before the oldest kept base's start segment, whatever the
+// timeline), and that segment's name. Timeline history files are never
+// returned; with no kept base, nothing is.
+func WALToPrune(kept []Manifest, files []WALFile) (names []string, keptFrom string) {
+	var oldest *Manifest
+	for i := range kept {
+		m := &kept[i]
+		if m.Physical == nil {
+			continue
+		}
+		if oldest == nil || m.Physical.StartLSN < oldest.Physical.StartLSN {
+			oldest = m
+		}
+	}
+	if oldest == nil {
+		return nil, ""
+	}
+	p := oldest.Physical
+	from := p.StartLSN.SegNo(p.SegmentSize)
+	for _, f := range files {
+		if f.Kind == WALTimelineHistory {
+			continue
+		}
+		if f.SegNo(p.SegmentSize) < from {
+			names = append(names, f.Name)
+		}
+	}
+	return names, p.StartWAL
 }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/pg"
+	"github.com/spiredb/spiredb/spire"
 )
 
 // verifyPITR restores the base and every archived segment after it into a

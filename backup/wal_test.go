@@ -1,0 +1,178 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/backup"
+)
+
+func TestParseWALName(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]backup.WALKind{
+		"000000010000000000000003":                 backup.WALSegment,
+		"0000000A00000001000000FF":                 backup.WALSegment,
+		"000000010000000000000003.partial":         backup.WALPartial,
+		"000000010000000000000004.00000028.backup": backup.WALBackupHistory,
+		"00000002.history":                         backup.WALTimelineHistory,
+	} {
+		w, ok := backup.ParseWALName(name)
+		require.True(t, ok, name)
+		require.Equal(t, want, w.Kind, name)
+	}
+	for _, bad := range []string{"", "RECOVERYXLOG", "000000000000000000000003", "00000001000000000000003", "000000010000000000000003.gz",
+		"../000000010000000000000003", "0000000100000000000000ab", "00000000.history"} {
+		_, ok := backup.ParseWALName(bad)
+		require.False(t, ok, bad)
+	}
+	w, _ := backup.ParseWALName("0000000200000001000000FE")
+	require.Equal(t, uint64(0x1FE), w.SegNo(16<<20))
+	require.Equal(t, "0000000200000001000000FE", backup.SegmentName(2, 0x1FE, 16<<20))
+	lsn, err := backup.ParseLSN("1/FE000028")
+	require.NoError(t, err)
+	require.Equal(t, uint64(0x1FE), lsn.SegNo(16<<20))
+	_, err = backup.ParseLSN("1/XYZ")
+	require.Error(t, err)
+}
+
+// walFile writes a segment-sized file of random (incompressible) and zero
+// (compressible) halves under name in a new pg_wal-like directory.
+func walFile(t *testing.T, name string) (path string, content []byte) {
+	t.Helper()
+	content = make([]byte, 1<<20)
+	_, _ = rand.Read(content[:len(content)/2])
+	path = filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.WriteFile(path, content, 0o600))
+	return path, content
+}
+
+func TestWALPushFetch(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s backup.Store) {
+		ctx := context.Background()
+		name := "000000010000000000000007"
+		path, content := walFile(t, name)
+		res, err := backup.PushWAL(ctx, s, path, nil)
+		require.NoError(t, err)
+		require.False(t, res.AlreadyArchived)
+		require.Less(t, res.Stored, res.Size, "compressed")
+
+		// a retried archive_command: same content, success, nothing written
+		res, err = backup.PushWAL(ctx, s, path, nil)
+		require.NoError(t, err)
+		require.True(t, res.AlreadyArchived)
+
+		// a different file under the same name: refused, the stored one kept
+		other := filepath.Join(t.TempDir(), name)
+		require.NoError(t, os.WriteFile(other, bytes.Repeat([]byte{1}, 1<<20), 0o600))
+		_, err = backup.PushWAL(ctx, s, other, nil)
+		require.ErrorIs(t, err, backup.ErrWALConflict)
+
+		dir := t.TempDir()
+		dest := filepath.Join(dir, "RECOVERYXLOG")
+		require.NoError(t, backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: name, Dest: dest, Prefetch: -1}))
+		got, err := os.ReadFile(dest)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(content, got), "fetched content differs")
+
+		err = backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: "000000010000000000000009", Dest: filepath.Join(dir, "x"), Prefetch: -1})
+		require.ErrorIs(t, err, backup.ErrNotFound)
+		_, err = os.Stat(filepath.Join(dir, "x"))
+		require.ErrorIs(t, err, os.ErrNotExist)
+
+		_, err = backup.PushWAL(ctx, s, filepath.Join(dir, "RECOVERYXLOG"), nil)
+		require.ErrorContains(t, err, "not a WAL file name")
+	})
+}
+
+// TestWALFetchRefusesDamagedSegments: an archived file whose content no
+// longer matches its header never reaches PostgreSQL's %p.
+func TestWALFetchRefusesDamagedSegments(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s backup.Store) {
+		ctx := context.Background()
+		name := "000000010000000000000003"
+		path, _ := walFile(t, name)
+		_, err := backup.PushWAL(ctx, s, path, nil)
+		require.NoError(t, err)
+		rc, err := s.Get(ctx, "wal/"+name)
+		require.NoError(t, err)
+		stored, err := io.ReadAll(rc)
+		rc.Close()
+		require.NoError(t, err)
+
+		// the same header over another segment's compressed data
+		other, _ := walFile(t, "000000010000000000000004")
+		_, err = backup.PushWAL(ctx, s, other, nil)
+		require.NoError(t, err)
+		rc, err = s.Get(ctx, "wal/000000010000000000000004")
+		require.NoError(t, err)
+		otherStored, _ := io.ReadAll(rc)
+		rc.Close()
+		header := stored[:bytes.IndexByte(stored, '\n')+1]
+		body := otherStored[bytes.IndexByte(otherStored, '\n')+1:]
+		_, err = s.Put(ctx, "wal/"+name, bytes.NewReader(append(append([]byte{}, header...), body...)))
+		require.NoError(t, err)
+
+		dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+		err = backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: name, Dest: dest, Prefetch: -1})
+		require.ErrorContains(t, err, "is damaged")
+		require.False(t, errors.Is(err, backup.ErrNotFound))
+		_, err = os.Stat(dest)
+		require.ErrorIs(t, err, os.ErrNotExist)
+
+		// a truncated object
+		_, err = s.Put(ctx, "wal/"+name, bytes.NewReader(stored[:len(stored)/2]))
+		require.NoError(t, err)
+		err = backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: name, Dest: dest, Prefetch: -1})
+		require.Error(t, err)
+		_, err = os.Stat(dest)
+		require.ErrorIs(t, err, os.ErrNotExist)
+	})
+}
+
+// TestWALFetchPrefetches: the segments after the requested one are
+// downloaded with it and handed over from the spool, checked, without the
+// store.
+func TestWALFetchPrefetches(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	contents := map[string][]byte{}
+	for _, name := range []string{"0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000", "000000010000000100000001"} {
+		path, c := walFile(t, name)
+		contents[name] = c
+		_, err := backup.PushWAL(ctx, s, path, nil)
+		require.NoError(t, err)
+	}
+	pgwal := t.TempDir()
+	dest := filepath.Join(pgwal, "RECOVERYXLOG")
+	require.NoError(t, backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: "0000000100000000000000FE", Dest: dest, Prefetch: 4}))
+	spool, err := os.ReadDir(filepath.Join(pgwal, ".spiredb-prefetch"))
+	require.NoError(t, err)
+	var names []string
+	for _, e := range spool {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"0000000100000000000000FF", "000000010000000100000000", "000000010000000100000001"}, names, "the next segments, across the log boundary")
+
+	// the store loses them: the spool still serves them
+	require.NoError(t, s.Delete(ctx, "wal/0000000100000000000000FF", "wal/000000010000000100000000"))
+	for _, name := range []string{"0000000100000000000000FF", "000000010000000100000000"} {
+		require.NoError(t, backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: name, Dest: dest, Prefetch: 4}))
+		got, err := os.ReadFile(dest)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(contents[name], got), name)
+	}
+	spool, _ = os.ReadDir(filepath.Join(pgwal, ".spiredb-prefetch"))
+	for _, e := range spool {
+		require.False(t, strings.Compare(e.Name(), "000000010000000100000000") <= 0, "passed segments are cleaned: %s", e.Name())
+	}
+}
