@@ -341,8 +341,19 @@ func (r *recovery) run(ctx context.Context, settings map[string]string, t Target
 	}
 }
 
+// lastLogLines picks the server log lines that say why it stopped: its
+// FATAL and PANIC lines when there are any, else the last n.
 func lastLogLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
+	var fatal []string
+	for _, l := range lines {
+		if strings.Contains(l, "FATAL:") || strings.Contains(l, "PANIC:") {
+			fatal = append(fatal, strings.TrimSpace(l))
+		}
+	}
+	if len(fatal) > 0 {
+		lines = fatal
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

@@ -38,6 +38,11 @@ func spiredbCLI(t testing.TB) string {
 			buildErr = err
 			return
 		}
+		// the server's OS user runs it too (archive_command, restore_command)
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
 		cliPath = filepath.Join(dir, "spiredb")
 		out, err := exec.Command("go", "build", "-o", cliPath, "github.com/spiredb/spiredb/cmd/spiredb").CombinedOutput()
 		if err != nil {

@@ -212,8 +212,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 
 // StartExisting starts a server on a data directory that already exists
 // inside a harness directory (a standby made by pg_basebackup, say). dir must
-// be under a harness root; the cluster takes over its owner file.
-func StartExisting(ctx context.Context, dir, dataDir, binDir string, port int, logger *slog.Logger) (*Cluster, error) {
+// be under a harness root; the cluster takes over its owner file. password
+// is the "postgres" role's (the cluster the directory came from).
+func StartExisting(ctx context.Context, dir, dataDir, binDir string, port int, password string, logger *slog.Logger) (*Cluster, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -221,7 +222,7 @@ func StartExisting(ctx context.Context, dir, dataDir, binDir string, port int, l
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, DataDir: dataDir, BinDir: binDir, Host: "127.0.0.1", Port: port, User: "postgres",
+	c := &Cluster{Dir: dir, DataDir: dataDir, BinDir: binDir, Host: "127.0.0.1", Port: port, User: "postgres", Password: password,
 		cred: cred, logger: logger, logPath: filepath.Join(dir, "postgres-"+strconv.Itoa(port)+".log")}
 	if err := WriteOwner(dir); err != nil {
 		return nil, err
