@@ -77,7 +77,15 @@ func matches(s Setting, setting, unit, vartype string) bool {
 		}
 		cur *= unitFactor(unit)
 		return w == 0 && cur == 0 || w != 0 && math.Abs(cur-w)/w <= 0.10
+	case "enum":
+		if s.Name == "archive_mode" {
+			return setting == "on" || setting == "always"
+		}
 	case "string":
+		if s.Name == "archive_command" {
+			// a wrapper script around spiredb wal push is as good
+			return strings.Contains(setting, "wal push") || strings.EqualFold(setting, want)
+		}
 		if s.Name == "shared_preload_libraries" {
 			have := map[string]bool{}
 			for _, l := range strings.Split(setting, ",") {

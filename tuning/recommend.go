@@ -15,6 +15,10 @@ type Inputs struct {
 	SpireServers int    `json:"spire_servers"`
 	MaxOpenConns int    `json:"max_open_conns"` // SPIRE DataStore "sql" max_open_conns, default 100
 	Pooler       string `json:"pooler"`         // none or pgbouncer
+	// ArchiveStore is the backup store WAL is archived into (spiredb wal
+	// push --store); empty leaves it to SPIREDB_STORE in the server's
+	// environment.
+	ArchiveStore string `json:"archive_store,omitempty"`
 }
 
 // Validate fills defaults and refuses what cannot be sized.
@@ -146,6 +150,16 @@ func Recommend(in Inputs) (*Recommendation, error) {
 	}
 	add("max_wal_size", maxWal, false, "checkpoints on time, not on WAL volume, during bulk entry registration")
 	add("min_wal_size", "512MB", false, "keep recycled WAL segments for bursts")
+
+	// continuous archiving: point-in-time recovery (backup run --physical)
+	archive := "spiredb wal push %p"
+	if in.ArchiveStore != "" {
+		archive += " --store " + in.ArchiveStore
+	}
+	add("archive_mode", "on", true, "continuous WAL archiving: with backup run --physical, restore to any second instead of the last dump (a standby replays a mass delete in milliseconds)")
+	add("archive_command", "'"+strings.ReplaceAll(archive, "'", "''")+"'", false, "spiredb archives each segment into the backup store, compressed and checksummed; the server's environment carries the store's credentials (AWS chain)%s",
+		map[bool]string{true: "", false: " and SPIREDB_STORE"}[in.ArchiveStore != ""])
+	add("archive_timeout", "60s", false, "the RPO bound when writes are few: a segment is archived at least every minute (forced segments are mostly zeros and compress to almost nothing)")
 
 	// replication, switchover and rejoin
 	add("wal_log_hints", "on", true, "replica rejoin turns a fenced old primary into a standby with pg_rewind, which needs wal_log_hints (or data checksums) from before the switchover; without it every switchover costs a full copy")

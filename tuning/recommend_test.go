@@ -169,3 +169,26 @@ func TestPgBouncerINI(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, n, 32+8, "max_connections leaves room above the pool and its reserve")
 }
+
+// TestRecommendArchiving: archiving for point-in-time recovery is part of
+// every recommendation, pointed at the store when one is given.
+func TestRecommendArchiving(t *testing.T) {
+	t.Parallel()
+	r, err := tuning.Recommend(tuning.Inputs{RAM: 8 << 30, CPUs: 4})
+	require.NoError(t, err)
+	mode, ok := r.Get("archive_mode")
+	require.True(t, ok)
+	require.Equal(t, "on", mode.Value)
+	require.True(t, mode.Restart)
+	cmd, _ := r.Get("archive_command")
+	require.Equal(t, "'spiredb wal push %p'", cmd.Value)
+	require.Contains(t, cmd.Reason, "SPIREDB_STORE")
+	timeout, _ := r.Get("archive_timeout")
+	require.Equal(t, "60s", timeout.Value)
+
+	r, err = tuning.Recommend(tuning.Inputs{RAM: 8 << 30, CPUs: 4, ArchiveStore: "s3://b/it's"})
+	require.NoError(t, err)
+	cmd, _ = r.Get("archive_command")
+	require.Equal(t, "'spiredb wal push %p --store s3://b/it''s'", cmd.Value)
+	require.Contains(t, r.Conf(), "archive_command = 'spiredb wal push %p --store s3://b/it''s'")
+}

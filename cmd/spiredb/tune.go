@@ -40,6 +40,7 @@ func (f *tuneFlags) register(cmd *cobra.Command) {
 	fl.IntVar(&f.in.SpireServers, "spire-servers", 1, "spire-servers sharing the database")
 	fl.IntVar(&f.in.MaxOpenConns, "max-open-conns", 100, "their DataStore \"sql\" max_open_conns")
 	fl.StringVar(&f.in.Pooler, "pooler", "none", "none or pgbouncer")
+	fl.StringVar(&f.in.ArchiveStore, "archive-store", "", "backup store for archive_command (spiredb wal push --store; default: SPIREDB_STORE in the server's environment)")
 	fl.BoolVar(&f.detect, "detect", false, "read memory and CPUs from this container's cgroup limits (run it where PostgreSQL runs)")
 }
 
