@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
@@ -51,6 +52,10 @@ type Report struct {
 	Replication *Replication `json:"replication,omitempty"`
 	Indexes     *Indexes     `json:"indexes,omitempty"`
 	Backups     *Backups     `json:"backups,omitempty"`
+	// Archiving is the primary's WAL archiving (point-in-time recovery).
+	Archiving *backup.ArchiverStatus `json:"archiving,omitempty"`
+	// PITR is what the store can restore to a point in time (with a store).
+	PITR *PITR `json:"pitr,omitempty"`
 	// Pooling says whether doctor talks through a pooler.
 	Pooling *pg.Pooling `json:"pooling,omitempty"`
 	// Privileges lists, per module, what the connecting role lacks.

@@ -123,8 +123,16 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 			return nil, err
 		}
 	}
+	if r.Server.Role == "primary" {
+		if err := r.checkArchiving(ctx, conn); err != nil {
+			return nil, err
+		}
+	}
 	if o.Store != nil {
 		if err := r.checkBackups(ctx, o); err != nil {
+			return nil, err
+		}
+		if err := r.checkPITR(ctx, o); err != nil {
 			return nil, err
 		}
 	}
@@ -313,6 +321,79 @@ func (r *Report) checkBackups(ctx context.Context, o Options) error {
 	b.NewestVerified = &verified.FinishedAt
 	if age := time.Since(verified.FinishedAt); age > o.MaxUnverifiedAge {
 		r.add(Warning, "backup.verified", fmt.Sprintf("the newest verified backup is %s old (limit %s)", age.Round(time.Minute), o.MaxUnverifiedAge), verify)
+	}
+	return nil
+}
+
+// PITR is doctor's view of point-in-time recovery from the store.
+type PITR struct {
+	Bases int `json:"bases"`
+	// NewestRestorable is the newest moment a restore can reach (the end
+	// of the newest base's window); RPOSeconds is its age.
+	NewestRestorable *time.Time `json:"newest_restorable,omitempty"`
+	RPOSeconds       float64    `json:"rpo_seconds,omitempty"`
+}
+
+func (r *Report) checkArchiving(ctx context.Context, conn *pgx.Conn) error {
+	a, err := backup.ReadArchiver(ctx, conn)
+	if err != nil {
+		return err
+	}
+	r.Archiving = a
+	recommend := "spiredb tune recommend gives archive_mode, archive_command (spiredb wal push) and archive_timeout"
+	switch {
+	case !a.Enabled():
+		r.add(Info, "archive.off", "WAL is not archived: the newest recovery point is the newest backup, and a mass delete a standby replays is lost with everything after that backup", recommend)
+		return nil
+	case !a.CommandSet:
+		r.add(Error, "archive.command", "archive_mode is on but archive_command is empty: WAL piles up in pg_wal until the disk is full", recommend)
+		return nil
+	}
+	if a.Failing {
+		r.add(Error, "archive.failing", fmt.Sprintf("archiving has failed since %s, on %s (%d failures so far): WAL piles up in pg_wal until it succeeds",
+			a.LastFailedTime.UTC().Format(time.RFC3339), a.LastFailedWAL, a.FailedCount),
+			"the server log's 'archive command failed' lines carry spiredb wal push's one-line error")
+	}
+	if a.Pending > 10 {
+		r.add(Warning, "archive.lag", fmt.Sprintf("%d segments wait to be archived: the archive is %s behind", a.Pending, humanize.IBytes(uint64(a.Pending)*16<<20)),
+			"check the store's throughput and the archiver's errors")
+	}
+	if a.TimeoutSeconds == 0 {
+		r.add(Warning, "archive.timeout", "archive_timeout is 0: a quiet hour's changes stay in the current segment, unarchived, and a restore cannot reach them", "ALTER SYSTEM SET archive_timeout = '60s'; SELECT pg_reload_conf();")
+	}
+	return nil
+}
+
+func (r *Report) checkPITR(ctx context.Context, o Options) error {
+	windows, err := backup.Windows(ctx, o.Store)
+	if err != nil {
+		return err
+	}
+	p := &PITR{Bases: len(windows)}
+	r.PITR = p
+	if len(windows) == 0 {
+		return nil
+	}
+	if r.Archiving != nil && !r.Archiving.Enabled() {
+		r.add(Error, "archive.off", "the store has physical base backups but this server does not archive WAL: they cannot be restored past their end", "ALTER SYSTEM SET archive_mode = on (restart) and archive_command = 'spiredb wal push %p --store "+o.StoreURL+"'")
+	}
+	newest := windows[len(windows)-1]
+	if !newest.Restorable {
+		r.add(Error, "pitr.base", "the newest base backup cannot be restored: "+newest.String(), "spiredb backup run --physical --store "+o.StoreURL)
+		return nil
+	}
+	p.NewestRestorable = &newest.ToTime
+	p.RPOSeconds = time.Since(newest.ToTime).Seconds()
+	limit := 10 * time.Minute
+	if r.Archiving != nil && r.Archiving.TimeoutSeconds > 0 {
+		limit = max(limit, 3*time.Duration(r.Archiving.TimeoutSeconds)*time.Second)
+	}
+	if age := time.Since(newest.ToTime); age > limit {
+		r.add(Warning, "pitr.rpo", fmt.Sprintf("the newest restorable moment is %s old (%s): changes since then are not in the archive", age.Round(time.Second), newest.ToTime.UTC().Format(time.RFC3339)),
+			"check archiving (archive.* findings) and archive_timeout")
+	}
+	if newest.Missing != "" {
+		r.add(Error, "pitr.gap", fmt.Sprintf("the archive lacks %s after %s: no restore can pass it", newest.Missing, newest.LastWAL), "take a new base: spiredb backup run --physical --store "+o.StoreURL)
 	}
 	return nil
 }

@@ -200,6 +200,12 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "outside every restorable window")
 
+	// doctor sees the archiving and what the store can restore to
+	out, errOut, code = cli("doctor", "--dsn", c.DSN("spire"))
+	require.Regexp(t, `WAL archiving\s+on \(timeout`, out, errOut)
+	require.Regexp(t, `point-in-time\s+1 base backups; restorable to 20`, out)
+	require.NotContains(t, out, "archive.failing")
+
 	out, errOut, code = cli("backup", "verify", "--latest", "--level", "pitr")
 	require.Equal(t, 0, code, out+errOut)
 	for _, check := range []string{"wal-continuity", "recovery", "amcheck", "spire"} {
@@ -363,4 +369,30 @@ func stallingProxy(t *testing.T, backend string, limit int64) (string, *atomic.I
 		}
 	}()
 	return ln.Addr().String(), &forwarded
+}
+
+// TestDoctorSeesArchiverFailing: an archive_command that fails is an error
+// finding naming the segment; a server without archiving gets the advice.
+func TestDoctorSeesArchiverFailing(t *testing.T) {
+	t.Parallel()
+	c := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"archive_mode": "on", "archive_command": "'/bin/false'"}})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var name string
+	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&name))
+	require.Eventually(t, func() bool {
+		var failed int
+		require.NoError(t, conn.QueryRow(ctx, "SELECT failed_count FROM pg_stat_archiver").Scan(&failed))
+		return failed > 0
+	}, time.Minute, 100*time.Millisecond)
+	out, errOut, code := runCLI(t, nil, "doctor", "--dsn", c.DSN("postgres"))
+	require.Equal(t, 1, code, out+errOut)
+	require.Contains(t, out, "archive.failing")
+	require.Contains(t, out, name)
+	require.Contains(t, out, "FAILING")
+
+	out, _, _ = runCLI(t, nil, "doctor", "--dsn", pgtest.NewDB(t).DSN)
+	require.Contains(t, out, "archive.off")
 }

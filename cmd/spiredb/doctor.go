@@ -129,6 +129,29 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		}
 		fmt.Fprintf(tw, "backups\t%s\n", line)
 	}
+	if a := r.Archiving; a != nil {
+		line := "off"
+		if a.Enabled() {
+			line = fmt.Sprintf("on (timeout %ds)", a.TimeoutSeconds)
+			if a.LastArchivedTime != nil {
+				line += fmt.Sprintf("; last %s %s ago", a.LastArchivedWAL, time.Since(*a.LastArchivedTime).Round(time.Second))
+			}
+			if a.Pending >= 0 {
+				line += fmt.Sprintf("; %d waiting", a.Pending)
+			}
+			if a.Failing {
+				line += "; FAILING"
+			}
+		}
+		fmt.Fprintf(tw, "WAL archiving\t%s\n", line)
+	}
+	if p := r.PITR; p != nil && p.Bases > 0 {
+		line := fmt.Sprintf("%d base backups", p.Bases)
+		if p.NewestRestorable != nil {
+			line += fmt.Sprintf("; restorable to %s (%s ago)", p.NewestRestorable.UTC().Format(time.RFC3339), time.Duration(p.RPOSeconds*float64(time.Second)).Round(time.Second))
+		}
+		fmt.Fprintf(tw, "point-in-time\t%s\n", line)
+	}
 	if p := r.Pooling; p != nil {
 		mode := "session pooling or a proxy"
 		if p.Transaction {
