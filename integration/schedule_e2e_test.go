@@ -117,6 +117,7 @@ jobs:
 	assert.Positive(t, scrape(t, addr, "spiredb_backup_newest_bytes"))
 	assert.Zero(t, scrape(t, addr, "spiredb_replication_standbys"))
 	assert.Zero(t, scrape(t, addr, "spiredb_replication_slots_lost"))
+	assert.Zero(t, scrape(t, addr, "spiredb_archive_failing"), "the harness cluster does not archive")
 	assert.Zero(t, scrape(t, addr, "spiredb_indexes_invalid"))
 	assert.Positive(t, scrape(t, addr, "spiredb_collect_last_success_timestamp_seconds"), logs.String())
 

@@ -35,6 +35,13 @@ type stateMetrics struct {
 	viewAge             *prometheus.GaugeVec
 	viewChanges         *prometheus.GaugeVec
 	operationShare      *prometheus.GaugeVec
+	archiveEnabled      prometheus.Gauge
+	archiveFailing      prometheus.Gauge
+	archiveFailed       prometheus.Gauge
+	archiveLast         prometheus.Gauge
+	archivePending      prometheus.Gauge
+	pitrBases           prometheus.Gauge
+	pitrNewest          prometheus.Gauge
 	collectLastSuccess  prometheus.Gauge
 	collectErrors       *prometheus.CounterVec
 	collectDurationSecs prometheus.Gauge
@@ -65,6 +72,13 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 			Help: "SPIRE entry events since the view's last refresh."}, []string{"view"}),
 		operationShare: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_statements_operation_share",
 			Help: "Share of database time per SPIRE operation (pg_stat_statements; the top 10)."}, []string{"operation"}),
+		archiveEnabled:      gauge("spiredb_archive_enabled", "1 when the server archives WAL (archive_mode on or always)."),
+		archiveFailing:      gauge("spiredb_archive_failing", "1 when the archiver's last attempt failed (pg_stat_archiver)."),
+		archiveFailed:       gauge("spiredb_archive_failed_count", "Failed archive attempts since the statistics reset (pg_stat_archiver.failed_count)."),
+		archiveLast:         gauge("spiredb_archive_last_archived_timestamp_seconds", "Unix time the last WAL file was archived."),
+		archivePending:      gauge("spiredb_archive_pending_segments", "WAL files waiting to be archived (-1: the role may not list them)."),
+		pitrBases:           gauge("spiredb_pitr_bases", "Physical base backups in the store."),
+		pitrNewest:          gauge("spiredb_pitr_newest_restorable_timestamp_seconds", "Unix time of the newest moment a point-in-time restore can reach (the RPO is its age)."),
 		collectLastSuccess:  gauge("spiredb_collect_last_success_timestamp_seconds", "Unix time of the last complete state collection."),
 		collectDurationSecs: gauge("spiredb_collect_duration_seconds", "Duration of the last state collection."),
 		collectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "spiredb_collect_errors_total",
@@ -72,8 +86,9 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 	}
 	reg.MustRegister(m.backups, m.backupNewest, m.backupNewestBytes, m.backupVerified, m.standbys, m.standbysReady, m.maxLagBytes,
 		m.maxLagSeconds, m.slotsLost, m.standbyLag, m.indexesInvalid, m.indexesDuplicate, m.viewAge, m.viewChanges, m.operationShare,
+		m.archiveEnabled, m.archiveFailing, m.archiveFailed, m.archiveLast, m.archivePending, m.pitrBases, m.pitrNewest,
 		m.collectLastSuccess, m.collectErrors, m.collectDurationSecs)
-	for _, part := range []string{"connect", "backups", "replication", "indexes", "views", "statements"} {
+	for _, part := range []string{"connect", "backups", "replication", "archiving", "indexes", "views", "statements"} {
 		m.collectErrors.WithLabelValues(part)
 	}
 	return m
@@ -105,6 +120,9 @@ func (s *Scheduler) collect(ctx context.Context) {
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := s.collectReplication(ctx, conn); err != nil {
 		fail("replication", err)
+	}
+	if err := s.collectArchiving(ctx, conn); err != nil {
+		fail("archiving", err)
 	}
 	schema, err := spire.ReadSchema(ctx, conn)
 	if err == nil && schema.Present {
@@ -159,7 +177,38 @@ func (s *Scheduler) collectBackups(ctx context.Context) error {
 	if !verified.IsZero() {
 		m.backupVerified.Set(float64(verified.Unix()))
 	}
+	windows, err := backup.Windows(ctx, s.store)
+	if err != nil {
+		return err
+	}
+	m.pitrBases.Set(float64(len(windows)))
+	if n := len(windows); n > 0 && windows[n-1].Restorable {
+		m.pitrNewest.Set(float64(windows[n-1].ToTime.Unix()))
+	}
 	return nil
+}
+
+func (s *Scheduler) collectArchiving(ctx context.Context, conn *pgx.Conn) error {
+	a, err := backup.ReadArchiver(ctx, conn)
+	if err != nil {
+		return err
+	}
+	m := s.state
+	m.archiveEnabled.Set(boolGauge(a.Enabled()))
+	m.archiveFailing.Set(boolGauge(a.Failing))
+	m.archiveFailed.Set(float64(a.FailedCount))
+	if a.LastArchivedTime != nil {
+		m.archiveLast.Set(float64(a.LastArchivedTime.Unix()))
+	}
+	m.archivePending.Set(float64(a.Pending))
+	return nil
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (s *Scheduler) collectReplication(ctx context.Context, conn *pgx.Conn) error {
