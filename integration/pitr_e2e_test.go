@@ -30,7 +30,7 @@ import (
 // `spiredb wal push` into the bucket's prefix, through a script (owned by
 // the server's user) that carries the S3 credentials, as an operator's
 // environment would: they are not in the server's configuration or log.
-func archivingCluster(t *testing.T, b *s3test.Bucket, prefix string) *pgcluster.Cluster {
+func archivingCluster(t testing.TB, b *s3test.Bucket, prefix string, opts ...pgcluster.Options) *pgcluster.Cluster {
 	t.Helper()
 	env, flags := s3CLI(b, prefix)
 	dir := sharedDir(t)
@@ -50,15 +50,24 @@ func archivingCluster(t *testing.T, b *s3test.Bucket, prefix string) *pgcluster.
 	if cred != nil {
 		require.NoError(t, os.Chown(push, int(cred.Uid), int(cred.Gid)))
 	}
-	c := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{
-		"archive_mode": "on", "archive_command": "'" + push + " %p'", "wal_level": "replica"}})
+	o := pgcluster.Options{Settings: map[string]string{}}
+	if len(opts) > 0 {
+		o = opts[0]
+		if o.Settings == nil {
+			o.Settings = map[string]string{}
+		}
+	}
+	for k, v := range map[string]string{"archive_mode": "on", "archive_command": "'" + push + " %p'", "wal_level": "replica"} {
+		o.Settings[k] = v
+	}
+	c := pgtest.NewCluster(t, o)
 	_, err = c.CreateDatabase(context.Background(), "spire")
 	require.NoError(t, err)
 	return c
 }
 
 // sharedDir is a directory the server's OS user can read.
-func sharedDir(t *testing.T) string {
+func sharedDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "spiredb-pitr-")
 	require.NoError(t, err)
@@ -67,7 +76,7 @@ func sharedDir(t *testing.T) string {
 	return dir
 }
 
-func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+func copyFile(t testing.TB, from, to string, mode os.FileMode) {
 	t.Helper()
 	b, err := os.ReadFile(from)
 	require.NoError(t, err)
@@ -76,7 +85,7 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 
 // switchWAL ends the current segment and waits until the archiver has
 // pushed it.
-func switchWAL(t *testing.T, c *pgcluster.Cluster) string {
+func switchWAL(t testing.TB, c *pgcluster.Cluster) string {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, c.DSN("spire"))
@@ -110,7 +119,7 @@ func startRestored(t *testing.T, from *pgcluster.Cluster, dir string) string {
 
 // restoreDir is a directory under the harness root for a restored data
 // directory (…/data, made by the restore).
-func restoreDir(t *testing.T) string {
+func restoreDir(t testing.TB) string {
 	t.Helper()
 	require.NoError(t, os.MkdirAll(pgcluster.DefaultRoot(), 0o755))
 	dir, err := os.MkdirTemp(pgcluster.DefaultRoot(), "pitr-")
