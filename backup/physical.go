@@ -110,7 +110,8 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 		pg_catalog.current_setting('archive_mode'), pg_catalog.current_setting('archive_command'),
 		(SELECT system_identifier::text FROM pg_catalog.pg_control_system()),
 		(SELECT rolname FROM pg_catalog.pg_roles WHERE oid = 10),
-		(SELECT pg_catalog.sum(pg_catalog.pg_database_size(oid))::bigint FROM pg_catalog.pg_database)`).
+		(SELECT pg_catalog.sum(pg_catalog.pg_database_size(oid))::bigint FROM pg_catalog.pg_database
+		  WHERE pg_catalog.has_database_privilege(oid, 'CONNECT'))`).
 		Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum, &p.SegmentSize, &archiveMode, &archiveCommand,
 			&p.SystemIdentifier, &p.BootstrapRole, &dbBytes); err != nil {
 		return nil, fmt.Errorf("reading the server's settings: %w", err)
@@ -187,7 +188,9 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	}()
 	store := o.Store
 	if s, ok := store.(sizer); ok {
-		store = s.ForSize(dbBytes)
+		// the databases this role can see, doubled for the ones it cannot
+		// (the cluster is mostly SPIRE's): bounds the upload's part count
+		store = s.ForSize(max(2*dbBytes, 1<<30))
 	}
 	size, err := store.Put(ctx, m.dataKey(), compR)
 	_ = compR.CloseWithError(errors.New("upload ended"))

@@ -94,6 +94,12 @@ func TestEveryCommandAsManagedRole(t *testing.T) {
 		assert.Fail(t, fmt.Sprintf("%s failed as the database owner: exit %d\n%s", name, code, stderr))
 	}
 
+	// a base backup of a server that does not archive is refused in one line
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--physical", "--dsn", dsn, "--store", store)
+	assert.Equal(t, 1, code, stderr)
+	assert.Contains(t, stderr, "archive_mode is off")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+
 	// what a managed role cannot do is refused naming the privilege
 	for _, args := range [][]string{
 		{"stats", "reset", "--dsn", dsn},
