@@ -19,7 +19,9 @@ import (
 
 // storeFlags are shared by every backup command.
 type storeFlags struct {
-	url         string
+	// restoreCommand overrides the restore_command of PITR restores
+	restoreCommand string
+	url            string
 	s3Endpoint  string
 	s3Region    string
 	s3PathStyle bool
@@ -64,6 +66,12 @@ func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
 // Credentials are not in it: PostgreSQL runs it with spiredb's
 // environment (the AWS credential chain).
 func (f *storeFlags) fetchCommand() (string, error) {
+	if f.restoreCommand != "" {
+		if !strings.Contains(f.restoreCommand, "%f") || !strings.Contains(f.restoreCommand, "%p") {
+			return "", usageErrorf("--restore-command must contain %%f and %%p")
+		}
+		return f.restoreCommand, nil
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("finding spiredb's executable for restore_command: %w", err)
@@ -341,6 +349,7 @@ check fails; the message names the check.`,
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
 	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore and amcheck sessions (1: stream, no temporary file)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download and the pitr scratch data directory (default: $TMPDIR)")
+	cmd.Flags().StringVar(&f.restoreCommand, "restore-command", "", "pitr: the restore_command (default: this spiredb's wal fetch %f %p with the store flags)")
 	return cmd
 }
 
@@ -455,6 +464,7 @@ your server to do the recovery when it starts.`,
 	cmd.Flags().StringVar(&toLSN, "to-lsn", "", "--physical: restore to this WAL position")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "--physical: the new data directory (absent or empty)")
 	cmd.Flags().BoolVar(&prepareOnly, "prepare-only", false, "--physical: write the base and recovery settings; your server recovers when it starts")
+	cmd.Flags().StringVar(&f.restoreCommand, "restore-command", "", "--physical: the restore_command (default: this spiredb's wal fetch %f %p with the store flags; set it with --prepare-only when the server's spiredb is elsewhere)")
 	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first (asks, or --yes)")
 	addYes(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
