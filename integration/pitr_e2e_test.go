@@ -160,10 +160,17 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	// spread over segments
 	type ack struct{ requested, acked time.Time }
 	var acks []ack
+	pconn, err := pgx.Connect(ctx, c.DSN("spire"))
+	require.NoError(t, err)
+	defer pconn.Close(ctx)
+	var afterSeventh string // a WAL position after entry 7's commit, before entry 8's
 	for i := 10; i < 30; i++ {
 		r := time.Now()
 		require.NoError(t, srv.CreateEntries(ctx, entries[i:i+1]))
 		acks = append(acks, ack{r, time.Now()})
+		if i == 17 {
+			require.NoError(t, pconn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&afterSeventh))
+		}
 		if i%5 == 4 {
 			switchWAL(t, c)
 		}
@@ -193,6 +200,11 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	}
 
 	dir := restoreDir(t)
+	out, errOut, code = cli("backup", "restore", "--physical", "--to-lsn", afterSeventh, "--data-dir", filepath.Join(dir, "data"))
+	require.Equal(t, 0, code, errOut)
+	require.Len(t, spiffeIDs(t, startRestored(t, c, dir)), 18, "restore to %s", afterSeventh)
+
+	dir = restoreDir(t)
 	out, errOut, code = cli("backup", "restore", "--physical", "--latest", "--data-dir", filepath.Join(dir, "data"), "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, `"reached_lsn"`)
@@ -208,6 +220,21 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	_, errOut, code = cli("backup", "restore", "--physical", "--to-time", "2001-01-01T00:00:00Z", "--data-dir", filepath.Join(dir, "data"))
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "outside every restorable window")
+
+	// the logical commands pick the logical backup, and refuse the base
+	out, errOut, code = cli("backup", "verify", "--latest", "--level", "restore", "--dsn", c.DSN("spire"))
+	require.Equal(t, 0, code, out+errOut)
+	ms, err := backup.List(ctx, s3StoreOf(t, b, "pitr"))
+	require.NoError(t, err)
+	var baseID string
+	for _, m := range ms {
+		if m.IsPhysical() {
+			baseID = m.ID
+		}
+	}
+	_, errOut, code = cli("backup", "restore", "--id", baseID, "--target-dsn", pgtest.NewDB(t).DSN)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "is a physical backup")
 
 	// doctor sees the archiving and what the store can restore to
 	out, errOut, code = cli("doctor", "--dsn", c.DSN("spire"))
