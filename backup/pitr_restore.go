@@ -127,6 +127,15 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 	if err := downloadBase(ctx, o.Store, m, o.DataDir, cred); err != nil {
 		return nil, err
 	}
+	// Debian keeps postgresql.conf in /etc/postgresql, outside the data
+	// directory, so a base of such a cluster has none; postgres will not
+	// start without one
+	if _, err := os.Stat(filepath.Join(o.DataDir, "postgresql.conf")); errors.Is(err, os.ErrNotExist) {
+		logger.Warn("the base has no postgresql.conf (the cluster kept it outside the data directory): an empty one is written; start the server with your configuration")
+		if err := writeOwned(filepath.Join(o.DataDir, "postgresql.conf"), []byte("# written by spiredb backup restore --physical: the base had none\n"), cred); err != nil {
+			return nil, err
+		}
+	}
 	settings := recoverySettings(o.FetchCommand, o.Target)
 	if err := writeOwned(filepath.Join(o.DataDir, "recovery.signal"), nil, cred); err != nil {
 		return nil, err
@@ -319,6 +328,9 @@ func (r *recovery) run(ctx context.Context, settings map[string]string, t Target
 	if err := writeOwned(hba, []byte("local all all trust\n"), r.cred); err != nil {
 		return err
 	}
+	if err := writeOwned(filepath.Join(sock, "pg_ident.conf"), nil, r.cred); err != nil {
+		return err
+	}
 	logPath := filepath.Join(sock, "postgres.log")
 	for attempt := 0; ; attempt++ {
 		err := r.once(ctx, sock, hba, logPath, settings, res, whileRunning)
@@ -370,7 +382,7 @@ func (r *recovery) once(ctx context.Context, sock, hba, logPath string, settings
 	defer logf.Close()
 	args := []string{"-D", r.dataDir,
 		"-c", "listen_addresses=", "-c", "unix_socket_directories=" + sock, "-c", "port=5432",
-		"-c", "hba_file=" + hba, "-c", "ssl=off", "-c", "archive_mode=off", "-c", "hot_standby=on",
+		"-c", "hba_file=" + hba, "-c", "ident_file=" + filepath.Join(sock, "pg_ident.conf"), "-c", "ssl=off", "-c", "archive_mode=off", "-c", "hot_standby=on",
 		"-c", "shared_preload_libraries=", "-c", "logging_collector=off", "-c", "log_destination=stderr",
 		"-c", "cluster_name=spiredb-recovery"}
 	for _, k := range sortedKeys(settings) {
