@@ -264,7 +264,11 @@ func emptyDir(dir string) (cleanup func(), err error) {
 	entries, err := os.ReadDir(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		// missing parents must let the server's OS user through
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.Mkdir(dir, 0o700); err != nil {
 			return nil, err
 		}
 		return func() { _ = os.RemoveAll(dir) }, nil
