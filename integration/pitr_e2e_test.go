@@ -142,7 +142,8 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	defer cancel()
 	b := s3test.NewBucket(t)
 	env, flags := s3CLI(b, "pitr")
-	c := archivingCluster(t, b, "pitr")
+	// archive_timeout, not the test, ends the segments while SPIRE writes
+	c := archivingCluster(t, b, "pitr", pgcluster.Options{Settings: map[string]string{"archive_timeout": "10s"}})
 	srv := startSpire(t, &pgtest.DB{Cluster: c, Name: "spire"}, spiretest.Options{})
 	entries := spirefixture.GenerateEntries(40, 4, nil)
 	require.NoError(t, srv.CreateEntries(ctx, entries[:10]))
@@ -157,7 +158,8 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	require.Equal(t, 0, code, errOut, "a logical backup next to it")
 
 	// one entry at a time, each acknowledged by the API at a known time,
-	// spread over segments
+	// over about a minute and a half: archive_timeout spreads them over
+	// several segments
 	type ack struct{ requested, acked time.Time }
 	var acks []ack
 	pconn, err := pgx.Connect(ctx, c.DSN("spire"))
@@ -171,10 +173,7 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 		if i == 17 {
 			require.NoError(t, pconn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&afterSeventh))
 		}
-		if i%5 == 4 {
-			switchWAL(t, c)
-		}
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(2500 * time.Millisecond)
 	}
 	switchWAL(t, c)
 	between := func(k int) time.Time { // after entry k's ack, before entry k+1's request
@@ -186,7 +185,7 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	require.Contains(t, out, "physical")
 	require.Contains(t, out, "logical")
 
-	for _, k := range []int{3, 12} {
+	for _, k := range []int{3, 12, 18} {
 		dir := restoreDir(t)
 		target := between(k)
 		out, errOut, code := cli("backup", "restore", "--physical", "--to-time", target.UTC().Format(time.RFC3339Nano), "--data-dir", filepath.Join(dir, "data"))
