@@ -417,7 +417,8 @@ func (r *recovery) once(ctx context.Context, sock, hba, logPath string, settings
 			conn.Close(context.WithoutCancel(ctx))
 		}
 		select {
-		case <-exited:
+		case werr := <-exited:
+			_ = werr // it exited on its own: waitDone's error says so
 		default:
 			_ = stop()
 		}
@@ -457,7 +458,7 @@ func (r *recovery) waitDone(ctx context.Context, opts pg.Options, exited chan er
 		select {
 		case err := <-exited:
 			exited <- err
-			return conn, fmt.Errorf("postgres exited during recovery (%v)", err)
+			return conn, fmt.Errorf("postgres exited during recovery (%w)", err)
 		case <-ctx.Done():
 			return conn, ctx.Err()
 		case <-tick.C:

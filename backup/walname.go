@@ -56,10 +56,10 @@ func ParseWALName(name string) (WALName, bool) {
 	lg, _ := strconv.ParseUint(m[2], 16, 32)
 	sg, _ := strconv.ParseUint(m[3], 16, 32)
 	w.Log, w.Seg = uint32(lg), uint32(sg)
-	switch {
-	case m[4] == "":
+	switch m[4] {
+	case "":
 		w.Kind = WALSegment
-	case m[4] == ".partial":
+	case ".partial":
 		w.Kind = WALPartial
 	default:
 		w.Kind = WALBackupHistory

@@ -22,12 +22,12 @@ type storeFlags struct {
 	// restoreCommand overrides the restore_command of PITR restores
 	restoreCommand string
 	url            string
-	s3Endpoint  string
-	s3Region    string
-	s3PathStyle bool
-	sse         string
-	sseKMSKeyID string
-	pgBin       string
+	s3Endpoint     string
+	s3Region       string
+	s3PathStyle    bool
+	sse            string
+	sseKMSKeyID    string
+	pgBin          string
 }
 
 // register adds the store flags (and --pg-bin, for commands that run
@@ -101,7 +101,8 @@ func (f *storeFlags) fetchCommand() (string, error) {
 func shellQuote(s string) string {
 	plain := s != ""
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:%=@+,", r)) {
+		word := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:%=@+,", r)
+		if !word {
 			plain = false
 			break
 		}
