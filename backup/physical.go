@@ -80,25 +80,11 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	if err := o.Conn.Validate(); err != nil {
 		return nil, err
 	}
-	if err := checkWrite(ctx, o.Store); err != nil {
-		return nil, err
-	}
-	conn, err := pg.Connect(ctx, o.Conn)
+	conn, release, err := lockedSession(ctx, o.Store, o.Conn, physicalLockName)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if err := pg.RequireSession(ctx, conn, o.Conn); err != nil {
-		return nil, err
-	}
-	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, physicalLockName)
-	if err != nil {
-		return nil, err
-	}
-	if !locked {
-		return nil, ErrBackupRunning
-	}
-	defer lock.Unlock(ctx)
+	defer release()
 
 	m := &Manifest{Kind: KindPhysical, Label: o.Label, Format: "tar", SpiredbVersion: version.String(), Physical: &PhysicalInfo{}}
 	p := m.Physical

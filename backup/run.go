@@ -55,28 +55,11 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	if err := checkWrite(ctx, o.Store); err != nil {
-		return nil, err
-	}
-	conn, err := pg.Connect(ctx, o.Conn)
+	conn, release, err := lockedSession(ctx, o.Store, o.Conn, lockName)
 	if err != nil {
 		return nil, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	// the backup lock and pg_dump's snapshot need a session of their own
-	if err := pg.RequireSession(ctx, conn, o.Conn); err != nil {
-		return nil, err
-	}
-
-	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, lockName)
-	if err != nil {
-		return nil, err
-	}
-	if !locked {
-		return nil, ErrBackupRunning
-	}
-	// the session ends with conn: that releases the lock too
-	defer lock.Unlock(ctx)
+	defer release()
 
 	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
 	var dbBytes int64
@@ -186,6 +169,34 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	logger.Info("backup done", "id", m.ID, "bytes", m.Size, "duration", m.FinishedAt.Sub(m.StartedAt).Round(time.Millisecond))
 	return m, nil
+}
+
+// lockedSession checks that the store takes writes, opens a session of its
+// own (the lock and pg_dump's snapshot need one: no transaction pooler) and
+// takes the backup's advisory lock there; ErrBackupRunning when another
+// backup holds it. release ends the lock and the session.
+func lockedSession(ctx context.Context, s Store, opts pg.Options, name string) (*pgx.Conn, func(), error) {
+	if err := checkWrite(ctx, s); err != nil {
+		return nil, nil, err
+	}
+	conn, err := pg.Connect(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	closeConn := func() { conn.Close(context.WithoutCancel(ctx)) }
+	if err := pg.RequireSession(ctx, conn, opts); err != nil {
+		closeConn()
+		return nil, nil, err
+	}
+	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, name)
+	if err == nil && !locked {
+		err = ErrBackupRunning
+	}
+	if err != nil {
+		closeConn()
+		return nil, nil, err
+	}
+	return conn, func() { lock.Unlock(ctx); closeConn() }, nil
 }
 
 // newID is sortable by time and unique: 20261127T142235Z-1a2b3c.
