@@ -51,7 +51,11 @@ func readTOC(ctx context.Context, s Store, m *Manifest, restorer, path string) (
 	defer rc.Close()
 	pr, pw := io.Pipe()
 	go func() {
-		_, err := io.Copy(pw, rc)
+		dec, err := decodedReader(m, rc)
+		if err == nil {
+			_, err = io.Copy(pw, dec)
+			dec.Close()
+		}
 		pw.CloseWithError(err)
 	}()
 	cmd := pgprog.Command(ctx, restorer, nil, nil, stderr, "--list")

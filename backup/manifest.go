@@ -36,7 +36,10 @@ type Manifest struct {
 	ServerVersionNum int              `json:"server_version_num"`
 	PgDumpVersion    string           `json:"pg_dump_version"`
 	Format           string           `json:"format"`
-	Compression      int              `json:"compression"` // -1: pg_dump's default
+	Compression      int              `json:"compression"` // pg_dump's -Z; -1: its default
+	// Codec is how the stored object is compressed: CodecZstd, or
+	// CodecPgDump (empty in manifests written before codecs).
+	Codec string `json:"codec,omitempty"`
 	SPIRE            *SPIREInfo       `json:"spire,omitempty"`
 	RowCounts        map[string]int64 `json:"row_counts"`
 	Size             int64            `json:"size"`

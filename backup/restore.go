@@ -183,9 +183,18 @@ func restoreStream(ctx context.Context, o RestoreOptions, m *Manifest, path stri
 	}
 	h := sha256.New()
 	hold := &holdback{w: &forgivingWriter{w: stdin}, keep: 1 << 20}
-	n, copyErr := io.Copy(hold, io.TeeReader(rc, h))
+	// the stored bytes are hashed; pg_restore gets them decoded, all but
+	// the last megabyte until the hash is checked
+	// (a damaged object keeps being read to its end: the checksum says why)
+	dec := decodingWriter(m, hold)
+	fw := &forgivingWriter{w: dec}
+	n, copyErr := io.Copy(fw, io.TeeReader(rc, h))
+	derr := dec.Close()
 	if copyErr == nil {
 		copyErr = checkSum(m, n, h)
+	}
+	if copyErr == nil && (derr != nil || fw.err != nil) {
+		copyErr = fmt.Errorf("decompressing: %w", errors.Join(derr, fw.err))
 	}
 	if copyErr == nil {
 		copyErr = hold.release()
@@ -219,8 +228,11 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 		return err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), rc)
+	dec := decodingWriter(m, f)
+	fw := &forgivingWriter{w: dec}
+	n, err := io.Copy(io.MultiWriter(fw, h), rc)
 	_ = rc.Close()
+	derr := dec.Close()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -229,6 +241,9 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 	}
 	if err := checkSum(m, n, h); err != nil {
 		return fmt.Errorf("restore of %s not started: %w", m.ID, err)
+	}
+	if derr != nil || fw.err != nil {
+		return fmt.Errorf("restore of %s not started: decompressing: %w", m.ID, errors.Join(derr, fw.err))
 	}
 	stderr := pgprog.NewOutput(logger, "pg_restore")
 	if err := pgprog.Command(ctx, path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {

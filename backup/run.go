@@ -39,7 +39,12 @@ type Progress func(done int64, elapsed time.Duration)
 type RunOptions struct {
 	Conn  pg.Options
 	Store Store
-	// Compress is pg_dump's -Z level 0-9; -1 keeps pg_dump's default.
+	// Codec is CodecZstd (the default when empty: pg_dump writes an
+	// uncompressed archive, spiredb compresses it with zstd on two cores) or
+	// CodecPgDump (pg_dump compresses, at Compress).
+	Codec string
+	// Compress is pg_dump's -Z level 0-9 with CodecPgDump; -1 keeps
+	// pg_dump's default. With CodecZstd it must be -1 or 0.
 	Compress int
 	Label    string
 	Tools    Tools
@@ -61,7 +66,10 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	defer release()
 
-	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, SpiredbVersion: version.String()}
+	m := &Manifest{Label: o.Label, Format: "custom", Compression: o.Compress, Codec: o.codec(), SpiredbVersion: version.String()}
+	if m.Codec == CodecZstd {
+		m.Compression = 0
+	}
 	var dbBytes int64
 	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
 		pg_catalog.current_setting('server_version_num')::int, pg_catalog.pg_database_size(pg_catalog.current_database())`).
@@ -101,8 +109,8 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	logger.Info("backup started", "id", m.ID, "database", m.Database, "store", o.Store.String(), "snapshot", snapshot)
 
 	args := []string{"--format=custom", "--snapshot=" + snapshot, "--no-password"}
-	if o.Compress >= 0 {
-		args = append(args, "--compress="+strconv.Itoa(o.Compress))
+	if m.Codec == CodecZstd || o.Compress >= 0 {
+		args = append(args, "--compress="+strconv.Itoa(m.Compression))
 	}
 	// pg_dump dumps the database this session is in, whatever else the
 	// DSN says
@@ -140,7 +148,26 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		counted <- err
 	}()
 	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, hash: sha256.New(), start: time.Now(), progress: o.Progress}
-	size, err := store.Put(ctx, dumpKey(m.ID), src)
+	// what is stored, and hashed for the manifest: pg_dump's archive, or
+	// its zstd compression
+	stored, storedHash := io.Reader(src), src.hash
+	if m.Codec == CodecZstd {
+		pr, pw := io.Pipe()
+		storedHash = sha256.New()
+		stored = pr
+		go func() {
+			enc, err := zstdEncoder(io.MultiWriter(pw, storedHash))
+			if err == nil {
+				_, err = io.Copy(enc, src)
+				if cerr := enc.Close(); err == nil {
+					err = cerr
+				}
+			}
+			pw.CloseWithError(err)
+		}()
+		defer pr.Close()
+	}
+	size, err := store.Put(ctx, dumpKey(m.ID), stored)
 	if err != nil {
 		cancelDump()
 	}
@@ -162,13 +189,20 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		return nil, fmt.Errorf("ending snapshot transaction: %w", err)
 	}
 	m.Size = size
-	m.SHA256 = hex.EncodeToString(src.hash.Sum(nil))
+	m.SHA256 = hex.EncodeToString(storedHash.Sum(nil))
 	m.FinishedAt = time.Now().UTC()
 	if err := putJSON(ctx, o.Store, manifestKey(m.ID), m); err != nil {
 		return nil, fmt.Errorf("writing manifest of %s (the data is stored but the backup does not count until prune removes it): %w", m.ID, err)
 	}
 	logger.Info("backup done", "id", m.ID, "bytes", m.Size, "duration", m.FinishedAt.Sub(m.StartedAt).Round(time.Millisecond))
 	return m, nil
+}
+
+func (o RunOptions) codec() string {
+	if o.Codec == "" {
+		return CodecZstd
+	}
+	return o.Codec
 }
 
 // lockedSession checks that the store takes writes, opens a session of its

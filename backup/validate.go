@@ -13,6 +13,15 @@ func (o RunOptions) Validate() error {
 	if o.Compress < -1 || o.Compress > 9 {
 		return fmt.Errorf("invalid compression %d: want 0-9", o.Compress)
 	}
+	switch o.codec() {
+	case CodecZstd:
+		if o.Compress > 0 {
+			return fmt.Errorf("compression level %d is pg_dump's: with the zstd codec pg_dump writes uncompressed (use the pg_dump codec for -Z %d)", o.Compress, o.Compress)
+		}
+	case CodecPgDump:
+	default:
+		return fmt.Errorf("invalid codec %q: want zstd or pg_dump", o.Codec)
+	}
 	return o.Conn.Validate()
 }
 

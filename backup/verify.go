@@ -164,10 +164,18 @@ func verifyChecksum(ctx context.Context, o VerifyOptions, m *Manifest, res *Veri
 	defer rc.Close()
 	h := sha256.New()
 	w := io.Writer(h)
+	var dec io.WriteCloser
 	if sink != nil {
-		w = io.MultiWriter(h, &forgivingWriter{w: sink})
+		// the sink (pg_restore, a file for it) gets the decoded archive
+		dec = decodingWriter(m, sink)
+		w = io.MultiWriter(h, &forgivingWriter{w: dec})
 	}
 	n, err := io.Copy(w, rc)
+	if dec != nil {
+		// a decoding error shows as the checksum mismatch it comes with,
+		// or as pg_restore's failure
+		_ = dec.Close()
+	}
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", m.dataKey(), err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -136,7 +137,7 @@ AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
 }
 
 func newBackupRunCmd(g *globals, f *storeFlags) *cobra.Command {
-	var compress int
+	var compress string
 	var label, checkpoint, maxRate string
 	var physical bool
 	cmd := &cobra.Command{
@@ -145,7 +146,13 @@ func newBackupRunCmd(g *globals, f *storeFlags) *cobra.Command {
 		Long: `run streams pg_dump -Fc into the store (no temporary file; memory bounded by
 the upload part size), then writes the manifest: ids, times, versions, SPIRE's
 schema version and the row count of every SPIRE table taken in the snapshot
-pg_dump dumps, size and sha256.
+pg_dump dumps, codec, size and sha256.
+
+By default pg_dump writes its archive uncompressed and spiredb compresses the
+stream with zstd on two cores (--compress zstd): faster and smaller than
+pg_dump's single-threaded gzip. --compress 0-9 keeps pg_dump's own gzip at that
+level (-1: its default), as every backup before zstd was; restore and verify
+read both.
 
 With --physical it takes a base backup for point-in-time recovery instead:
 pg_basebackup's tar stream compressed with zstd into the store (no local
@@ -159,14 +166,15 @@ When another backup of the same kind of the same database is running (two
 CronJob pods), it says so and exits 0 without writing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if compress < -1 || compress > 9 {
-				return usageErrorf("invalid --compress %d: want 0-9", compress)
+			codec, level, err := parseCompress(compress)
+			if err != nil {
+				return err
 			}
 			if checkpoint != "fast" && checkpoint != "spread" {
 				return usageErrorf("invalid --checkpoint %q: want fast or spread", checkpoint)
 			}
 			if physical && cmd.Flags().Changed("compress") {
-				return usageErrorf("--compress is pg_dump's: a --physical base is always zstd-compressed")
+				return usageErrorf("--compress is for logical backups: a --physical base is always zstd-compressed")
 			}
 			if !physical && (cmd.Flags().Changed("checkpoint") || maxRate != "") {
 				return usageErrorf("--checkpoint and --max-rate go with --physical")
@@ -181,7 +189,7 @@ CronJob pods), it says so and exits 0 without writing anything.`,
 				m, err = backup.RunPhysical(cmd.Context(), backup.PhysicalOptions{Conn: g.pgOptions(), Store: s, Label: label,
 					SpreadCheckpoint: checkpoint == "spread", MaxRate: maxRate, Tools: f.tools(), Logger: g.logger, Progress: progress})
 			} else {
-				m, err = backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Compress: compress,
+				m, err = backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Codec: codec, Compress: level,
 					Label: label, Tools: f.tools(), Logger: g.logger, Progress: progress})
 			}
 			endProgress()
@@ -210,7 +218,7 @@ CronJob pods), it says so and exits 0 without writing anything.`,
 	cmd.Flags().BoolVar(&physical, "physical", false, "a base backup for point-in-time recovery (pg_basebackup; needs WAL archiving with wal push)")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "fast", "--physical: fast (an immediate checkpoint) or spread (wait for the next one; gentler)")
 	cmd.Flags().StringVar(&maxRate, "max-rate", "", "--physical: throttle the transfer (pg_basebackup --max-rate, e.g. 50M)")
-	cmd.Flags().IntVar(&compress, "compress", -1, "pg_dump compression level 0-9 (default: pg_dump's)")
+	cmd.Flags().StringVar(&compress, "compress", "zstd", "zstd (pg_dump uncompressed, zstd on two cores), or pg_dump's own gzip level 0-9 (-1: its default)")
 	cmd.Flags().StringVar(&label, "label", "", "free text stored in the manifest")
 	return cmd
 }
@@ -684,4 +692,16 @@ func parseTime(s string) (time.Time, error) {
 		}
 	}
 	return time.Time{}, firstErr
+}
+
+// parseCompress reads --compress: "zstd", or pg_dump's level -1..9.
+func parseCompress(v string) (codec string, level int, err error) {
+	if v == "zstd" {
+		return backup.CodecZstd, -1, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < -1 || n > 9 {
+		return "", 0, usageErrorf("invalid --compress %q: want zstd, or pg_dump's level 0-9 (-1: its default)", v)
+	}
+	return backup.CodecPgDump, n, nil
 }

@@ -1,0 +1,121 @@
+package integration_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/internal/pgcluster"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/s3test"
+	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
+)
+
+// BenchmarkBackupCodecs compares, interleaved in one run on a SPIRE
+// fixture of SPIREDB_BENCH_ZSTD_ENTRIES (default 1500000: about 1.4 GiB,
+// the database), SPIREDB_BENCH_ROUNDS (default 3) rounds:
+//
+//	(a) pg_dump -Fc > file                         the baseline
+//	(z) spiredb backup run (zstd, the default)     to versitygw on 127.0.0.1
+//	(g) spiredb backup run --compress -1           pg_dump's gzip, as before
+//
+// wall time, stored size and spiredb's peak RSS; then backup verify
+// --level restore of the zstd backup against a bare pg_restore -j 2 of (a)'s
+// file.
+func BenchmarkBackupCodecs(b *testing.B) {
+	n := envInts(b, "SPIREDB_BENCH_ZSTD_ENTRIES", "1500000")[0]
+	rounds := envInts(b, "SPIREDB_BENCH_ROUNDS", "3")[0]
+	ctx := context.Background()
+	cluster := pgtest.NewCluster(b, pgcluster.Options{Durable: true, Settings: map[string]string{"shared_buffers": "512MB"}})
+	bucket := s3test.NewBucket(b)
+	env, flags := s3CLI(bucket, "codecs")
+	bin := spiredbCLI(b)
+	pgDump := filepath.Join(cluster.BinDir, "pg_dump")
+	pgRestore := filepath.Join(cluster.BinDir, "pg_restore")
+	file := filepath.Join(b.TempDir(), "dump")
+
+	for range b.N {
+		db := pgtest.NewDBOn(b, cluster)
+		conn, err := pgx.Connect(ctx, db.DSN)
+		require.NoError(b, err)
+		sum, err := spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: n})
+		require.NoError(b, err)
+		var dbBytes int64
+		require.NoError(b, conn.QueryRow(ctx, "SELECT pg_database_size(current_database())").Scan(&dbBytes))
+		_ = conn.Close(ctx)
+		benchLog(b, "codecs fixture: %d entries, database %.2f GiB", sum.Entries, float64(dbBytes)/(1<<30))
+
+		spiredb := func(extra ...string) (time.Duration, *backup.Manifest, int64) {
+			args := append([]string{"backup", "run", "--dsn", db.DSN, "--log-level", "warn", "-o", "json"}, flags...)
+			cmd := exec.Command(bin, append(args, extra...)...)
+			cmd.Env = append(os.Environ(), env...)
+			var stdout strings.Builder
+			cmd.Stdout = &stdout
+			start := time.Now()
+			require.NoError(b, cmd.Start())
+			own, child := watchPeakRSS(cmd.Process.Pid)
+			require.NoError(b, cmd.Wait())
+			took := time.Since(start)
+			<-child
+			var m backup.Manifest
+			require.NoError(b, json.Unmarshal([]byte(stdout.String()), &m))
+			return took, &m, <-own
+		}
+		var ta, tz, tg []time.Duration
+		var rz, rg []int64
+		var sizeA int64
+		var mz, mg *backup.Manifest
+		for range rounds {
+			start := time.Now()
+			out, err := exec.Command(pgDump, "-Fc", "-d", db.DSN, "-f", file).CombinedOutput()
+			require.NoError(b, err, string(out))
+			ta = append(ta, time.Since(start))
+			st, err := os.Stat(file)
+			require.NoError(b, err)
+			sizeA = st.Size()
+
+			d, m, rss := spiredb()
+			tz, rz, mz = append(tz, d), append(rz, rss), m
+			d, m, rss = spiredb("--compress", "-1")
+			tg, rg, mg = append(tg, d), append(rg, rss), m
+		}
+		a, z, g := median(ta), median(tz), median(tg)
+		benchLog(b, "backup wall: pg_dump -Fc to a file %s (%.0f MiB); spiredb zstd %s (%.0f MiB): %.2f× the wall, %.2f× the size, peak RSS %s MiB; spiredb with pg_dump's gzip %s (%.0f MiB): %.2f×, peak RSS %s MiB",
+			a.Round(10*time.Millisecond), float64(sizeA)/(1<<20), z.Round(10*time.Millisecond), float64(mz.Size)/(1<<20),
+			z.Seconds()/a.Seconds(), float64(mz.Size)/float64(sizeA), mib(slices.Max(rz)), g.Round(10*time.Millisecond), float64(mg.Size)/(1<<20),
+			g.Seconds()/a.Seconds(), mib(slices.Max(rg)))
+		b.ReportMetric(z.Seconds()/a.Seconds(), "zstd-wall/pg_dump")
+		b.ReportMetric(float64(mz.Size)/float64(sizeA), "zstd-size/pg_dump")
+		b.ReportMetric(float64(slices.Max(rz))/1024, "zstd-rssMiB")
+
+		var tv, tr []time.Duration
+		for range rounds {
+			target := pgtest.NewDBOn(b, cluster)
+			start := time.Now()
+			out, err := exec.Command(pgRestore, "-j", "2", "--no-owner", "-d", target.DSN, file).CombinedOutput()
+			require.NoError(b, err, string(out))
+			tr = append(tr, time.Since(start))
+
+			cmd := exec.Command(bin, append([]string{"backup", "verify", "--dsn", db.DSN, "--id", mz.ID, "--level", "restore", "--log-level", "warn"}, flags...)...)
+			cmd.Env = append(os.Environ(), env...)
+			start = time.Now()
+			out, err = cmd.CombinedOutput()
+			require.NoError(b, err, string(out))
+			tv = append(tv, time.Since(start))
+		}
+		v, r := median(tv), median(tr)
+		benchLog(b, "verify --level restore of the zstd backup %s vs pg_restore -j 2 of pg_dump -Fc %s: %.2f×", v.Round(10*time.Millisecond), r.Round(10*time.Millisecond), v.Seconds()/r.Seconds())
+		b.ReportMetric(v.Seconds()/r.Seconds(), "verify/pg_restore-j2")
+	}
+}
