@@ -27,24 +27,24 @@ type Manifest struct {
 	ID string `json:"id"`
 	// Kind is KindLogical (pg_dump; manifests before PITR have none) or
 	// KindPhysical (a base backup for point-in-time recovery).
-	Kind             string           `json:"kind,omitempty"`
-	Label            string           `json:"label,omitempty"`
-	Database         string           `json:"database"`
-	StartedAt        time.Time        `json:"started_at"`
-	FinishedAt       time.Time        `json:"finished_at"`
-	ServerVersion    string           `json:"server_version"`
-	ServerVersionNum int              `json:"server_version_num"`
-	PgDumpVersion    string           `json:"pg_dump_version"`
-	Format           string           `json:"format"`
-	Compression      int              `json:"compression"` // pg_dump's -Z; -1: its default
+	Kind             string    `json:"kind,omitempty"`
+	Label            string    `json:"label,omitempty"`
+	Database         string    `json:"database"`
+	StartedAt        time.Time `json:"started_at"`
+	FinishedAt       time.Time `json:"finished_at"`
+	ServerVersion    string    `json:"server_version"`
+	ServerVersionNum int       `json:"server_version_num"`
+	PgDumpVersion    string    `json:"pg_dump_version"`
+	Format           string    `json:"format"`
+	Compression      int       `json:"compression"` // pg_dump's -Z; -1: its default
 	// Codec is how the stored object is compressed: CodecZstd, or
 	// CodecPgDump (empty in manifests written before codecs).
-	Codec string `json:"codec,omitempty"`
-	SPIRE            *SPIREInfo       `json:"spire,omitempty"`
-	RowCounts        map[string]int64 `json:"row_counts"`
-	Size             int64            `json:"size"`
-	SHA256           string           `json:"sha256"`
-	SpiredbVersion   string           `json:"spiredb_version"`
+	Codec          string           `json:"codec,omitempty"`
+	SPIRE          *SPIREInfo       `json:"spire,omitempty"`
+	RowCounts      map[string]int64 `json:"row_counts"`
+	Size           int64            `json:"size"`
+	SHA256         string           `json:"sha256"`
+	SpiredbVersion string           `json:"spiredb_version"`
 	// Physical describes a base backup.
 	Physical *PhysicalInfo `json:"physical,omitempty"`
 	// Verification is the last verify result, read from verify.json by List.
