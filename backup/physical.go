@@ -152,7 +152,7 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting pg_basebackup: %w", err)
 	}
-	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, hash: sha256.New(), start: time.Now(), progress: o.Progress, what: "pg_basebackup"}
+	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, start: time.Now(), progress: o.Progress, what: "pg_basebackup"}
 
 	// the tar stream goes to a reader that keeps backup_label and
 	// backup_manifest, and to zstd → sha256 → the store

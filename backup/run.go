@@ -153,7 +153,8 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	stored, storedHash := io.Reader(src), src.hash
 	if m.Codec == CodecZstd {
 		pr, pw := io.Pipe()
-		storedHash = sha256.New()
+		// only the stored bytes are hashed: pg_dump's are not kept
+		src.hash, storedHash = nil, sha256.New()
 		stored = pr
 		go func() {
 			enc, err := zstdEncoder(io.MultiWriter(pw, storedHash))
@@ -262,7 +263,9 @@ type dumpReader struct {
 func (d *dumpReader) Read(p []byte) (int, error) {
 	n, err := d.r.Read(p)
 	if n > 0 {
-		d.hash.Write(p[:n])
+		if d.hash != nil {
+			d.hash.Write(p[:n])
+		}
 		d.n += int64(n)
 		if d.progress != nil && time.Since(d.lastTick) > 200*time.Millisecond {
 			d.lastTick = time.Now()
