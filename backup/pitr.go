@@ -72,9 +72,32 @@ func (ix walIndex) has(n uint64, tli uint32) (WALFile, bool) {
 	return best, found
 }
 
-// windowOf computes m's window from the archive; ToTime needs the last
-// segment's header, read from the store.
-func windowOf(ctx context.Context, s Store, m *Manifest, ix walIndex) (Window, error) {
+// segmentTimes reads archived segments' modification times from their
+// headers, each once: the bases of a store mostly end their windows on the
+// same segment.
+type segmentTimes struct {
+	s    Store
+	seen map[string]time.Time
+}
+
+func newSegmentTimes(s Store) *segmentTimes { return &segmentTimes{s: s, seen: map[string]time.Time{}} }
+
+func (st *segmentTimes) of(ctx context.Context, name string) (time.Time, error) {
+	if t, ok := st.seen[name]; ok {
+		return t, nil
+	}
+	h, _, closer, err := readWALHeader(ctx, st.s, name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	closer.Close()
+	st.seen[name] = h.MTime
+	return h.MTime, nil
+}
+
+// windowOf computes m's window from the archive; ToTime is the last
+// segment's modification time, from its header.
+func windowOf(ctx context.Context, times *segmentTimes, m *Manifest, ix walIndex) (Window, error) {
 	p := m.Physical
 	w := Window{BaseID: m.ID, FromTime: m.FinishedAt, FromLSN: p.StopLSN}
 	start := p.StartLSN.SegNo(p.SegmentSize)
@@ -98,13 +121,9 @@ func windowOf(ctx context.Context, s Store, m *Manifest, ix walIndex) (Window, e
 	w.Restorable = true
 	w.LastWAL = last.Name
 	w.ToLSN = LSN(n * uint64(p.SegmentSize))
-	h, _, closer, err := readWALHeader(ctx, s, last.Name)
-	if err != nil {
-		return w, err
-	}
-	closer.Close()
-	w.ToTime = h.MTime
-	return w, nil
+	var err error
+	w.ToTime, err = times.of(ctx, last.Name)
+	return w, err
 }
 
 // Windows lists every physical base backup's restorable window, oldest
@@ -119,12 +138,13 @@ func Windows(ctx context.Context, s Store) ([]Window, error) {
 		return nil, err
 	}
 	var out []Window
+	times := newSegmentTimes(s)
 	for i := range inv.Backups {
 		m := &inv.Backups[i]
 		if !m.IsPhysical() {
 			continue
 		}
-		w, err := windowOf(ctx, s, m, newWALIndex(files, m.Physical.SegmentSize))
+		w, err := windowOf(ctx, times, m, newWALIndex(files, m.Physical.SegmentSize))
 		if err != nil {
 			return nil, err
 		}
@@ -213,12 +233,13 @@ func chooseBase(ctx context.Context, s Store, id string, t Target, logger *slog.
 	}
 	var windows []Window
 	var bases []*Manifest
+	times := newSegmentTimes(s)
 	for i := range inv.Backups {
 		m := &inv.Backups[i]
 		if !m.IsPhysical() || (id != "" && m.ID != id) {
 			continue
 		}
-		w, err := windowOf(ctx, s, m, newWALIndex(files, m.Physical.SegmentSize))
+		w, err := windowOf(ctx, times, m, newWALIndex(files, m.Physical.SegmentSize))
 		if err != nil {
 			return nil, Window{}, err
 		}
