@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
@@ -18,6 +19,12 @@ import (
 // scratch data directory, recovers to the archive's end, and checks WAL
 // continuity, the point reached, the indexes (amcheck) and SPIRE's rows.
 func verifyPITR(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult, logger *slog.Logger) error {
+	// no server to recover with is this machine's lack, not the backup's:
+	// an error, never a failed verification recorded against the base
+	major := m.ServerVersionNum / 10000
+	if _, err := pgprog.Find(ctx, pgprog.Request{Name: "postgres", BinDir: o.Tools.BinDir, Major: major, Match: pgprog.Exact}); err != nil {
+		return fmt.Errorf("verify --level pitr recovers the base with the PostgreSQL %d server: %w", major, err)
+	}
 	if err := verifyChecksum(ctx, o, m, res, nil); err != nil {
 		return err
 	}

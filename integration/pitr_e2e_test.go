@@ -242,6 +242,13 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	require.Regexp(t, `point-in-time\s+1 base backups; restorable to 20`, out)
 	require.NotContains(t, out, "archive.failing")
 
+	// no server of the base's major here: an error, nothing recorded
+	_, errOut, code = cli("backup", "verify", "--latest", "--level", "pitr", "--pg-bin", t.TempDir())
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "recovers the base with the PostgreSQL 15 server")
+	out, _, _ = cli("backup", "list")
+	require.Regexp(t, `physical .* never`, out)
+
 	out, errOut, code = cli("backup", "verify", "--latest", "--level", "pitr")
 	require.Equal(t, 0, code, out+errOut)
 	for _, check := range []string{"wal-continuity", "recovery", "amcheck", "spire"} {
