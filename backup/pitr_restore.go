@@ -63,7 +63,11 @@ type PhysicalRestoreResult struct {
 	ReachedTime *time.Time `json:"reached_time,omitempty"`
 	// EndOfArchive: no transaction after the target was archived, so the
 	// restore ends at the archive's end, which is the same state.
-	EndOfArchive bool          `json:"end_of_archive"`
+	EndOfArchive bool `json:"end_of_archive"`
+	// ArchivingOff: archive_mode = off was added to the restored
+	// directory's postgresql.auto.conf, so that the copy does not archive
+	// its new timeline into the store it came from.
+	ArchivingOff bool          `json:"archiving_off"`
 	Timeline     uint32        `json:"timeline,omitempty"`
 	Duration     time.Duration `json:"duration_ns"`
 }
@@ -142,6 +146,7 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 	}
 	if o.PrepareOnly {
 		settings["recovery_target_action"] = "promote"
+		settings["archive_mode"] = "off" // see below
 		if err := appendAutoConf(o.DataDir, settings, cred); err != nil {
 			return nil, err
 		}
@@ -155,6 +160,14 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 		return nil, err
 	}
 	_ = os.RemoveAll(filepath.Join(o.DataDir, "pg_wal", ".spiredb-prefetch"))
+	// the base's archive_command points at this store: a restored copy
+	// started as is would push its new timeline there, and later restores
+	// (recovery_target_timeline = latest) would follow that branch. Off
+	// until the operator makes it the primary and turns it back on.
+	if err := appendAutoConf(o.DataDir, map[string]string{"archive_mode": "off"}, cred); err != nil {
+		return nil, err
+	}
+	res.ArchivingOff = true
 	res.Duration = time.Since(start)
 	ok = true
 	logger.Info("point-in-time restore done", "id", m.ID, "reached_lsn", res.ReachedLSN, "timeline", res.Timeline, "duration", res.Duration.Round(time.Millisecond))
@@ -284,7 +297,7 @@ func appendAutoConf(dir string, settings map[string]string, cred *syscall.Creden
 	}
 	var b strings.Builder
 	b.Write(old)
-	b.WriteString("# point-in-time recovery, written by spiredb backup restore --physical\n")
+	b.WriteString("# written by spiredb backup restore --physical (archive_mode: ALTER SYSTEM RESET archive_mode once this server is the primary)\n")
 	for _, k := range sortedKeys(settings) {
 		fmt.Fprintf(&b, "%s = '%s'\n", k, strings.ReplaceAll(settings[k], "'", "''"))
 	}

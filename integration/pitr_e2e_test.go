@@ -207,7 +207,15 @@ func TestPointInTimeRecoveryWithSpire(t *testing.T) {
 	out, errOut, code = cli("backup", "restore", "--physical", "--latest", "--data-dir", filepath.Join(dir, "data"), "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, `"reached_lsn"`)
-	require.Len(t, spiffeIDs(t, startRestored(t, c, dir)), 30)
+	restored := startRestored(t, c, dir)
+	require.Len(t, spiffeIDs(t, restored), 30)
+	// the copy does not archive into the store it came from
+	rconn, err := pgx.Connect(ctx, restored)
+	require.NoError(t, err)
+	var mode string
+	require.NoError(t, rconn.QueryRow(ctx, "SHOW archive_mode").Scan(&mode))
+	rconn.Close(ctx)
+	require.Equal(t, "off", mode)
 
 	// outside the window: refused, with the window, nothing written
 	dir = restoreDir(t)

@@ -674,7 +674,8 @@ func runPhysicalRestore(cmd *cobra.Command, g *globals, f *storeFlags, id string
 		if res.EndOfArchive {
 			fmt.Fprintln(w, "no transaction after the target was archived: the end of the archive is the state at the target")
 		}
-		fmt.Fprintf(w, "the directory is shut down cleanly; start PostgreSQL on %s (its configuration is the base's: check archive_command before it archives the new timeline)\n", res.DataDir)
+		fmt.Fprintf(w, "the directory is shut down cleanly; start PostgreSQL on %s\n", res.DataDir)
+		fmt.Fprintln(w, "archive_mode is off there (postgresql.auto.conf), so that the copy never archives into this store; once it is the primary: ALTER SYSTEM RESET archive_mode, and restart")
 		return nil
 	})
 }
