@@ -27,6 +27,8 @@ var (
 	kvPassword = regexp.MustCompile(`(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s&'"\\])*)`)
 	// S3/AWS style secrets that may appear in URLs or flags.
 	awsSecret = regexp.MustCompile(`(?i)(\b(?:aws_secret_access_key|secret_access_key|secret[_-]?key|aws_session_token|x-amz-security-token|x-amz-signature)\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,]*)`)
+	// an age identity (backup encryption): AGE-SECRET-KEY-1 and bech32
+	ageSecret = regexp.MustCompile(`(?i)(AGE-SECRET-KEY-)[0-9a-z]+`)
 )
 
 // Redact returns dsn with its password masked. It accepts URL
@@ -132,7 +134,8 @@ func rawURLPassword(s string) []string {
 }
 
 // RedactText masks every password-looking part of free text: remembered
-// secrets, URL userinfo passwords, password=... pairs and AWS secret keys.
+// secrets, URL userinfo passwords, password=... pairs, AWS secret keys and
+// age identities.
 // It is applied to every log record and to every error message the CLI
 // prints.
 func RedactText(s string) string {
@@ -155,6 +158,9 @@ func RedactText(s string) string {
 	}
 	if strings.Contains(lower, "secret") || strings.Contains(lower, "x-amz-") || strings.Contains(lower, "session_token") {
 		s = awsSecret.ReplaceAllString(s, "${1}"+Mask)
+	}
+	if strings.Contains(lower, "age-secret-key-") {
+		s = ageSecret.ReplaceAllString(s, "${1}"+Mask)
 	}
 	return s
 }

@@ -37,6 +37,9 @@ func TestRedactTextInErrorsAndLogs(t *testing.T) {
 		{`aws_secret_access_key=AbCdEf123 region=x`, "AbCdEf123"},
 		{`X-Amz-Signature=0123abcdef&X-Amz-Date=1`, "0123abcdef"},
 		{`s3://AKIA:wJalrXUtnF@bucket/prefix`, "wJalrXUtnF"},
+		// an age identity (client-side encryption) pasted where a recipient goes
+		{`invalid recipient AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSWJGX9M`, "1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSWJGX9M"},
+		{`key age-secret-key-1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqswjgx9m.`, "qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqswjgx9m"},
 	}
 	for _, c := range cases {
 		got := dsn.RedactText(c.in)
