@@ -33,8 +33,13 @@ func zstdEncoder(w io.Writer) (*zstd.Encoder, error) {
 	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 }
 
-// decodedReader returns what pg_restore reads from the stored object r.
+// decodedReader returns what pg_restore reads from the stored object r:
+// decrypted (an encrypted backup must be unlocked) and decompressed.
 func decodedReader(m *Manifest, r io.Reader) (io.ReadCloser, error) {
+	r, err := m.opened(r)
+	if err != nil {
+		return nil, err
+	}
 	if codecOf(m) != CodecZstd {
 		return io.NopCloser(r), nil
 	}
@@ -49,7 +54,7 @@ func decodedReader(m *Manifest, r io.Reader) (io.ReadCloser, error) {
 // and writes what pg_restore reads to sink. Close waits until everything
 // is decoded and returns the decoder's error.
 func decodingWriter(m *Manifest, sink io.Writer) io.WriteCloser {
-	if codecOf(m) != CodecZstd {
+	if codecOf(m) != CodecZstd && !m.Encrypted() {
 		return nopWriteCloser{sink}
 	}
 	pr, pw := io.Pipe()

@@ -47,8 +47,14 @@ type Manifest struct {
 	SpiredbVersion string           `json:"spiredb_version"`
 	// Physical describes a base backup.
 	Physical *PhysicalInfo `json:"physical,omitempty"`
+	// Encryption is set when the data object is encrypted (age envelope).
+	Encryption *Encryption `json:"encryption,omitempty"`
 	// Verification is the last verify result, read from verify.json by List.
 	Verification *VerifyResult `json:"verification,omitempty"`
+
+	// dataKeyPlain is the unwrapped data key of an encrypted backup, set
+	// by Unlock; never stored.
+	dataKeyPlain []byte
 }
 
 // Backup kinds.

@@ -56,6 +56,9 @@ type PhysicalOptions struct {
 	Conn  pg.Options
 	Store Store
 	Label string
+	// Keys.Recipients, when set, encrypt the base (age envelope). The WAL
+	// is encrypted by wal push.
+	Keys Keys
 	// SpreadCheckpoint waits for the server's next spread checkpoint instead
 	// of asking for an immediate one (pg_basebackup -c spread): gentler on a
 	// busy server, up to checkpoint_timeout slower to start.
@@ -161,8 +164,12 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	go func() { labels <- readTarInfo(tarR) }()
 	compR, compW := io.Pipe()
 	hash := sha256.New()
+	encrypted := make(chan *Encryption, 1)
 	go func() {
-		enc, err := zstd.NewWriter(io.MultiWriter(compW, hash), zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2))
+		enc, wrapped, err := encodingWriter(io.MultiWriter(compW, hash), func(w io.Writer) (io.WriteCloser, error) {
+			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2))
+		}, o.Keys.Recipients)
+		encrypted <- wrapped
 		if err == nil {
 			_, err = io.Copy(enc, io.TeeReader(src, tarW))
 			if cerr := enc.Close(); err == nil {
@@ -201,6 +208,7 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	p.Uncompressed = src.n
 	m.Size = size
 	m.SHA256 = hex.EncodeToString(hash.Sum(nil))
+	m.Encryption = <-encrypted
 
 	// the server has waited for the archiver; the archive must be this
 	// store, or the base is useless here

@@ -41,8 +41,10 @@ type PhysicalRestoreOptions struct {
 	// base's major) and leaves a cleanly shut down data directory on a new
 	// timeline at the target.
 	PrepareOnly bool
-	Tools       Tools
-	Logger      *slog.Logger
+	// Keys.Identities open an encrypted base.
+	Keys   Keys
+	Tools  Tools
+	Logger *slog.Logger
 
 	// whileRunning, when set, runs against the recovered server before it
 	// is shut down (verify --level pitr).
@@ -95,6 +97,10 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 	}
 	m, w, err := chooseBase(ctx, o.Store, o.ID, o.Target, logger)
 	if err != nil {
+		return nil, err
+	}
+	// a wrong or missing key fails before the directory is touched
+	if err := m.Unlock(o.Keys.Identities); err != nil {
 		return nil, err
 	}
 	major := m.ServerVersionNum / 10000
@@ -204,7 +210,11 @@ func downloadBase(ctx context.Context, s Store, m *Manifest, dir string, cred *s
 	defer rc.Close()
 	hash := sha256.New()
 	counted := &countingReader{r: io.TeeReader(ctxReader{ctx, rc}, hash)}
-	dec, err := zstd.NewReader(counted, zstd.WithDecoderConcurrency(2))
+	plain, err := m.opened(counted)
+	if err != nil {
+		return err
+	}
+	dec, err := zstd.NewReader(plain, zstd.WithDecoderConcurrency(2))
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,10 @@ type RestoreOptions struct {
 	// (and its checksum verified before anything is restored).
 	Jobs    int
 	TempDir string
-	Tools   Tools
-	Logger  *slog.Logger
+	// Keys.Identities open an encrypted backup.
+	Keys   Keys
+	Tools  Tools
+	Logger *slog.Logger
 }
 
 // RestoreResult says what was restored and what SPIRE will find.
@@ -78,6 +80,10 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	}
 	m, err := find(ctx, o.Store, o.ID, o.Latest, KindLogical, o.Logger)
 	if err != nil {
+		return nil, err
+	}
+	// a wrong or missing key fails here, before the target is touched
+	if err := m.Unlock(o.Keys.Identities); err != nil {
 		return nil, err
 	}
 	conn, err := pg.Connect(ctx, o.Target)

@@ -47,6 +47,8 @@ type RunOptions struct {
 	// pg_dump's default. With CodecZstd it must be -1 or 0.
 	Compress int
 	Label    string
+	// Keys.Recipients, when set, encrypt the dump (age envelope).
+	Keys     Keys
 	Tools    Tools
 	Logger   *slog.Logger
 	Progress Progress
@@ -149,24 +151,32 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}()
 	src := &dumpReader{r: stdout, cmd: cmd, stderr: stderr, hash: sha256.New(), start: time.Now(), progress: o.Progress}
 	// what is stored, and hashed for the manifest: pg_dump's archive, or
-	// its zstd compression
+	// its zstd compression, encrypted with recipients
 	stored, storedHash := io.Reader(src), src.hash
-	if m.Codec == CodecZstd {
+	encrypted := make(chan *Encryption, 1)
+	if m.Codec == CodecZstd || len(o.Keys.Recipients) > 0 {
 		pr, pw := io.Pipe()
 		// only the stored bytes are hashed: pg_dump's are not kept
 		src.hash, storedHash = nil, sha256.New()
 		stored = pr
+		var compress func(io.Writer) (io.WriteCloser, error)
+		if m.Codec == CodecZstd {
+			compress = zstdFastest
+		}
 		go func() {
-			enc, err := zstdEncoder(io.MultiWriter(pw, storedHash))
+			w, enc, err := encodingWriter(io.MultiWriter(pw, storedHash), compress, o.Keys.Recipients)
+			encrypted <- enc
 			if err == nil {
-				_, err = io.Copy(enc, src)
-				if cerr := enc.Close(); err == nil {
+				_, err = io.Copy(w, src)
+				if cerr := w.Close(); err == nil {
 					err = cerr
 				}
 			}
 			pw.CloseWithError(err)
 		}()
 		defer pr.Close()
+	} else {
+		encrypted <- nil
 	}
 	size, err := store.Put(ctx, dumpKey(m.ID), stored)
 	if err != nil {
@@ -191,6 +201,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	}
 	m.Size = size
 	m.SHA256 = hex.EncodeToString(storedHash.Sum(nil))
+	m.Encryption = <-encrypted
 	m.FinishedAt = time.Now().UTC()
 	if err := putJSON(ctx, o.Store, manifestKey(m.ID), m); err != nil {
 		return nil, fmt.Errorf("writing manifest of %s (the data is stored but the backup does not count until prune removes it): %w", m.ID, err)

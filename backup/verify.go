@@ -81,6 +81,8 @@ type VerifyOptions struct {
 	Jobs    int
 	TempDir string
 	Tools   Tools
+	// Keys.Identities open an encrypted backup (every level but checksum).
+	Keys Keys
 	// FetchCommand is the restore_command of a pitr verification
 	// (spiredb wal fetch %f %p with this store's flags); its scratch data
 	// directory is made in TempDir.
@@ -120,6 +122,13 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	m, err := find(ctx, o.Store, o.ID, o.Latest, kind, o.Logger)
 	if err != nil {
 		return nil, err
+	}
+	// beyond the checksum an encrypted backup is read: without its key
+	// that is an error, not a failed verification of the backup
+	if o.Level != LevelChecksum {
+		if err := m.Unlock(o.Keys.Identities); err != nil {
+			return nil, err
+		}
 	}
 	start := time.Now()
 	res := &VerifyResult{ID: m.ID, Level: o.Level, Time: start.UTC()}

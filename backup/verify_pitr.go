@@ -57,7 +57,7 @@ func verifyPITR(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyRe
 	lastSeg, _ := ParseWALName(last)
 	r, err := RestorePhysical(ctx, PhysicalRestoreOptions{
 		Store: o.Store, ID: m.ID, Target: Target{Latest: true}, DataDir: filepath.Join(scratch, "data"),
-		FetchCommand: o.FetchCommand, Tools: o.Tools, Logger: logger,
+		FetchCommand: o.FetchCommand, Tools: o.Tools, Logger: logger, Keys: o.Keys,
 		whileRunning: func(ctx context.Context, conn pg.Options) error {
 			if err := checkIndexes(ctx, conn, o.Jobs, res, logger); err != nil {
 				return err

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -41,10 +42,17 @@ type WALHeader struct {
 	SHA256 string
 	Size   int64
 	MTime  time.Time
+	// Encrypted: the compressed file is an age file, encrypted to the
+	// recipients of wal push --recipient.
+	Encrypted bool
 }
 
 func (h WALHeader) line() string {
-	return fmt.Sprintf("%s sha256=%s size=%d mtime=%s\n", walMagic, h.SHA256, h.Size, h.MTime.UTC().Format(time.RFC3339Nano))
+	enc := ""
+	if h.Encrypted {
+		enc = " enc=age"
+	}
+	return fmt.Sprintf("%s sha256=%s size=%d mtime=%s%s\n", walMagic, h.SHA256, h.Size, h.MTime.UTC().Format(time.RFC3339Nano), enc)
 }
 
 func parseWALHeader(line string) (WALHeader, error) {
@@ -62,6 +70,11 @@ func parseWALHeader(line string) (WALHeader, error) {
 			h.Size, _ = strconv.ParseInt(v, 10, 64)
 		case "mtime":
 			h.MTime, _ = time.Parse(time.RFC3339Nano, v)
+		case "enc":
+			if v != "age" {
+				return WALHeader{}, fmt.Errorf("encrypted with %q, which this spiredb does not read", v)
+			}
+			h.Encrypted = true
 		}
 	}
 	if len(h.SHA256) != 64 || h.Size <= 0 {
@@ -106,7 +119,10 @@ type PushResult struct {
 // name. Pushing a file the store already holds with the same content
 // succeeds without writing; a different content under the same name is
 // ErrWALConflict, and nothing is overwritten.
-func PushWAL(ctx context.Context, s Store, path string, logger *slog.Logger) (*PushResult, error) {
+//
+// With keys.Recipients the compressed file is encrypted to them (age); the
+// header keeps the plaintext's size and sha256 for the checks.
+func PushWAL(ctx context.Context, s Store, path string, keys Keys, logger *slog.Logger) (*PushResult, error) {
 	logger = orDiscard(logger)
 	name := filepath.Base(path)
 	if _, ok := ParseWALName(name); !ok {
@@ -129,7 +145,7 @@ func PushWAL(ctx context.Context, s Store, path string, logger *slog.Logger) (*P
 	if size == 0 {
 		return nil, fmt.Errorf("%s is empty", path)
 	}
-	h := WALHeader{SHA256: hex.EncodeToString(hash.Sum(nil)), Size: size, MTime: st.ModTime()}
+	h := WALHeader{SHA256: hex.EncodeToString(hash.Sum(nil)), Size: size, MTime: st.ModTime(), Encrypted: len(keys.Recipients) > 0}
 	res := &PushResult{Name: name, Size: size}
 
 	old, _, closer, err := readWALHeader(ctx, s, name)
@@ -151,7 +167,7 @@ func PushWAL(ctx context.Context, s Store, path string, logger *slog.Logger) (*P
 	}
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(compressWAL(pw, h, f))
+		pw.CloseWithError(compressWAL(pw, h, f, keys.Recipients))
 	}()
 	// the object is at most the file plus zstd's framing: one part
 	store := s
@@ -168,13 +184,21 @@ func PushWAL(ctx context.Context, s Store, path string, logger *slog.Logger) (*P
 	return res, nil
 }
 
-func compressWAL(w io.Writer, h WALHeader, r io.Reader) error {
+func compressWAL(w io.Writer, h WALHeader, r io.Reader, recipients []age.Recipient) error {
 	if _, err := io.WriteString(w, h.line()); err != nil {
 		return err
 	}
 	// WAL compresses well at the fastest level; one encoder goroutine
 	// keeps archive_command light next to the server it runs beside
-	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	var sealed io.WriteCloser = nopWriteCloser{w}
+	if h.Encrypted {
+		aw, err := age.Encrypt(w, recipients...)
+		if err != nil {
+			return fmt.Errorf("encrypting: %w", err)
+		}
+		sealed = aw
+	}
+	enc, err := zstd.NewWriter(sealed, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return err
 	}
@@ -182,7 +206,10 @@ func compressWAL(w io.Writer, h WALHeader, r io.Reader) error {
 		enc.Close()
 		return err
 	}
-	return enc.Close()
+	if err := enc.Close(); err != nil {
+		return err
+	}
+	return sealed.Close()
 }
 
 // FetchOptions configure FetchWAL.
@@ -196,7 +223,9 @@ type FetchOptions struct {
 	// SpoolDir holds prefetched segments (default: Dest's directory's
 	// .spiredb-prefetch, inside pg_wal).
 	SpoolDir string
-	Logger   *slog.Logger
+	// Keys.Identities open encrypted files.
+	Keys   Keys
+	Logger *slog.Logger
 }
 
 // FetchWAL restores one archived file to Dest (restore_command). A file
@@ -244,14 +273,14 @@ func FetchWAL(ctx context.Context, o FetchOptions) error {
 				}
 				wg.Go(func() {
 					// a missing next segment is the archive's end: normal
-					if err := restoreWAL(ctx, o.Store, name, filepath.Join(o.SpoolDir, name)); err != nil && !errors.Is(err, ErrNotFound) {
+					if err := restoreWAL(ctx, o.Store, name, filepath.Join(o.SpoolDir, name), o.Keys); err != nil && !errors.Is(err, ErrNotFound) {
 						logger.Warn("prefetching a WAL file failed; it is fetched again when needed", "name", name, "err", err)
 					}
 				})
 			}
 		}
 	}
-	err := restoreWAL(ctx, o.Store, o.Name, o.Dest)
+	err := restoreWAL(ctx, o.Store, o.Name, o.Dest, o.Keys)
 	wg.Wait()
 	if err != nil {
 		return err
@@ -273,18 +302,27 @@ func cleanSpool(dir, name string) {
 
 // restoreWAL downloads name into dest: decompressed to a temporary file
 // next to dest, checked against the header, synced, renamed into place.
-func restoreWAL(ctx context.Context, s Store, name, dest string) error {
+func restoreWAL(ctx context.Context, s Store, name, dest string, keys Keys) error {
 	h, br, closer, err := readWALHeader(ctx, s, name)
 	if err != nil {
 		return err
 	}
 	defer closer.Close()
+	var body io.Reader = br
+	if h.Encrypted {
+		if len(keys.Identities) == 0 {
+			return fmt.Errorf("archived WAL %s is encrypted: %w", name, ErrNoIdentity)
+		}
+		if body, err = age.Decrypt(br, keys.Identities...); err != nil {
+			return fmt.Errorf("archived WAL %s: decrypting: %w", name, err)
+		}
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+partialMarker)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	dec, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
+	dec, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
 	if err != nil {
 		tmp.Close()
 		return err

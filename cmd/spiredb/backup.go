@@ -22,13 +22,15 @@ import (
 type storeFlags struct {
 	// restoreCommand overrides the restore_command of PITR restores
 	restoreCommand string
-	url            string
-	s3Endpoint     string
-	s3Region       string
-	s3PathStyle    bool
-	sse            string
-	sseKMSKeyID    string
-	pgBin          string
+	// keys: recipients and identities of the commands that take them
+	keys        keyFlags
+	url         string
+	s3Endpoint  string
+	s3Region    string
+	s3PathStyle bool
+	sse         string
+	sseKMSKeyID string
+	pgBin       string
 }
 
 // register adds the store flags (and --pg-bin, for commands that run
@@ -91,6 +93,7 @@ func (f *storeFlags) fetchCommand() (string, error) {
 	if f.s3PathStyle {
 		args = append(args, "--s3-path-style")
 	}
+	args = append(args, f.keys.fetchArgs()...)
 	quoted := make([]string, len(args))
 	for i, a := range args {
 		quoted[i] = shellQuote(a)
@@ -132,7 +135,7 @@ AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
 		RunE: groupRunE,
 	}
 	f.register(cmd.PersistentFlags(), true)
-	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f))
+	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f), newBackupRekeyCmd(g, f))
 	return cmd
 }
 
@@ -162,6 +165,12 @@ the manifest is written only once the store holds the WAL from the base's
 start to its stop segment, so a base the archive cannot complete never
 counts.
 
+With --recipient (an age public key, or a file of them; repeatable) the data
+object is encrypted on this machine before it is uploaded: a random key per
+backup encrypts it (age), and the manifest holds that key wrapped to the
+recipients. restore and verify need an --identity that opens it; backup rekey
+rewraps the key to new recipients by rewriting manifests only.
+
 When another backup of the same kind of the same database is running (two
 CronJob pods), it says so and exits 0 without writing anything.`,
 		Args: cobra.NoArgs,
@@ -179,6 +188,10 @@ CronJob pods), it says so and exits 0 without writing anything.`,
 			if !physical && (cmd.Flags().Changed("checkpoint") || maxRate != "") {
 				return usageErrorf("--checkpoint and --max-rate go with --physical")
 			}
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
 			s, err := f.open(cmd)
 			if err != nil {
 				return err
@@ -187,10 +200,10 @@ CronJob pods), it says so and exits 0 without writing anything.`,
 			var m *backup.Manifest
 			if physical {
 				m, err = backup.RunPhysical(cmd.Context(), backup.PhysicalOptions{Conn: g.pgOptions(), Store: s, Label: label,
-					SpreadCheckpoint: checkpoint == "spread", MaxRate: maxRate, Tools: f.tools(), Logger: g.logger, Progress: progress})
+					SpreadCheckpoint: checkpoint == "spread", MaxRate: maxRate, Keys: keys, Tools: f.tools(), Logger: g.logger, Progress: progress})
 			} else {
 				m, err = backup.Run(cmd.Context(), backup.RunOptions{Conn: g.pgOptions(), Store: s, Codec: codec, Compress: level,
-					Label: label, Tools: f.tools(), Logger: g.logger, Progress: progress})
+					Label: label, Keys: keys, Tools: f.tools(), Logger: g.logger, Progress: progress})
 			}
 			endProgress()
 			if errors.Is(err, backup.ErrBackupRunning) {
@@ -220,6 +233,7 @@ CronJob pods), it says so and exits 0 without writing anything.`,
 	cmd.Flags().StringVar(&maxRate, "max-rate", "", "--physical: throttle the transfer (pg_basebackup --max-rate, e.g. 50M)")
 	cmd.Flags().StringVar(&compress, "compress", "zstd", "zstd (pg_dump uncompressed, zstd on two cores), or pg_dump's own gzip level 0-9 (-1: its default)")
 	cmd.Flags().StringVar(&label, "label", "", "free text stored in the manifest")
+	f.keys.registerRecipients(cmd.Flags())
 	return cmd
 }
 
@@ -331,6 +345,10 @@ check fails; the message names the check.`,
 			if scratchDSN != "" {
 				scratch.DSN = scratchDSN
 			}
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
 			fetch := ""
 			if level == backup.LevelPITR {
 				if fetch, err = f.fetchCommand(); err != nil {
@@ -338,7 +356,7 @@ check fails; the message names the check.`,
 				}
 			}
 			res, err := backup.Verify(cmd.Context(), backup.VerifyOptions{Store: s, ID: id, Latest: latest, Level: level,
-				Scratch: scratch, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), FetchCommand: fetch, Logger: g.logger})
+				Scratch: scratch, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Keys: keys, FetchCommand: fetch, Logger: g.logger})
 			if err != nil {
 				return err
 			}
@@ -359,6 +377,7 @@ check fails; the message names the check.`,
 	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore and amcheck sessions (1: stream, no temporary file)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download and the pitr scratch data directory (default: $TMPDIR)")
 	cmd.Flags().StringVar(&f.restoreCommand, "restore-command", "", "pitr: the restore_command (default: this spiredb's wal fetch %f %p with the store flags)")
+	f.keys.registerIdentities(cmd.Flags())
 	return cmd
 }
 
@@ -432,6 +451,10 @@ your server to do the recovery when it starts.`,
 			if err != nil {
 				return err
 			}
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
 			target := g.pgOptions()
 			target.DSN = targetDSN
 			if clean {
@@ -440,7 +463,7 @@ your server to do the recovery when it starts.`,
 				}
 			}
 			res, err := backup.Restore(cmd.Context(), backup.RestoreOptions{Store: s, ID: id, Latest: latest, Target: target,
-				Clean: clean, Jobs: jobs, TempDir: tempDir, Tools: f.tools(), Logger: g.logger})
+				Clean: clean, Jobs: jobs, TempDir: tempDir, Keys: keys, Tools: f.tools(), Logger: g.logger})
 			if err != nil {
 				return err
 			}
@@ -478,6 +501,62 @@ your server to do the recovery when it starts.`,
 	addYes(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
+	f.keys.registerIdentities(cmd.Flags())
+	return cmd
+}
+
+func newBackupRekeyCmd(g *globals, f *storeFlags) *cobra.Command {
+	var id string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "rekey",
+		Short: "Rewrap encrypted backups' data keys to new recipients (rewrites manifests only)",
+		Long: `rekey rotates the recipients of encrypted backups: it opens each backup's data
+key with --identity and wraps it to the --recipient keys (the new set: keys
+left out can no longer open these backups), rewriting only the manifests.
+The dumps and bases are neither read nor written. Every key is opened before
+the first manifest is written, so an identity that opens only some of them
+changes nothing.
+
+Archived WAL (wal push --recipient) is encrypted to the recipients it was
+pushed with: keep the old identity until retention has removed those
+segments (they are needed only back to the oldest kept base).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if all == (id != "") {
+				return usageErrorf("name a backup with --id ID or --all (one of them)")
+			}
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
+			if len(keys.Recipients) == 0 {
+				return usageErrorf("rekey needs the new recipients: --recipient")
+			}
+			if len(keys.Identities) == 0 {
+				return usageErrorf("rekey needs an identity that opens the backups: --identity")
+			}
+			s, err := f.open(cmd)
+			if err != nil {
+				return err
+			}
+			res, err := backup.Rekey(cmd.Context(), s, id, all, keys, g.logger)
+			if err != nil {
+				return err
+			}
+			return g.out.print(res, func(w io.Writer) error {
+				fmt.Fprintf(w, "rekeyed %d backups to %s\n", len(res.Rekeyed), strings.Join(res.Recipients, ", "))
+				if len(res.Unencrypted) > 0 {
+					fmt.Fprintf(w, "not encrypted, left as they are: %s\n", strings.Join(res.Unencrypted, ", "))
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
+	cmd.Flags().BoolVar(&all, "all", false, "every encrypted backup in the store")
+	f.keys.registerRecipients(cmd.Flags())
+	f.keys.registerIdentities(cmd.Flags())
 	return cmd
 }
 
@@ -643,6 +722,10 @@ func runPhysicalRestore(cmd *cobra.Command, g *globals, f *storeFlags, id string
 	if err != nil {
 		return usageErrorf("invalid --data-dir: %w", err)
 	}
+	keys, err := f.keys.keys()
+	if err != nil {
+		return err
+	}
 	s, err := f.open(cmd)
 	if err != nil {
 		return err
@@ -652,7 +735,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globals, f *storeFlags, id string
 		return err
 	}
 	res, err := backup.RestorePhysical(cmd.Context(), backup.PhysicalRestoreOptions{Store: s, ID: id, Target: t, DataDir: abs,
-		FetchCommand: fetch, PrepareOnly: prepareOnly, Tools: f.tools(), Logger: g.logger})
+		FetchCommand: fetch, PrepareOnly: prepareOnly, Keys: keys, Tools: f.tools(), Logger: g.logger})
 	var ow *backup.OutsideWindowError
 	if errors.As(err, &ow) {
 		return &exitError{code: exitFailure, err: err}

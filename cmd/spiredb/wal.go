@@ -31,6 +31,10 @@ archive_command); a different content under the same name fails and nothing
 is overwritten. fetch checks the sha256 before the file reaches PostgreSQL,
 and downloads the following segments in parallel into pg_wal/.spiredb-prefetch.
 
+With push --recipient (an age public key or a file of them) the compressed
+file is encrypted to the recipients; fetch then needs --identity FILE (or
+$SPIREDB_IDENTITY_FILE in the server's environment).
+
 Exit codes follow PostgreSQL: 0 archived or restored; fetch exits 1 when the
 store does not hold the file (PostgreSQL asks for such files as a matter of
 course); any other failure is non-zero too, and logged.`,
@@ -43,16 +47,20 @@ course); any other failure is non-zero too, and logged.`,
 }
 
 func newWALPushCmd(g *globals, f *storeFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "push PATH",
 		Short: "Archive one WAL file (archive_command's %p)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
 			s, err := f.open(cmd)
 			if err != nil {
 				return err
 			}
-			res, err := backup.PushWAL(cmd.Context(), s, args[0], g.logger)
+			res, err := backup.PushWAL(cmd.Context(), s, args[0], keys, g.logger)
 			if err != nil {
 				return err
 			}
@@ -62,6 +70,8 @@ func newWALPushCmd(g *globals, f *storeFlags) *cobra.Command {
 			return nil // archive_command's output goes to the server log: the log line says it
 		},
 	}
+	f.keys.registerRecipients(cmd.Flags())
+	return cmd
 }
 
 func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
@@ -75,6 +85,10 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 			if prefetch < 0 || prefetch > 64 {
 				return usageErrorf("invalid --prefetch %d: want 0-64", prefetch)
 			}
+			keys, err := f.keys.keys()
+			if err != nil {
+				return err
+			}
 			s, err := f.open(cmd)
 			if err != nil {
 				return err
@@ -82,7 +96,7 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 			if prefetch == 0 {
 				prefetch = -1
 			}
-			err = backup.FetchWAL(cmd.Context(), backup.FetchOptions{Store: s, Name: args[0], Dest: args[1], Prefetch: prefetch, SpoolDir: spool, Logger: g.logger})
+			err = backup.FetchWAL(cmd.Context(), backup.FetchOptions{Store: s, Name: args[0], Dest: args[1], Prefetch: prefetch, SpoolDir: spool, Keys: keys, Logger: g.logger})
 			if errors.Is(err, backup.ErrNotFound) {
 				// normal: the segment after the newest, the next timeline's history
 				g.logger.Debug("not in the store", "name", args[0])
@@ -93,6 +107,7 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&prefetch, "prefetch", 8, "following segments to download in parallel (0: none)")
 	cmd.Flags().StringVar(&spool, "spool-dir", "", "where prefetched segments wait (default: PATH's directory/.spiredb-prefetch)")
+	f.keys.registerIdentities(cmd.Flags())
 	return cmd
 }
 
