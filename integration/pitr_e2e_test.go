@@ -32,6 +32,12 @@ import (
 // environment would: they are not in the server's configuration or log.
 func archivingCluster(t testing.TB, b *s3test.Bucket, prefix string, opts ...pgcluster.Options) *pgcluster.Cluster {
 	t.Helper()
+	return archivingClusterPushing(t, b, prefix, nil, opts...)
+}
+
+// archivingClusterPushing is archivingCluster with more wal push arguments.
+func archivingClusterPushing(t testing.TB, b *s3test.Bucket, prefix string, pushArgs []string, opts ...pgcluster.Options) *pgcluster.Cluster {
+	t.Helper()
 	env, flags := s3CLI(b, prefix)
 	dir := sharedDir(t)
 	cli := filepath.Join(dir, "spiredb")
@@ -42,7 +48,7 @@ func archivingCluster(t testing.TB, b *s3test.Bucket, prefix string, opts ...pgc
 		k, v, _ := strings.Cut(e, "=")
 		fmt.Fprintf(&script, "export %s='%s'\n", k, v)
 	}
-	fmt.Fprintf(&script, "exec %s wal push \"$1\" %s --log-level warn\n", cli, strings.Join(flags, " "))
+	fmt.Fprintf(&script, "exec %s wal push \"$1\" %s --log-level warn\n", cli, strings.Join(append(flags, pushArgs...), " "))
 	push := filepath.Join(dir, "wal-push.sh")
 	require.NoError(t, os.WriteFile(push, []byte(script.String()), 0o700))
 	cred, err := pgcluster.ServerCredential()
