@@ -423,3 +423,105 @@ func TestBackfillCancelAndResume(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM c WHERE n <> 1").Scan(&wrong))
 	assert.Zero(t, wrong, "composite key: every row exactly once across the cancel")
 }
+
+// TestBackfillMaxImpactYieldsToTheWorkload: under --max-impact the job
+// rests when the live workload's statements on the table get slower than
+// their baseline. The workload here is a statement on the table whose time
+// is its pg_sleep; once the job has calibrated, the sleep grows tenfold (the
+// same statement for pg_stat_statements) and the governor must answer with
+// rests, and say why in its progress.
+func TestBackfillMaxImpactYieldsToTheWorkload(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db := pgtest.NewDB(t)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+	_, err := db.Pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+		CREATE TABLE impact_entries (id int PRIMARY KEY, n int DEFAULT 0);
+		INSERT INTO impact_entries (id) SELECT g FROM generate_series(1, 1000000) g`)
+	require.NoError(t, err)
+
+	var sleep atomic.Value
+	sleep.Store(0.001)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() {
+		conn, err := pgx.Connect(ctx, db.DSN)
+		if err != nil {
+			return
+		}
+		defer conn.Close(context.Background())
+		for ctx.Err() == nil {
+			_, _ = conn.Exec(ctx, "SELECT pg_sleep($1) FROM impact_entries WHERE id = 7", sleep.Load().(float64))
+		}
+	})
+	time.Sleep(300 * time.Millisecond) // the workload's statement is known before the job starts
+
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	var mu sync.Mutex
+	var seen []backfill.Progress
+	jctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		_, err := backfill.Start(jctx, conn, backfill.Spec{Name: "gentle", Table: "impact_entries", Set: "n = n + 1"},
+			backfill.Options{MaxImpact: 0.3, Progress: func(p backfill.Progress) {
+				mu.Lock()
+				if len(seen) == 0 {
+					sleep.Store(0.01) // calibrated: now the workload suffers
+				}
+				seen = append(seen, p)
+				mu.Unlock()
+			}})
+		done <- err
+	}()
+	var maxRest, maxImpact float64
+	cause := ""
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && maxRest < 1 {
+		time.Sleep(200 * time.Millisecond)
+		mu.Lock()
+		for _, p := range seen {
+			if p.Impact > maxImpact {
+				maxImpact, cause = p.Impact, p.ImpactCause
+			}
+			maxRest = max(maxRest, p.Rest)
+		}
+		mu.Unlock()
+	}
+	t.Logf("rest %.2f× batches, impact %+.0f%%: %s", maxRest, 100*maxImpact, cause)
+	stop()
+	require.ErrorIs(t, <-done, context.Canceled)
+	assert.GreaterOrEqual(t, maxRest, 1.0, "the job rests at least a batch's duration after each batch")
+	assert.Greater(t, maxImpact, 3.0, "the statement took ten times its baseline")
+	assert.Contains(t, cause, "impact_entries's statements")
+
+	// the job's own statements are not the workload: its checkpoint is intact
+	var rows int64
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT rows_done FROM spiredb.backfill_jobs WHERE name = 'gentle'").Scan(&rows))
+	var changed int64
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM impact_entries WHERE n = 1").Scan(&changed))
+	assert.Equal(t, rows, changed)
+	assert.Less(t, rows, int64(1000000), "the governor slowed the job down before it finished")
+	// the governor tells the job's statements from the workload's by the
+	// marker pg_stat_statements keeps at the start of their texts
+	var own, unmarked int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE query NOT LIKE '/* spiredb */%')
+		FROM pg_stat_statements WHERE query LIKE '%UPDATE%impact_entries%SET n = n +%'`).Scan(&own, &unmarked))
+	assert.Positive(t, own)
+	assert.Zero(t, unmarked)
+
+	// flags
+	for _, args := range [][]string{
+		{"--max-impact", "30%", "--batch-size", "500"},
+		{"--max-impact", "lots"},
+		{"--max-impact", "0"},
+	} {
+		_, stderr, code := runCLI(t, nil, append([]string{"migrate", "backfill", "--dsn", db.DSN, "--table", "impact_entries", "--set", "n = 0"}, args...)...)
+		assert.Equal(t, 2, code, "%v: %s", args, stderr)
+		assert.Contains(t, stderr, "--max-impact")
+	}
+}

@@ -21,6 +21,7 @@ func newMigrateBackfillCmd(g *globals) *cobra.Command {
 	var (
 		spec                  backfill.Spec
 		batchSize, maxLag     string
+		maxImpact             string
 		target                time.Duration
 		pauseOnLocks, dryRun  bool
 		allowVolatile         bool
@@ -38,7 +39,16 @@ in that same transaction: a crashed, killed or cancelled job resumes with
 --resume where it stopped and updates no row twice. The batch size adapts
 toward --target-batch-duration; the job pauses while a standby's replay lag
 exceeds --max-replica-lag, or (--pause-on-lock-waits) while other sessions
-wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
+wait for locks on the table. Needs spiredb migrate up (the jobs table).
+
+--max-impact 30% paces the job by what SPIRE feels instead: on a second
+session spiredb times a minimal write transaction every 20 ms (its commit
+waits for the WAL flush, like each of SPIRE's writes) and, when
+pg_stat_statements is readable, the mean time of the table's other
+statements; while either is more than 30% above its baseline (measured with
+the job idle before the first batch and for a second every 30 s), the rest
+after each batch grows; while both stay under half of it, the rest shrinks.
+Batches are kept to 50 ms, and lock waits on the table pause the job.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -62,6 +72,16 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 					return usageErrorf("--batch-size must be a positive number or auto, not %q", batchSize)
 				}
 				opts.BatchSize = n
+			}
+			if maxImpact != "" {
+				f, err := parseImpact(maxImpact)
+				if err != nil {
+					return usageErrorf("--max-impact: %w", err)
+				}
+				if batchSize != "auto" {
+					return usageErrorf("--max-impact sizes batches itself: leave --batch-size auto")
+				}
+				opts.MaxImpact = f
 			}
 			if maxLag != "" {
 				l, err := replication.ParseLimit(maxLag)
@@ -176,6 +196,7 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).`,
 	fl.StringVar(&batchSize, "batch-size", "auto", "rows per batch, or auto (adapts toward --target-batch-duration)")
 	fl.DurationVar(&target, "target-batch-duration", 200*time.Millisecond, "what auto batch sizing aims at")
 	fl.StringVar(&maxLag, "max-replica-lag", "", "pause while a standby's replay lag exceeds this (e.g. 64MB or 5s)")
+	fl.StringVar(&maxImpact, "max-impact", "", "pace by the live workload: how much slower its commits and the table's statements may get (e.g. 30%)")
 	fl.BoolVar(&pauseOnLocks, "pause-on-lock-waits", false, "pause while other sessions wait for locks on the table")
 	fl.Float64Var(&rest, "rest", 0, "after each batch, rest this fraction of its duration (0.5: half as long), leaving room for SPIRE's writes")
 	fl.BoolVar(&dryRun, "dry-run", false, "show the batch statements and the rows to change; change nothing")
@@ -204,6 +225,9 @@ func backfillProgress(g *globals) (func(backfill.Progress), func()) {
 			if p.ETA > 0 {
 				line += "  ETA " + p.ETA.Round(time.Second).String()
 			}
+		}
+		if p.Impact > 0 || p.Rest > 0 {
+			line += fmt.Sprintf("  impact %+.0f%%  rest %.2f×", 100*p.Impact, p.Rest)
 		}
 		if p.Paused != "" {
 			line += "  paused: " + p.Paused
@@ -235,4 +259,21 @@ func backfillProgress(g *globals) (func(backfill.Progress), func()) {
 			g.logger.Info(line)
 		}
 	}, end
+}
+
+// parseImpact reads "30%" or "0.3".
+func parseImpact(s string) (float64, error) {
+	t := strings.TrimSpace(s)
+	pct := strings.HasSuffix(t, "%")
+	f, err := strconv.ParseFloat(strings.TrimSuffix(t, "%"), 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a percentage (e.g. 30%%) or a fraction (0.3)", s)
+	}
+	if pct {
+		f /= 100
+	}
+	if f <= 0 || f > 10 {
+		return 0, fmt.Errorf("%q: give more than 0%% and at most 1000%%", s)
+	}
+	return f, nil
 }

@@ -52,6 +52,15 @@ type Options struct {
 	// duration (0.5: rest half as long as the batch took): room for
 	// SPIRE's own writes on a busy server. 0 runs batches back to back.
 	Rest float64
+	// MaxImpact, when above zero, paces the job by what the live workload
+	// feels: the rest after each batch grows while the commit latency of a
+	// minimal write transaction (measured every 20 ms on a second session)
+	// or the mean time of the table's other statements (pg_stat_statements)
+	// is more than MaxImpact above its idle baseline (0.3: 30% slower), and
+	// shrinks while both stay under half of it. Batches are kept short
+	// (50 ms), lock waits on the table pause the job, and the baseline is
+	// measured again every 30 s with the job idle for a second.
+	MaxImpact float64
 	// AllowVolatile accepts volatile functions in Set and Where.
 	AllowVolatile bool
 	// LockTimeout is each batch's lock_timeout (default 2s; negative
@@ -73,6 +82,13 @@ type Progress struct {
 	Fraction  float64       `json:"fraction"` // of the key range, when the key is one integer column; else -1
 	ETA       time.Duration `json:"eta_ns"`
 	Paused    string        `json:"paused,omitempty"`
+	// Impact is, under MaxImpact, how much slower the live workload was in
+	// the last measured window (0.12: 12%); Rest the pause after each
+	// batch, in batch durations.
+	Impact float64 `json:"impact,omitempty"`
+	// ImpactCause names the measurement that set Impact.
+	ImpactCause string  `json:"impact_cause,omitempty"`
+	Rest        float64 `json:"rest,omitempty"`
 }
 
 // Job is a backfill's checkpoint row.
@@ -119,6 +135,7 @@ func (e *JobExistsError) Error() string {
 // table is a resolved target.
 type table struct {
 	ident    string   // quoted, qualified
+	relname  string   // bare, as statements name it
 	regclass string   // for ::regclass
 	keys     []string // primary key columns
 	types    []string // their types
@@ -133,8 +150,8 @@ func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
 		return nil, specErrorf("no table %q", name)
 	}
 	t := &table{}
-	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`, *oid).Scan(&t.ident); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relname FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1`, *oid).Scan(&t.ident, &t.relname); err != nil {
 		return nil, err
 	}
 	t.regclass = t.ident
@@ -414,6 +431,17 @@ func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Jo
 		r.size = min(r.size, r.maxSize)
 	}
 	r.rangeInfo(ctx)
+	if opts.MaxImpact > 0 {
+		r.opts.PauseOnLockWaits = true
+		r.opts.TargetBatchDuration = min(r.opts.TargetBatchDuration, impactBatch)
+		if r.gov, err = startGovernor(ctx, conn, t, opts.MaxImpact, log); err != nil {
+			return job, err
+		}
+		defer r.gov.close()
+		if err := r.gov.calibrate(ctx, firstCalibration); err != nil {
+			return job, err
+		}
+	}
 	err = r.loop(ctx)
 	final, gerr := Get(context.WithoutCancel(ctx), conn, name)
 	if gerr == nil {
@@ -438,6 +466,8 @@ type run struct {
 	fraction bool
 	// startFrac is the fraction done when this run began (a resume)
 	startFrac float64
+	// gov paces the job under MaxImpact
+	gov *governor
 }
 
 // rangeInfo prepares the progress fraction for a single integer key.
@@ -466,6 +496,9 @@ func (r *run) progress(paused string) {
 		return
 	}
 	p := Progress{Job: r.job.Name, Rows: r.job.RowsDone, Batches: r.job.Batches, BatchSize: r.size, Paused: paused, Fraction: -1}
+	if r.gov != nil {
+		p.Impact, p.ImpactCause, p.Rest = r.gov.impact, r.gov.why, r.gov.rest
+	}
 	if el := time.Since(r.start).Seconds(); el > 0 {
 		p.Rate = float64(r.rowsRun) / el
 	}
@@ -501,19 +534,27 @@ func (r *run) loop(ctx context.Context) error {
 				r.job.Name, err.Error())
 			return err
 		}
+		took := time.Since(began)
+		rest := r.opts.Rest
+		if r.gov != nil && more {
+			if err := r.gov.observe(ctx); err != nil {
+				return err
+			}
+			rest = max(rest, r.gov.rest)
+		}
 		r.progress("")
 		if !more {
 			return nil
 		}
-		if r.opts.Rest > 0 {
+		if rest > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(time.Duration(r.opts.Rest * float64(time.Since(began)))):
+			case <-time.After(time.Duration(rest * float64(took))):
 			}
 		}
 		if r.opts.BatchSize == 0 {
-			r.size = min(r.maxSize, adapt(r.size, time.Since(began), r.opts.TargetBatchDuration))
+			r.size = min(r.maxSize, adapt(r.size, took, r.opts.TargetBatchDuration))
 		}
 	}
 }
