@@ -58,6 +58,10 @@ type Keys struct {
 // identity.
 var ErrNoIdentity = errors.New("no identity given (--identity FILE, or $SPIREDB_IDENTITY_FILE)")
 
+// ErrWrongIdentity is returned when none of the identities given opens an
+// encrypted backup.
+var ErrWrongIdentity = errors.New("none of the given identities opens it")
+
 // ParseRecipients reads age recipients: each entry is a public key
 // (age1…) or, when it names a file, every recipient in it (one per line,
 // # comments).
@@ -181,7 +185,7 @@ func unwrapKey(m *Manifest, ids []age.Identity) ([]byte, error) {
 	if err != nil {
 		var nm *age.NoIdentityMatchError
 		if errors.As(err, &nm) {
-			return nil, fmt.Errorf("backup %s is encrypted to %s: none of the given identities opens it", m.ID, strings.Join(e.Recipients, ", "))
+			return nil, fmt.Errorf("backup %s is encrypted to %s: %w", m.ID, strings.Join(e.Recipients, ", "), ErrWrongIdentity)
 		}
 		return nil, fmt.Errorf("backup %s: unwrapping its data key: %w", m.ID, err)
 	}

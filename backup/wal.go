@@ -314,6 +314,9 @@ func restoreWAL(ctx context.Context, s Store, name, dest string, keys Keys) erro
 			return fmt.Errorf("archived WAL %s is encrypted: %w", name, ErrNoIdentity)
 		}
 		if body, err = age.Decrypt(br, keys.Identities...); err != nil {
+			if nm := (*age.NoIdentityMatchError)(nil); errors.As(err, &nm) {
+				return fmt.Errorf("archived WAL %s: %w", name, ErrWrongIdentity)
+			}
 			return fmt.Errorf("archived WAL %s: decrypting: %w", name, err)
 		}
 	}

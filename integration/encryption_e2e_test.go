@@ -131,11 +131,11 @@ func TestEncryptedBackupsWithSpire(t *testing.T) {
 		return n
 	}
 	_, errOut, code = cli("backup", "restore", "--id", ids[0], "--target-dsn", dst.DSN)
-	require.NotEqual(t, 0, code)
+	require.Equal(t, 2, code, errOut)
 	require.Contains(t, errOut, "is encrypted")
 	require.Contains(t, errOut, "--identity")
 	_, errOut, code = cli("backup", "restore", "--id", ids[1], "--target-dsn", dst.DSN, "--jobs", "2", "--identity", bob.file)
-	require.NotEqual(t, 0, code)
+	require.Equal(t, 2, code, errOut)
 	require.Contains(t, errOut, "none of the given identities opens it")
 	require.Zero(t, relations(), "a failed restore wrote into the target")
 
@@ -240,6 +240,26 @@ func TestEncryptedPointInTimeRecovery(t *testing.T) {
 		}
 	}
 	require.Positive(t, wal)
+
+	// a segment that is there but cannot be opened is not "missing": wal
+	// fetch exits 126, so that PostgreSQL aborts the recovery instead of
+	// ending it early at the last segment it could read
+	var segment string
+	for k := range objs {
+		if strings.HasPrefix(k, "wal/") && len(filepath.Base(k)) == 24 {
+			segment = filepath.Base(k)
+			break
+		}
+	}
+	require.NotEmpty(t, segment)
+	fetchDir := t.TempDir()
+	for _, extra := range [][]string{nil, {"--identity", newAgeKey(t, "stranger").file}} {
+		_, errOut, code := cli(append([]string{"wal", "fetch", segment, filepath.Join(fetchDir, "RECOVERYXLOG"), "--prefetch", "0"}, extra...)...)
+		require.Equal(t, 126, code, errOut)
+		ents, err := os.ReadDir(fetchDir)
+		require.NoError(t, err)
+		require.Empty(t, ents, "a fetch that could not decrypt left a file")
+	}
 
 	dir := restoreDir(t)
 	_, errOut, code = cli("backup", "restore", "--physical", "--latest", "--data-dir", filepath.Join(dir, "data"))

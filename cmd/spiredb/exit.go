@@ -15,6 +15,10 @@ const (
 	exitUsage       = 2 // bad flags, arguments or configuration
 	exitUnreachable = 3 // could not connect to PostgreSQL or the store
 	exitWarning     = 4 // doctor and checks: only warnings found
+	// wal fetch: the file is in the store but cannot be opened (no or a
+	// wrong --identity); above 125, so that PostgreSQL's restore_command
+	// aborts the recovery rather than take the file for missing
+	exitAbortRecovery = 126
 )
 
 const exitCodesHelp = `Exit codes:
@@ -22,7 +26,8 @@ const exitCodesHelp = `Exit codes:
   1  the command failed, or found problems that need action (doctor: an error finding)
   2  usage error: bad flags, arguments or configuration
   3  could not connect to PostgreSQL (or to the backup store)
-  4  doctor and checks: warnings only`
+  4  doctor and checks: warnings only
+  126 wal fetch: the archived file is there but cannot be decrypted (PostgreSQL then aborts the recovery)`
 
 // exitError carries an exit code through cobra.
 type exitError struct {
@@ -53,6 +58,9 @@ func exitCodeOf(err error) int {
 	}
 	if errors.Is(err, pg.ErrTransactionPooler) {
 		return exitUsage // the fix is another --dsn
+	}
+	if errors.Is(err, backup.ErrNoIdentity) || errors.Is(err, backup.ErrWrongIdentity) {
+		return exitUsage // the fix is another --identity
 	}
 	var ce *pg.ConnectError
 	var se *backup.StoreError

@@ -102,6 +102,11 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 				g.logger.Debug("not in the store", "name", args[0])
 				return silentExit(exitFailure)
 			}
+			if errors.Is(err, backup.ErrNoIdentity) || errors.Is(err, backup.ErrWrongIdentity) {
+				// the segment is there: any exit below 126 would tell
+				// PostgreSQL it is missing and end the recovery early
+				return &exitError{code: exitAbortRecovery, err: err}
+			}
 			return err
 		},
 	}
