@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,12 +24,15 @@ import (
 
 // BenchmarkBackfill changes one column of every row of SPIRE's
 // registered_entries holding 1,000,000 rows (SPIREDB_BENCH_BACKFILL_ROWS),
-// while a writer updates random entries one at a time and measures its own
-// latency, in one run: (a) one UPDATE of the whole table, (b) the DO-block
-// method as commonly published (OFFSET batches of 1,000 with pg_sleep(0.1),
-// all one transaction) and the same without the sleep, (c) spiredb migrate
-// backfill. Each method starts after a VACUUM; the writer's idle latency is
-// measured first.
+// while SPIREDB_BENCH_BACKFILL_WRITERS (4) writers update random entries one
+// at a time, back to back, measuring their throughput and latency, in one
+// run: (a) one UPDATE of the whole table, (b) the DO-block method as
+// commonly published (OFFSET batches of 1,000 with pg_sleep(0.1), all one
+// transaction) and the same without the sleep (SPIREDB_BENCH_BACKFILL_SKIP_DO=1
+// skips them), (c) spiredb migrate backfill, (d) the same with --max-impact
+// (SPIREDB_BENCH_BACKFILL_IMPACT, space-separated, default 30%). Each
+// method starts after a VACUUM and a CHECKPOINT; the writers' idle
+// throughput and latency are measured first.
 func BenchmarkBackfill(b *testing.B) {
 	n := envInts(b, "SPIREDB_BENCH_BACKFILL_ROWS", "1000000")[0]
 	ctx := context.Background()
@@ -44,41 +49,55 @@ func BenchmarkBackfill(b *testing.B) {
 		       3600, false, false, CASE WHEN g %% 10 = 0 THEN 2000000000 ELSE 0 END, 0, false, '', 300
 		FROM generate_series(1, %d) g`, n))
 	require.NoError(b, err)
+	// SPIRE's servers are commonly watched with pg_stat_statements: the
+	// impact governor reads the table's statements from it
+	_, err = conn.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+	require.NoError(b, err)
 	_, err = conn.Exec(ctx, "VACUUM ANALYZE registered_entries")
 	require.NoError(b, err)
 	bin := spiredbCLI(b)
 	_, _, code := runCLIb(b, bin, "migrate", "up", "--dsn", dsn)
 	require.Equal(b, 0, code)
 
-	// the writer: SPIRE-like single-entry updates, latency per phase
-	writer, err := pgx.Connect(ctx, dsn)
-	require.NoError(b, err)
-	defer writer.Close(ctx)
+	// the writers: SPIRE-like single-entry update transactions, each on its
+	// own session, back to back (like pgbench's clients); latency per phase
+	writers := envInts(b, "SPIREDB_BENCH_BACKFILL_WRITERS", "4")[0]
 	var mu sync.Mutex
 	var lat []time.Duration
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		r := rand.New(rand.NewPCG(1, 2))
-		for {
-			select {
-			case <-stop:
-				return
-			default:
+	for w := range writers {
+		wc, err := pgx.Connect(ctx, dsn)
+		require.NoError(b, err)
+		defer wc.Close(ctx)
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(1, uint64(w)))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t0 := time.Now()
+				_, err := wc.Exec(ctx, "UPDATE registered_entries SET revision_number = revision_number + 1, updated_at = now() WHERE id = $1", 1+r.Int64N(int64(n)))
+				d := time.Since(t0)
+				if err == nil {
+					mu.Lock()
+					lat = append(lat, d)
+					mu.Unlock()
+				}
 			}
-			t0 := time.Now()
-			_, err := writer.Exec(ctx, "UPDATE registered_entries SET revision_number = revision_number + 1, updated_at = now() WHERE id = $1", 1+r.Int64N(int64(n)))
-			d := time.Since(t0)
-			if err == nil {
-				mu.Lock()
-				lat = append(lat, d)
-				mu.Unlock()
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	})
-	phase := func(name string, fn func()) {
+		})
+	}
+	type result struct {
+		total    time.Duration
+		tps      float64
+		p50, p99 time.Duration
+	}
+	phase := func(name string, fn func()) result {
 		_, err := conn.Exec(ctx, "VACUUM registered_entries")
+		require.NoError(b, err)
+		_, err = conn.Exec(ctx, "CHECKPOINT")
 		require.NoError(b, err)
 		mu.Lock()
 		lat = lat[:0]
@@ -86,18 +105,6 @@ func BenchmarkBackfill(b *testing.B) {
 		t0 := time.Now()
 		fn()
 		total := time.Since(t0)
-		// a write blocked by the method completes just after it: wait for it
-		mu.Lock()
-		seen := len(lat)
-		mu.Unlock()
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			mu.Lock()
-			grew := len(lat) > seen
-			mu.Unlock()
-			if grew {
-				break
-			}
-		}
 		mu.Lock()
 		s := slices.Clone(lat)
 		mu.Unlock()
@@ -112,33 +119,83 @@ func BenchmarkBackfill(b *testing.B) {
 		if len(s) > 0 {
 			mx = s[len(s)-1]
 		}
-		benchLog(b, "%-44s total %8.2f s  writer p50 %7.2f ms  p99 %8.2f ms  max %9.2f ms  (%d writes)",
-			name, total.Seconds(), ms64(pct(0.5)), ms64(pct(0.99)), ms64(mx), len(s))
+		res := result{total: total, tps: float64(len(s)) / total.Seconds(), p50: pct(0.5), p99: pct(0.99)}
+		benchLog(b, "%-44s total %8.2f s  writers %6.0f TPS  p50 %7.2f ms  p99 %8.2f ms  max %9.2f ms  (%d writes)",
+			name, total.Seconds(), res.tps, ms64(res.p50), ms64(res.p99), ms64(mx), len(s))
+		return res
+	}
+	backfillPhase := func(name string, args ...string) result {
+		return phase(name, func() {
+			cmd := exec.Command(bin, append([]string{"migrate", "backfill", "--dsn", dsn, "--table", "registered_entries", "--log-level", cmp.Or(os.Getenv("SPIREDB_BENCH_BACKFILL_TRACE"), "info"),
+				"--set", fmt.Sprintf("hint = 'c%d'", time.Now().UnixNano()), "--name", fmt.Sprintf("bench-%d", time.Now().UnixNano())}, args...)...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			require.NoError(b, err, string(out)+stderr.String())
+			if f := os.Getenv("SPIREDB_BENCH_BACKFILL_TRACE_FILE"); f != "" {
+				require.NoError(b, os.WriteFile(f, []byte(stderr.String()), 0o644))
+			}
+		})
+	}
+	impacts := strings.Fields(os.Getenv("SPIREDB_BENCH_BACKFILL_IMPACT"))
+	if len(impacts) == 0 {
+		impacts = []string{"30%"}
 	}
 	for range b.N {
-		phase("idle (the writer alone, 5 s)", func() { time.Sleep(5 * time.Second) })
-		phase("(a) one UPDATE of the whole table", func() {
-			_, err := conn.Exec(ctx, "UPDATE registered_entries SET hint = 'a'")
-			require.NoError(b, err)
-		})
-		if os.Getenv("SPIREDB_BENCH_BACKFILL_SKIP_DO") != "" {
-			goto backfill
+		// the machine is shared: the writers alone are measured before each
+		// method and after the last, and each method is compared with the
+		// mean of the idle phases on either side of it
+		idlePhase := func() result {
+			return phase(fmt.Sprintf("idle (%d writers alone, 8 s)", writers), func() { time.Sleep(8 * time.Second) })
 		}
-		phase("(b) DO block, OFFSET batches, no sleep", func() {
-			_, err := conn.Exec(ctx, doBlock("b1", ""))
-			require.NoError(b, err)
-		})
-		phase("(b) DO block, OFFSET batches, pg_sleep(0.1)", func() {
-			_, err := conn.Exec(ctx, doBlock("b2", "PERFORM pg_sleep(0.1);"))
-			require.NoError(b, err)
-		})
-	backfill:
-		for _, rest := range []string{"0", "0.5"} {
-			phase("(c) spiredb migrate backfill --rest "+rest, func() {
-				out, stderr, code := runCLIb(b, bin, "migrate", "backfill", "--dsn", dsn, "--table", "registered_entries", "--set", "hint = 'c"+rest+"'",
-					"--name", fmt.Sprintf("bench-%d", time.Now().UnixNano()), "--rest", rest)
-				require.Equal(b, 0, code, out+stderr)
+		type measured struct {
+			name string
+			res  result
+		}
+		var runs []measured
+		idles := []result{idlePhase()}
+		run := func(name string, fn func() result) {
+			runs = append(runs, measured{name, fn()})
+			idles = append(idles, idlePhase())
+		}
+		run("(a)", func() result {
+			return phase("(a) one UPDATE of the whole table", func() {
+				_, err := conn.Exec(ctx, "UPDATE registered_entries SET hint = 'a'")
+				require.NoError(b, err)
 			})
+		})
+		if os.Getenv("SPIREDB_BENCH_BACKFILL_SKIP_DO") == "" {
+			run("(b) no sleep", func() result {
+				return phase("(b) DO block, OFFSET batches, no sleep", func() {
+					_, err := conn.Exec(ctx, doBlock("b1", ""))
+					require.NoError(b, err)
+				})
+			})
+			run("(b) pg_sleep", func() result {
+				return phase("(b) DO block, OFFSET batches, pg_sleep(0.1)", func() {
+					_, err := conn.Exec(ctx, doBlock("b2", "PERFORM pg_sleep(0.1);"))
+					require.NoError(b, err)
+				})
+			})
+		}
+		run("(c) default", func() result { return backfillPhase("(c) spiredb migrate backfill") })
+		for _, imp := range impacts {
+			run("(d) --max-impact "+imp, func() result {
+				return backfillPhase("(d) spiredb migrate backfill --max-impact "+imp, "--max-impact", imp)
+			})
+		}
+		one := runs[0].res
+		for i, m := range runs[1:] {
+			before, after := idles[i+1], idles[i+2]
+			tps := (before.tps + after.tps) / 2
+			p99 := (before.p99 + after.p99) / 2
+			r := m.res
+			benchLog(b, "%s: total %.2f× (a); writers %.0f%% of idle TPS (%.0f), p99 %.2f× idle (%.2f ms)", m.name, r.total.Seconds()/one.total.Seconds(),
+				100*r.tps/tps, tps, r.p99.Seconds()/p99.Seconds(), ms64(p99))
+			key := strings.NewReplacer(" ", "", "(", "", ")", "", "%", "", "--", "").Replace(m.name)
+			b.ReportMetric(r.total.Seconds()/one.total.Seconds(), key+"-total/one-update")
+			b.ReportMetric(r.tps/tps, key+"-tps/idle")
+			b.ReportMetric(r.p99.Seconds()/p99.Seconds(), key+"-p99/idle")
 		}
 	}
 	close(stop)

@@ -53,13 +53,15 @@ type Options struct {
 	// SPIRE's own writes on a busy server. 0 runs batches back to back.
 	Rest float64
 	// MaxImpact, when above zero, paces the job by what the live workload
-	// feels: the rest after each batch grows while the commit latency of a
-	// minimal write transaction (measured every 20 ms on a second session)
-	// or the mean time of the table's other statements (pg_stat_statements)
-	// is more than MaxImpact above its idle baseline (0.3: 30% slower), and
-	// shrinks while both stay under half of it. Batches are kept short
-	// (50 ms), lock waits on the table pause the job, and the baseline is
-	// measured again every 30 s with the job idle for a second.
+	// feels: the commit latency of a minimal write transaction (measured
+	// every 20 ms on a second session) and the mean time of the table's
+	// other statements (pg_stat_statements), each against its idle
+	// baseline. While either is more than MaxImpact above it (0.3: 30%
+	// slower), batches get shorter (their duration target halves, from
+	// 15 ms down to 5 ms) and then the rest after each batch grows; under
+	// the budget the rest shrinks first, and under half of it batches grow
+	// back (up to 50 ms). Lock waits on the table pause the job, and the
+	// baseline is measured again every 30 s with the job idle for a second.
 	MaxImpact float64
 	// AllowVolatile accepts volatile functions in Set and Where.
 	AllowVolatile bool
@@ -433,7 +435,6 @@ func Resume(ctx context.Context, conn *pgx.Conn, name string, opts Options) (*Jo
 	r.rangeInfo(ctx)
 	if opts.MaxImpact > 0 {
 		r.opts.PauseOnLockWaits = true
-		r.opts.TargetBatchDuration = min(r.opts.TargetBatchDuration, impactBatch)
 		if r.gov, err = startGovernor(ctx, conn, t, opts.MaxImpact, log); err != nil {
 			return job, err
 		}
@@ -554,7 +555,11 @@ func (r *run) loop(ctx context.Context) error {
 			}
 		}
 		if r.opts.BatchSize == 0 {
-			r.size = min(r.maxSize, adapt(r.size, took, r.opts.TargetBatchDuration))
+			target := r.opts.TargetBatchDuration
+			if r.gov != nil {
+				target = r.gov.target
+			}
+			r.size = min(r.maxSize, adapt(r.size, took, target))
 		}
 	}
 }
@@ -618,10 +623,16 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	// A batch and its checkpoint commit together, so a batch lost in a
+	// crash is lost with its checkpoint and the resume does it again: its
+	// commit need not wait for the WAL flush. The last one does (below), and
+	// with it every batch before it.
+	set := "SET LOCAL synchronous_commit = off"
 	if r.opts.LockTimeout > 0 { // negative: the server's setting
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())); err != nil {
-			return false, err
-		}
+		set += fmt.Sprintf("; SET LOCAL lock_timeout = %d", r.opts.LockTimeout.Milliseconds())
+	}
+	if _, err := tx.Exec(ctx, set); err != nil {
+		return false, err
 	}
 	var state string
 	var last []string
@@ -669,6 +680,9 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 		if _, err := tx.Exec(ctx, pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'done', finished_at = now(), updated_at = now() WHERE name = $1", r.job.Name); err != nil {
 			return false, err
 		}
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return false, err
+		}
 		if err := tx.Commit(ctx); err != nil {
 			return false, err
 		}
@@ -695,6 +709,12 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 		state = CASE WHEN $5 THEN 'done' ELSE state END, finished_at = CASE WHEN $5 THEN now() END
 		WHERE name = $1`, r.job.Name, end, tag.RowsAffected(), r.size, final); err != nil {
 		return false, err
+	}
+	if final {
+		// "done" is durable, and so is every batch before it
+		if _, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on"); err != nil {
+			return false, err
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return false, err

@@ -28,9 +28,10 @@ import (
 //
 // and compares each with its baseline, taken before the first batch with the
 // backfill idle and again every 30 s. When either rises by more than
-// MaxImpact, the rest after each batch grows (multiplicatively); while both
-// stay under half of it, the rest shrinks. Lock waits on the table pause
-// the backfill as with PauseOnLockWaits.
+// MaxImpact, batches get shorter (their duration target halves, down to
+// 5 ms), and then the rest after each batch grows; under the budget the
+// rest shrinks first, and under half of it batches grow back (to 50 ms).
+// Lock waits on the table pause the backfill as with PauseOnLockWaits.
 
 const (
 	probeEvery       = 20 * time.Millisecond
@@ -38,10 +39,14 @@ const (
 	calibrateEvery   = 30 * time.Second
 	calibrateFor     = time.Second
 	firstCalibration = 2 * time.Second
-	// impactBatch is the longest batch under a governor: short bursts keep
-	// the tail of the workload's latency low.
-	impactBatch = 50 * time.Millisecond
-	maxRest     = 20.0 // rest after a batch, in batch durations
+	// Under a governor batches aim at a duration between minBatch and
+	// maxBatch, starting at startBatch: a batch's rows are locked and its
+	// WAL is flushed by the writers' commits, so shorter batches are the
+	// first lever, rests the second.
+	minBatch   = 5 * time.Millisecond
+	startBatch = 15 * time.Millisecond
+	maxBatch   = 50 * time.Millisecond
+	maxRest    = 20.0 // rest after a batch, in batch durations
 )
 
 // probeSQL is a minimal write transaction. Its message is not decoded by
@@ -66,18 +71,20 @@ type governor struct {
 	done    chan struct{}
 
 	// baselines, from the last calibration
-	baseProbe time.Duration // p90 of the probe
-	baseStmt  float64       // ms per call of the table's other statements; 0: unknown
-	queryIDs  []int64       // those statements in pg_stat_statements
-	pgss      string        // its qualified function, "" when not installed
-	stmtCalls int64         // counters at the window's start
+	baseProbe time.Duration   // the probe's mean latency: the median of the last calibrations
+	baseHist  []time.Duration // the last calibrations' means
+	baseStmt  float64         // ms per call of the table's other statements; 0: unknown
+	queryIDs  []int64         // those statements in pg_stat_statements
+	pgss      string          // its qualified function, "" when not installed
+	stmtCalls int64           // counters at the window's start
 	stmtTime  float64
 	stmtOK    bool
 
 	windowStart time.Time
 	lastCalib   time.Time
-	rest        float64 // in batch durations
-	impact      float64 // the last window's, as a fraction
+	rest        float64       // in batch durations
+	target      time.Duration // what batch sizing aims at
+	impact      float64       // the last window's, as a fraction
 	why         string
 }
 
@@ -89,7 +96,7 @@ func startGovernor(ctx context.Context, conn *pgx.Conn, t *table, budget float64
 	if err != nil {
 		return nil, fmt.Errorf("--max-impact: opening its measuring session: %w", err)
 	}
-	g := &governor{conn: conn, probeC: gc, budget: budget, table: t.relname, log: log, done: make(chan struct{})}
+	g := &governor{conn: conn, probeC: gc, budget: budget, table: t.relname, log: log, done: make(chan struct{}), target: startBatch}
 	g.probeOK = true
 	if _, err := gc.Exec(ctx, probeSQL); err != nil {
 		if gc.IsClosed() {
@@ -149,6 +156,23 @@ func (g *governor) takeSamples() []time.Duration {
 	s := g.samples
 	g.samples = nil
 	return s
+}
+
+// mean is the mean of s without its slowest 5%: a checkpoint's or a
+// neighbour's spike is not the backfill's doing, and one would move a
+// window's mean more than all of the job's batches.
+func mean(s []time.Duration) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	s = slices.Clone(s)
+	slices.Sort(s)
+	s = s[:len(s)-len(s)/20]
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	return sum / time.Duration(len(s))
 }
 
 func p90(s []time.Duration) time.Duration {
@@ -211,14 +235,23 @@ func (g *governor) calibrate(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	case <-time.After(d):
 	}
-	g.baseProbe = p90(g.takeSamples())
+	// one second of a shared server is noisy: the median of the last three
+	if m := mean(g.takeSamples()); m > 0 {
+		g.baseHist = append(g.baseHist, m)
+		if len(g.baseHist) > 3 {
+			g.baseHist = g.baseHist[1:]
+		}
+		h := slices.Clone(g.baseHist)
+		slices.Sort(h)
+		g.baseProbe = h[len(h)/2]
+	}
 	g.baseStmt = 0
 	if c1, t1, ok1 := g.stmtCounters(ctx); ok && ok1 && c1-c0 >= 10 {
 		g.baseStmt = (t1 - t0) / float64(c1-c0)
 	}
 	g.stmtCalls, g.stmtTime, _ = g.stmtCounters(ctx)
 	g.windowStart, g.lastCalib = time.Now(), time.Now()
-	g.log.Debug("backfill impact baseline", "probe_p90", g.baseProbe, "statement_ms", g.baseStmt)
+	g.log.Debug("backfill impact baseline", "probe_mean", g.baseProbe, "statement_ms", g.baseStmt)
 	return nil
 }
 
@@ -234,29 +267,37 @@ func (g *governor) observe(ctx context.Context) error {
 	s := g.takeSamples()
 	impact, why := 0.0, ""
 	if len(s) >= 10 && g.baseProbe > 0 {
-		if f := float64(p90(s))/float64(g.baseProbe) - 1; f > impact {
-			impact, why = f, fmt.Sprintf("commit latency p90 %s (idle %s)", p90(s).Round(10*time.Microsecond), g.baseProbe.Round(10*time.Microsecond))
+		if f := float64(mean(s))/float64(g.baseProbe) - 1; f > impact {
+			impact, why = f, fmt.Sprintf("commit latency %s (idle %s; p90 %s)", mean(s).Round(10*time.Microsecond),
+				g.baseProbe.Round(10*time.Microsecond), p90(s).Round(10*time.Microsecond))
 		}
 	}
 	if c, t, ok := g.stmtCounters(ctx); ok {
 		if calls := c - g.stmtCalls; calls >= 10 && g.baseStmt > 0 {
-			mean := (t - g.stmtTime) / float64(calls)
-			if f := mean/g.baseStmt - 1; f > impact {
-				impact, why = f, fmt.Sprintf("%s's statements %.3f ms per call (idle %.3f)", g.table, mean, g.baseStmt)
+			perCall := (t - g.stmtTime) / float64(calls)
+			if f := perCall/g.baseStmt - 1; f > impact {
+				impact, why = f, fmt.Sprintf("%s's statements %.3f ms per call (idle %.3f)", g.table, perCall, g.baseStmt)
 			}
 		}
 		g.stmtCalls, g.stmtTime = c, t
 	}
+	// smoothed over windows: one noisy second does not swing the pace
+	impact = 0.5*g.impact + 0.5*impact
 	g.impact, g.why = impact, why
 	switch {
+	case impact > g.budget && g.target > minBatch:
+		g.target = max(minBatch, g.target/2)
 	case impact > g.budget:
-		g.rest = min(maxRest, g.rest*2+0.25)
-	case impact < g.budget/2:
-		g.rest *= 0.75
+		g.rest = min(maxRest, max(g.rest*1.5, g.rest+0.25))
+	case g.rest > 0:
+		g.rest *= 0.8
 		if g.rest < 0.05 {
 			g.rest = 0
 		}
+	case impact < g.budget/2:
+		g.target = min(maxBatch, g.target*5/4)
 	}
+	g.log.Debug("backfill impact", "impact", fmt.Sprintf("%+.0f%%", 100*impact), "cause", why, "rest", fmt.Sprintf("%.2f", g.rest), "batch_target", g.target)
 	g.windowStart = time.Now()
 	return nil
 }
