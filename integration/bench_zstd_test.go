@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
@@ -29,6 +30,7 @@ import (
 //	(a) pg_dump -Fc > file                         the baseline
 //	(z) spiredb backup run (zstd, the default)     to versitygw on 127.0.0.1
 //	(g) spiredb backup run --compress -1           pg_dump's gzip, as before
+//	(e) spiredb backup run --recipient age1…       zstd, then age encryption
 //
 // wall time, stored size and spiredb's peak RSS; then backup verify
 // --level restore of the zstd backup against a bare pg_restore -j 2 of (a)'s
@@ -44,6 +46,8 @@ func BenchmarkBackupCodecs(b *testing.B) {
 	pgDump := filepath.Join(cluster.BinDir, "pg_dump")
 	pgRestore := filepath.Join(cluster.BinDir, "pg_restore")
 	file := filepath.Join(b.TempDir(), "dump")
+	id, err := age.GenerateX25519Identity()
+	require.NoError(b, err)
 
 	for range b.N {
 		db := pgtest.NewDBOn(b, cluster)
@@ -72,10 +76,10 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			require.NoError(b, json.Unmarshal([]byte(stdout.String()), &m))
 			return took, &m, <-own
 		}
-		var ta, tz, tg []time.Duration
-		var rz, rg []int64
+		var ta, tz, tg, te []time.Duration
+		var rz, rg, re []int64
 		var sizeA int64
-		var mz, mg *backup.Manifest
+		var mz, mg, me *backup.Manifest
 		for range rounds {
 			start := time.Now()
 			out, err := exec.Command(pgDump, "-Fc", "-d", db.DSN, "-f", file).CombinedOutput()
@@ -89,6 +93,9 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			tz, rz, mz = append(tz, d), append(rz, rss), m
 			d, m, rss = spiredb("--compress", "-1")
 			tg, rg, mg = append(tg, d), append(rg, rss), m
+			d, m, rss = spiredb("--recipient", id.Recipient().String())
+			te, re, me = append(te, d), append(re, rss), m
+			require.NotNil(b, me.Encryption)
 		}
 		a, z, g := median(ta), median(tz), median(tg)
 		benchLog(b, "backup wall: pg_dump -Fc to a file %s (%.0f MiB); spiredb zstd %s (%.0f MiB): %.2f× the wall, %.2f× the size, peak RSS %s MiB; spiredb with pg_dump's gzip %s (%.0f MiB): %.2f×, peak RSS %s MiB",
@@ -98,6 +105,10 @@ func BenchmarkBackupCodecs(b *testing.B) {
 		b.ReportMetric(z.Seconds()/a.Seconds(), "zstd-wall/pg_dump")
 		b.ReportMetric(float64(mz.Size)/float64(sizeA), "zstd-size/pg_dump")
 		b.ReportMetric(float64(slices.Max(rz))/1024, "zstd-rssMiB")
+		e := median(te)
+		benchLog(b, "encryption: spiredb zstd+age %s (%.0f MiB), %.3f× spiredb zstd's wall (%.2f× pg_dump -Fc), peak RSS %s MiB; rounds zstd %v, zstd+age %v",
+			e.Round(10*time.Millisecond), float64(me.Size)/(1<<20), e.Seconds()/z.Seconds(), e.Seconds()/a.Seconds(), mib(slices.Max(re)), rounded(tz), rounded(te))
+		b.ReportMetric(e.Seconds()/z.Seconds(), "age-wall/zstd")
 
 		var tv, tr []time.Duration
 		for range rounds {
@@ -118,4 +129,12 @@ func BenchmarkBackupCodecs(b *testing.B) {
 		benchLog(b, "verify --level restore of the zstd backup %s vs pg_restore -j 2 of pg_dump -Fc %s: %.2f×", v.Round(10*time.Millisecond), r.Round(10*time.Millisecond), v.Seconds()/r.Seconds())
 		b.ReportMetric(v.Seconds()/r.Seconds(), "verify/pg_restore-j2")
 	}
+}
+
+func rounded(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(10 * time.Millisecond)
+	}
+	return out
 }
