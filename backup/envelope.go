@@ -72,7 +72,7 @@ func ParseRecipients(entries []string) ([]age.Recipient, error) {
 			rs, err := age.ParseRecipients(strings.NewReader(e))
 			if err != nil {
 				// an age1… entry is a public key: quoting it is safe
-				return nil, fmt.Errorf("invalid recipient %q: %v", e, err)
+				return nil, fmt.Errorf("invalid recipient %q: %w", e, err)
 			}
 			out = append(out, rs...)
 			continue
@@ -87,7 +87,7 @@ func ParseRecipients(entries []string) ([]age.Recipient, error) {
 		rs, err := age.ParseRecipients(f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("recipients file %s: %v", e, err)
+			return nil, fmt.Errorf("recipients file %s: %w", e, err)
 		}
 		out = append(out, rs...)
 	}
@@ -106,7 +106,7 @@ func ReadIdentities(files []string) ([]age.Identity, error) {
 		ids, err := age.ParseIdentities(f)
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("identity file %s: %v", name, err)
+			return nil, fmt.Errorf("identity file %s: %w", name, err)
 		}
 		out = append(out, ids...)
 	}
