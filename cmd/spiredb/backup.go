@@ -545,7 +545,11 @@ segments (they are needed only back to the oldest kept base).`,
 				return err
 			}
 			return g.out.print(res, func(w io.Writer) error {
-				fmt.Fprintf(w, "rekeyed %d backups to %s\n", len(res.Rekeyed), strings.Join(res.Recipients, ", "))
+				noun := "backups"
+				if len(res.Rekeyed) == 1 {
+					noun = "backup"
+				}
+				fmt.Fprintf(w, "rekeyed %d %s to %s\n", len(res.Rekeyed), noun, strings.Join(res.Recipients, ", "))
 				if len(res.Unencrypted) > 0 {
 					fmt.Fprintf(w, "not encrypted, left as they are: %s\n", strings.Join(res.Unencrypted, ", "))
 				}

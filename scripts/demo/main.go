@@ -172,10 +172,6 @@ func run(ctx context.Context, bin string, entries int) error {
 		}
 	}
 
-	if err := encryptionDemo(ctx, bin, env, store, storeDir); err != nil {
-		return err
-	}
-
 	step("As a managed service's role (no superuser; CREATEDB, pg_monitor): verify by real restore, and what doctor says it lacks")
 	managed := *c
 	managed.User, managed.Password = "spiredb_managed", randomPassword()
@@ -191,6 +187,10 @@ func run(ctx context.Context, bin string, entries int) error {
 		if err := spiredb(ctx, bin, menv, args...); err != nil {
 			return err
 		}
+	}
+
+	if err := encryptionDemo(ctx, bin, env, store, storeDir); err != nil {
+		return err
 	}
 
 	if err := pitrDemo(ctx, bin); err != nil {
