@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -175,6 +176,7 @@ When another backup of the same kind of the same database is running (two
 CronJob pods), it says so and exits 0 without writing anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			boundStreamMemory()
 			codec, level, err := parseCompress(compress)
 			if err != nil {
 				return err
@@ -326,6 +328,7 @@ The result is stored next to the manifest and shown by list. Exit 1 when a
 check fails; the message names the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			boundStreamMemory()
 			switch level {
 			case backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, backup.LevelPITR:
 			default:
@@ -432,6 +435,7 @@ it leaves recovery.signal and the recovery settings in postgresql.auto.conf for
 your server to do the recovery when it starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			boundStreamMemory()
 			if physical {
 				return runPhysicalRestore(cmd, g, f, id, latest, toTime, toLSN, dataDir, prepareOnly)
 			}
@@ -792,4 +796,18 @@ func parseCompress(v string) (codec string, level int, err error) {
 		return "", 0, usageErrorf("invalid --compress %q: want zstd, or pg_dump's level 0-9 (-1: its default)", v)
 	}
 	return backup.CodecPgDump, n, nil
+}
+
+// streamMemoryLimit is the Go runtime's soft memory limit for the commands
+// that stream a database or WAL through spiredb (backup run, verify,
+// restore, wal push and fetch): with it the collector runs before the heap
+// doubles, which keeps a CronJob pod's peak RSS about 10 MiB lower
+// (docs/BENCHMARKS.md). It is soft: no allocation fails, and the runtime
+// caps the collector's CPU. GOMEMLIMIT, when set, wins.
+const streamMemoryLimit = 40 << 20
+
+func boundStreamMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(streamMemoryLimit)
+	}
 }

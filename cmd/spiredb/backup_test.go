@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"math"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -156,4 +158,19 @@ func TestTune(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &diffs))
 	require.NotEmpty(t, diffs)
 	require.NotContains(t, out+errOut, db.Cluster.Password)
+}
+
+// The streaming commands set a soft memory limit unless GOMEMLIMIT does.
+func TestBoundStreamMemory(t *testing.T) {
+	before := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(before)
+	t.Setenv("GOMEMLIMIT", "")
+	debug.SetMemoryLimit(math.MaxInt64)
+	boundStreamMemory()
+	require.Equal(t, int64(streamMemoryLimit), debug.SetMemoryLimit(-1))
+
+	t.Setenv("GOMEMLIMIT", "1GiB")
+	debug.SetMemoryLimit(1 << 30)
+	boundStreamMemory()
+	require.Equal(t, int64(1<<30), debug.SetMemoryLimit(-1), "the operator's GOMEMLIMIT wins")
 }

@@ -52,6 +52,7 @@ func newWALPushCmd(g *globals, f *storeFlags) *cobra.Command {
 		Short: "Archive one WAL file (archive_command's %p)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			boundStreamMemory()
 			keys, err := f.keys.keys()
 			if err != nil {
 				return err
@@ -82,6 +83,7 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 		Short: "Restore one archived WAL file (restore_command's %f %p)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			boundStreamMemory()
 			if prefetch < 0 || prefetch > 64 {
 				return usageErrorf("invalid --prefetch %d: want 0-64", prefetch)
 			}
