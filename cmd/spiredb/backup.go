@@ -328,7 +328,6 @@ The result is stored next to the manifest and shown by list. Exit 1 when a
 check fails; the message names the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			boundStreamMemory()
 			switch level {
 			case backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore, backup.LevelPITR:
 			default:
@@ -435,7 +434,6 @@ it leaves recovery.signal and the recovery settings in postgresql.auto.conf for
 your server to do the recovery when it starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			boundStreamMemory()
 			if physical {
 				return runPhysicalRestore(cmd, g, f, id, latest, toTime, toLSN, dataDir, prepareOnly)
 			}
@@ -799,11 +797,12 @@ func parseCompress(v string) (codec string, level int, err error) {
 }
 
 // streamMemoryLimit is the Go runtime's soft memory limit for the commands
-// that stream a database or WAL through spiredb (backup run, verify,
-// restore, wal push and fetch): with it the collector runs before the heap
-// doubles, which keeps a CronJob pod's peak RSS about 10 MiB lower
-// (docs/BENCHMARKS.md). It is soft: no allocation fails, and the runtime
-// caps the collector's CPU. GOMEMLIMIT, when set, wins.
+// that stream a database or WAL into the store (backup run, wal push): with
+// it the collector runs before the heap doubles, which keeps a CronJob
+// pod's peak RSS about 6 MiB lower (docs/BENCHMARKS.md). It is soft: no
+// allocation fails, and the runtime caps the collector's CPU. GOMEMLIMIT,
+// when set, wins. The reading side (verify, restore, wal fetch) is left
+// alone: its time is what matters there.
 const streamMemoryLimit = 40 << 20
 
 func boundStreamMemory() {

@@ -83,7 +83,6 @@ func newWALFetchCmd(g *globals, f *storeFlags) *cobra.Command {
 		Short: "Restore one archived WAL file (restore_command's %f %p)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			boundStreamMemory()
 			if prefetch < 0 || prefetch > 64 {
 				return usageErrorf("invalid --prefetch %d: want 0-64", prefetch)
 			}
