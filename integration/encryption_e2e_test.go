@@ -114,6 +114,13 @@ func TestEncryptedBackupsWithSpire(t *testing.T) {
 		require.EqualValues(t, 300, m.RowCounts["registered_entries"])
 		ids = append(ids, m.ID)
 	}
+	// list says which backups are encrypted (the canary's store says none)
+	out, errOut, code := cli("backup", "list")
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, 2, strings.Count(out, " age "), out)
+	out, errOut, code = runCLI(t, env, append([]string{"backup", "list"}, plainStore...)...)
+	require.Equal(t, 0, code, errOut)
+	require.NotContains(t, out, " age ", out)
 	s := s3StoreOf(t, b, "enc")
 	before := storedObjects(t, s)
 	require.Len(t, before, 4) // two dumps, two manifests
@@ -153,7 +160,7 @@ func TestEncryptedBackupsWithSpire(t *testing.T) {
 	}
 
 	// rotation: rewrap to bob; the data objects are untouched
-	out, errOut, code := cli("backup", "rekey", "--all", "--identity", alice.file, "--recipient", bob.recipient)
+	out, errOut, code = cli("backup", "rekey", "--all", "--identity", alice.file, "--recipient", bob.recipient)
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "rekeyed 2 backups to "+bob.recipient)
 	after := storedObjects(t, s)

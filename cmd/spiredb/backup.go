@@ -267,15 +267,19 @@ func newBackupListCmd(g *globals, f *storeFlags) *cobra.Command {
 					return err
 				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "ID\tKIND\tSTARTED\tSIZE\tDURATION\tSPIRE\tENTRIES\tVERIFIED\tLABEL")
+				fmt.Fprintln(tw, "ID\tKIND\tSTARTED\tSIZE\tDURATION\tSPIRE\tENTRIES\tENCRYPTED\tVERIFIED\tLABEL")
 				for _, m := range ms {
 					sp := "-"
 					if m.SPIRE != nil {
 						sp = fmt.Sprintf("v%d", m.SPIRE.SchemaVersion)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.KindName(), m.StartedAt.Format(time.RFC3339),
+					enc := "-"
+					if m.Encryption != nil {
+						enc = "age"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", m.ID, m.KindName(), m.StartedAt.Format(time.RFC3339),
 						humanize.IBytes(uint64(m.Size)), m.FinishedAt.Sub(m.StartedAt).Round(10*time.Millisecond),
-						sp, m.RowCounts["registered_entries"], verifiedText(m.Verification), m.Label)
+						sp, m.RowCounts["registered_entries"], enc, verifiedText(m.Verification), m.Label)
 				}
 				return tw.Flush()
 			})
