@@ -178,22 +178,35 @@ func unwrapKey(m *Manifest, ids []age.Identity) ([]byte, error) {
 	if e.Scheme != EncryptionScheme {
 		return nil, fmt.Errorf("backup %s is encrypted with %q, which this spiredb does not read", m.ID, e.Scheme)
 	}
-	if len(ids) == 0 {
-		return nil, fmt.Errorf("backup %s is encrypted: %w", m.ID, ErrNoIdentity)
+	r, err := decryptWith(armor.NewReader(strings.NewReader(e.WrappedKey)), ids)
+	if errors.Is(err, ErrWrongIdentity) {
+		return nil, fmt.Errorf("backup %s is encrypted to %s: %w", m.ID, strings.Join(e.Recipients, ", "), err)
 	}
-	r, err := age.Decrypt(armor.NewReader(strings.NewReader(e.WrappedKey)), ids...)
 	if err != nil {
-		var nm *age.NoIdentityMatchError
-		if errors.As(err, &nm) {
-			return nil, fmt.Errorf("backup %s is encrypted to %s: %w", m.ID, strings.Join(e.Recipients, ", "), ErrWrongIdentity)
-		}
-		return nil, fmt.Errorf("backup %s: unwrapping its data key: %w", m.ID, err)
+		return nil, fmt.Errorf("backup %s is encrypted: %w", m.ID, err)
 	}
 	key, err := io.ReadAll(io.LimitReader(r, 64))
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: unwrapping its data key: %w", m.ID, err)
 	}
 	return key, nil
+}
+
+// decryptWith opens an age file encrypted to recipients with one of ids:
+// ErrNoIdentity without any, ErrWrongIdentity when none opens it. The
+// wrapped keys of backups and archived WAL files are read through it.
+func decryptWith(r io.Reader, ids []age.Identity) (io.Reader, error) {
+	if len(ids) == 0 {
+		return nil, ErrNoIdentity
+	}
+	pr, err := age.Decrypt(r, ids...)
+	if nm := (*age.NoIdentityMatchError)(nil); errors.As(err, &nm) {
+		return nil, ErrWrongIdentity
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decrypting: %w", err)
+	}
+	return pr, nil
 }
 
 // Unlock prepares an encrypted backup for reading with the identities:

@@ -310,14 +310,8 @@ func restoreWAL(ctx context.Context, s Store, name, dest string, keys Keys) erro
 	defer closer.Close()
 	var body io.Reader = br
 	if h.Encrypted {
-		if len(keys.Identities) == 0 {
-			return fmt.Errorf("archived WAL %s is encrypted: %w", name, ErrNoIdentity)
-		}
-		if body, err = age.Decrypt(br, keys.Identities...); err != nil {
-			if nm := (*age.NoIdentityMatchError)(nil); errors.As(err, &nm) {
-				return fmt.Errorf("archived WAL %s: %w", name, ErrWrongIdentity)
-			}
-			return fmt.Errorf("archived WAL %s: decrypting: %w", name, err)
+		if body, err = decryptWith(br, keys.Identities); err != nil {
+			return fmt.Errorf("archived WAL %s is encrypted: %w", name, err)
 		}
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(dest), "."+filepath.Base(dest)+partialMarker)

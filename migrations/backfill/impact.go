@@ -189,12 +189,14 @@ func p90(s []time.Duration) time.Duration {
 // hidden from this role: the probe alone governs then.
 func (g *governor) tableStatements(ctx context.Context) {
 	g.queryIDs, g.stmtOK = nil, false
-	var schema *string
-	if err := g.conn.QueryRow(ctx, pg.Marker+`SELECT n.nspname FROM pg_catalog.pg_extension e
-		JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'`).Scan(&schema); err != nil || schema == nil {
-		return
+	if g.pgss == "" {
+		var schema *string
+		if err := g.conn.QueryRow(ctx, pg.Marker+`SELECT n.nspname FROM pg_catalog.pg_extension e
+			JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_stat_statements'`).Scan(&schema); err != nil || schema == nil {
+			return
+		}
+		g.pgss = pgx.Identifier{*schema, "pg_stat_statements"}.Sanitize()
 	}
-	g.pgss = pgx.Identifier{*schema, "pg_stat_statements"}.Sanitize()
 	rows, err := g.conn.Query(ctx, pg.Marker+`SELECT DISTINCT s.queryid FROM `+g.pgss+`(true) s
 		WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
 		  AND s.queryid IS NOT NULL AND s.query ~* $1 AND s.query NOT LIKE $2`,
@@ -246,10 +248,12 @@ func (g *governor) calibrate(ctx context.Context, d time.Duration) error {
 		g.baseProbe = h[len(h)/2]
 	}
 	g.baseStmt = 0
-	if c1, t1, ok1 := g.stmtCounters(ctx); ok && ok1 && c1-c0 >= 10 {
+	c1, t1, ok1 := g.stmtCounters(ctx)
+	if ok && ok1 && c1-c0 >= 10 {
 		g.baseStmt = (t1 - t0) / float64(c1-c0)
 	}
-	g.stmtCalls, g.stmtTime, _ = g.stmtCounters(ctx)
+	// the first window starts where the calibration ended
+	g.stmtCalls, g.stmtTime = c1, t1
 	g.windowStart, g.lastCalib = time.Now(), time.Now()
 	g.log.Debug("backfill impact baseline", "probe_mean", g.baseProbe, "statement_ms", g.baseStmt)
 	return nil
