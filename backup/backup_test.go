@@ -112,9 +112,19 @@ func TestFullCycle(t *testing.T) {
 			_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs})
 			var ne *backup.NotEmptyError
 			require.ErrorAs(t, err, &ne)
-			// …unless --clean
-			rr, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true})
+			// …and with --clean, the target being a SPIRE datastore that
+			// has 10 entries m2 lacks, refused again with the plan…
+			_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true})
+			var loss *backup.LossError
+			require.ErrorAs(t, err, &loss)
+			require.EqualValues(t, 10, loss.Plan.Findings)
+			require.Equal(t, "created", loss.Plan.Tables[0].Changes[0].Kind)
+			require.EqualValues(t, 10, loss.Plan.Tables[0].Changes[0].Count)
+			requireSameData(t, db, target, "registered_entries", 10) // untouched
+			// …unless the loss is accepted
+			rr, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m2.ID, Target: pg.Options{DSN: target.DSN}, Jobs: jobs, Clean: true, AcceptLoss: true})
 			require.NoError(t, err)
+			require.EqualValues(t, 10, rr.Plan.Findings)
 			require.EqualValues(t, 2990, rr.RowCounts["registered_entries"])
 			requireSameData(t, db, target, "registered_entries", 0)
 		}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
@@ -27,8 +29,18 @@ type RestoreOptions struct {
 	// uses: objects are created owned by the connecting role.
 	Target pg.Options
 	// Clean drops the target's conflicting objects first; without it a
-	// non-empty target is refused.
-	Clean bool
+	// non-empty target is refused. A target that is a SPIRE datastore is
+	// first compared with the backup (restored into a scratch database on
+	// Scratch's server): when it changed since, the restore is refused
+	// with a *LossError carrying the plan, unless AcceptLoss.
+	Clean      bool
+	AcceptLoss bool
+	// Plan only compares the backup with the target and returns the plan
+	// (RestoreResult.Plan): the target is not written.
+	Plan bool
+	// Scratch is the server for the comparison's scratch database
+	// (default: Target's; the role needs CREATEDB).
+	Scratch *pg.Options
 	// Jobs > 1 restores in parallel. pg_restore cannot run parallel from a
 	// pipe, so the dump is first downloaded to a temporary file in TempDir
 	// (and its checksum verified before anything is restored).
@@ -52,6 +64,11 @@ type RestoreResult struct {
 	// SkippedExtensions are monitoring extensions of the dump the target
 	// role could neither find nor create: left out (no SPIRE data).
 	SkippedExtensions []string `json:"skipped_extensions,omitempty"`
+	// Plan is what the restore replaced (or, with Plan, would replace) in
+	// a target that was a SPIRE datastore.
+	Plan *DiffResult `json:"plan,omitempty"`
+	// Planned is true when only the plan was made (nothing restored).
+	Planned bool `json:"planned,omitempty"`
 }
 
 // NotEmptyError is returned when the target has objects and Clean is off.
@@ -101,6 +118,11 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 		  AND n.nspname NOT LIKE 'pg\_temp%'`).Scan(&res.Database, &rels, &example)
 	if err != nil {
 		return nil, fmt.Errorf("inspecting target: %w", err)
+	}
+	if o.Plan || (rels > 0 && o.Clean) {
+		if err := planRestore(ctx, o, m, conn, res, logger); err != nil || o.Plan {
+			return res, err
+		}
 	}
 	if rels > 0 && !o.Clean {
 		return nil, &NotEmptyError{Database: res.Database, Relations: rels, Example: *example}
@@ -164,6 +186,49 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	}
 	logger.Info("restore done", "id", m.ID, "duration", res.Duration.Round(time.Millisecond))
 	return res, nil
+}
+
+// planRestore compares the backup with a target that is a SPIRE
+// datastore. It refuses (a *LossError with res.Plan set) when the target
+// changed since the backup and AcceptLoss is off; with AcceptLoss a failed
+// comparison (a damaged target, say) is logged and the restore goes on.
+func planRestore(ctx context.Context, o RestoreOptions, m *Manifest, conn *pgx.Conn, res *RestoreResult, logger *slog.Logger) error {
+	if o.Plan {
+		res.Planned = true
+	}
+	s, err := spire.ReadSchema(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if !s.Present {
+		if o.Plan {
+			logger.Info("the target has no SPIRE schema: a restore replaces no SPIRE data", "database", res.Database)
+		}
+		return nil
+	}
+	topts := o.Target
+	topts.Database = res.Database
+	scratch := topts
+	if o.Scratch != nil {
+		scratch = *o.Scratch
+	}
+	plan, err := diffManifest(ctx, DiffOptions{Store: o.Store, Live: topts, Scratch: scratch, Jobs: o.Jobs, TempDir: o.TempDir,
+		Tools: o.Tools, Keys: o.Keys, Logger: o.Logger}, m)
+	if err != nil {
+		if o.AcceptLoss && !o.Plan && ctx.Err() == nil {
+			logger.Warn("could not compare the target with the backup; restoring anyway (--accept-loss)", "err", err)
+			return nil
+		}
+		return fmt.Errorf("comparing target %s with backup %s before restoring over it: %w", res.Database, m.ID, err)
+	}
+	res.Plan = plan
+	if plan.Findings > 0 && !o.AcceptLoss && !o.Plan {
+		return &LossError{Database: res.Database, Plan: plan}
+	}
+	if plan.Findings > 0 && !o.Plan {
+		logger.Warn("restoring over changes made since the backup (--accept-loss)", "database", res.Database, "id", m.ID, "findings", plan.Findings)
+	}
+	return nil
 }
 
 // restoreStream pipes the object into one pg_restore running in a single

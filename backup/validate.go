@@ -39,6 +39,20 @@ func (o RestoreOptions) Validate() error {
 	return o.Target.Validate()
 }
 
+// Validate reports options Diff cannot work with, in one line.
+func (o DiffOptions) Validate() error {
+	if o.Store == nil {
+		return errors.New("diff: no store")
+	}
+	if (o.ID == "") == !o.Latest {
+		return errors.New("name a backup with --id ID or --latest (one of them)")
+	}
+	if err := o.Live.Validate(); err != nil {
+		return err
+	}
+	return o.Scratch.Validate()
+}
+
 // Validate reports options Verify cannot work with, in one line.
 func (o VerifyOptions) Validate() error {
 	if o.Store == nil {

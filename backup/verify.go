@@ -251,12 +251,45 @@ func verifyTOC(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyRes
 }
 
 func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *VerifyResult, logger *slog.Logger) error {
+	return withScratchRestore(ctx, o, m, "spiredb_verify_", res, logger, func(sopts pg.Options) error {
+		// row counts and amcheck run side by side
+		var compared VerifyResult
+		done := make(chan error, 1)
+		go func() {
+			sconn, err := pg.Connect(ctx, sopts)
+			if err != nil {
+				done <- err
+				return
+			}
+			defer sconn.Close(context.WithoutCancel(ctx))
+			compareRestored(ctx, sconn, m, &compared)
+			done <- nil
+		}()
+		var checked VerifyResult
+		ierr := checkIndexes(ctx, sopts, o.Jobs, &checked, logger)
+		if err := <-done; err != nil {
+			return err
+		}
+		if ierr != nil {
+			return ierr
+		}
+		res.Checks = append(append(res.Checks, compared.Checks...), checked.Checks...)
+		return nil
+	})
+}
+
+// withScratchRestore creates a scratch database named prefix+ID on
+// o.Scratch's server, restores the backup into it (checksum checked, like
+// verify: a failure is a failed check in res, and then use is not called),
+// calls use with options that reach it, and drops it.
+func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefix string, res *VerifyResult, logger *slog.Logger,
+	use func(sopts pg.Options) error) error {
 	admin, err := pg.Connect(ctx, o.Scratch)
 	if err != nil {
 		return err
 	}
 	defer admin.Close(context.WithoutCancel(ctx))
-	scratch := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
+	scratch := prefix + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
 	ident := pgx.Identifier{scratch}.Sanitize()
 	if _, err := admin.Exec(ctx, pg.Marker+"DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
 		return fmt.Errorf("dropping leftover scratch database: %w", err)
@@ -356,30 +389,7 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 		return nil
 	}
 	res.add("restore", true, "restored into scratch database %s (jobs %d)", scratch, o.Jobs)
-
-	// row counts and amcheck run side by side
-	var compared VerifyResult
-	done := make(chan error, 1)
-	go func() {
-		sconn, err := pg.Connect(ctx, sopts)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer sconn.Close(context.WithoutCancel(ctx))
-		compareRestored(ctx, sconn, m, &compared)
-		done <- nil
-	}()
-	var checked VerifyResult
-	ierr := checkIndexes(ctx, sopts, o.Jobs, &checked, logger)
-	if err := <-done; err != nil {
-		return err
-	}
-	if ierr != nil {
-		return ierr
-	}
-	res.Checks = append(append(res.Checks, compared.Checks...), checked.Checks...)
-	return nil
+	return use(sopts)
 }
 
 // compareRestored checks SPIRE's schema version and every table's row count

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/pg"
 )
 
 // storeFlags are shared by every backup command.
@@ -136,7 +137,7 @@ AWS_ENDPOINT_URL_S3 for S3-compatible servers) or file:///dir.`,
 		RunE: groupRunE,
 	}
 	f.register(cmd.PersistentFlags(), true)
-	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f), newBackupRekeyCmd(g, f))
+	cmd.AddCommand(newBackupRunCmd(g, f), newBackupListCmd(g, f), newBackupVerifyCmd(g, f), newBackupRestoreCmd(g, f), newBackupPruneCmd(g, f), newBackupRekeyCmd(g, f), newBackupDiffCmd(g, f))
 	return cmd
 }
 
@@ -404,8 +405,8 @@ func writeVerify(w io.Writer, r *backup.VerifyResult) error {
 }
 
 func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
-	var id, targetDSN, tempDir, toTime, toLSN, dataDir string
-	var latest, clean, physical, prepareOnly bool
+	var id, targetDSN, tempDir, toTime, toLSN, dataDir, scratchDSN string
+	var latest, clean, physical, prepareOnly, plan, acceptLoss bool
 	var jobs int
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -414,6 +415,13 @@ func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
 objects are created owned by the connecting role. A target that already has
 tables is refused unless --clean, which asks on a terminal and needs --yes
 elsewhere.
+
+A --clean target that is a SPIRE datastore is first compared with the backup
+(restored into a scratch database on --scratch-dsn, default --target-dsn;
+see backup diff): entries created, changed or deleted since, agents attested,
+renewed or banned since, bundles, CA journals and join tokens. The plan is
+printed, and when the target changed since the backup the restore is refused
+(exit 1) unless --accept-loss. --plan prints the plan and writes nothing.
 
 With --jobs 1 (default) the dump streams into one pg_restore in a single
 transaction, and the end of the stream is held back until the checksum is
@@ -450,6 +458,9 @@ your server to do the recovery when it starts.`,
 			if targetDSN == "" {
 				return usageErrorf("--target-dsn is required")
 			}
+			if plan && (clean || acceptLoss) {
+				return usageErrorf("--plan writes nothing: leave out --clean and --accept-loss")
+			}
 			if jobs < 1 {
 				return usageErrorf("invalid --jobs %d: want 1 or more", jobs)
 			}
@@ -468,12 +479,41 @@ your server to do the recovery when it starts.`,
 					return err
 				}
 			}
+			var scratch *pg.Options
+			if scratchDSN != "" {
+				o := g.pgOptions()
+				o.DSN = scratchDSN
+				scratch = &o
+			}
 			res, err := backup.Restore(cmd.Context(), backup.RestoreOptions{Store: s, ID: id, Latest: latest, Target: target,
-				Clean: clean, Jobs: jobs, TempDir: tempDir, Keys: keys, Tools: f.tools(), Logger: g.logger})
+				Clean: clean, AcceptLoss: acceptLoss, Plan: plan, Scratch: scratch, Jobs: jobs, TempDir: tempDir, Keys: keys,
+				Tools: f.tools(), Logger: g.logger})
+			var loss *backup.LossError
+			if errors.As(err, &loss) {
+				// the plan first: it is what the operator must read
+				if perr := g.out.print(res, func(w io.Writer) error { return writeDiff(w, loss.Plan, "target") }); perr != nil {
+					return perr
+				}
+				return &exitError{code: exitFailure, err: err}
+			}
 			if err != nil {
 				return err
 			}
+			if res.Planned {
+				return g.out.print(res, func(w io.Writer) error {
+					if res.Plan == nil {
+						fmt.Fprintf(w, "target %s holds no SPIRE datastore: a restore replaces no SPIRE data\n", res.Database)
+						return nil
+					}
+					return writeDiff(w, res.Plan, "target")
+				})
+			}
 			return g.out.print(res, func(w io.Writer) error {
+				if res.Plan != nil && res.Plan.Findings > 0 {
+					if err := writeDiff(w, res.Plan, "target"); err != nil {
+						return err
+					}
+				}
 				fmt.Fprintf(w, "restored %s into %s in %s (jobs %d)\n", res.ID, res.Database, res.Duration.Round(10*time.Millisecond), res.Jobs)
 				if len(res.SkippedExtensions) > 0 {
 					fmt.Fprintf(w, "left out %s: this role cannot create it (monitoring only, no SPIRE data); a superuser can CREATE EXTENSION it later\n",
@@ -504,6 +544,9 @@ your server to do the recovery when it starts.`,
 	cmd.Flags().BoolVar(&prepareOnly, "prepare-only", false, "--physical: write the base and recovery settings; your server recovers when it starts")
 	cmd.Flags().StringVar(&f.restoreCommand, "restore-command", "", "--physical: the restore_command (default: this spiredb's wal fetch %f %p with the store flags; set it with --prepare-only when the server's spiredb is elsewhere)")
 	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first (asks, or --yes)")
+	cmd.Flags().BoolVar(&plan, "plan", false, "compare the backup with the target SPIRE datastore and print what a restore would lose; write nothing")
+	cmd.Flags().BoolVar(&acceptLoss, "accept-loss", false, "restore over a SPIRE datastore that changed since the backup (see --plan)")
+	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the comparison's scratch database (default: --target-dsn); the role needs CREATEDB")
 	addYes(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", 1, "parallel restore jobs (N > 1 downloads to a temporary file first)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")
