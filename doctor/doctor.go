@@ -52,6 +52,8 @@ type Report struct {
 	Replication *Replication `json:"replication,omitempty"`
 	Indexes     *Indexes     `json:"indexes,omitempty"`
 	Backups     *Backups     `json:"backups,omitempty"`
+	// Events is the state of SPIRE's events tables (with SPIRE's schema).
+	Events *Events `json:"events,omitempty"`
 	// Archiving is the primary's WAL archiving (point-in-time recovery).
 	Archiving *backup.ArchiverStatus `json:"archiving,omitempty"`
 	// PITR is what the store can restore to a point in time (with a store).

@@ -31,6 +31,10 @@ type Options struct {
 	MaxUnverifiedAge time.Duration
 	// MaxLag is a standby's allowed replay lag (default 16MB).
 	MaxLag replication.Limit
+	// EventsPruneAfter is the servers' experimental.prune_events_older_than
+	// (default SPIRE's, 12h): events older than twice that mean no server
+	// prunes them.
+	EventsPruneAfter time.Duration
 	// Settings, when set, is the recommendation for this server (from its
 	// RAM, CPUs and SPIRE's connections): live settings are checked
 	// against it.
@@ -120,6 +124,11 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	}
 	if r.SPIRE.Present && r.Server.Role == "primary" {
 		if err := r.checkIndexes(ctx, conn, replicas); err != nil {
+			return nil, err
+		}
+	}
+	if r.SPIRE.Present {
+		if err := r.checkEvents(ctx, conn, o.EventsPruneAfter); err != nil {
 			return nil, err
 		}
 	}

@@ -119,6 +119,8 @@ jobs:
 	assert.Zero(t, scrape(t, addr, "spiredb_replication_slots_lost"))
 	assert.Zero(t, scrape(t, addr, "spiredb_archive_failing"), "the harness cluster does not archive")
 	assert.Zero(t, scrape(t, addr, "spiredb_indexes_invalid"))
+	assert.EqualValues(t, 120000, scrape(t, addr, `spiredb_spire_events_rows{table="registered_entries_events"}`), "the fixture's events")
+	assert.Zero(t, scrape(t, addr, `spiredb_spire_events_id_gaps{table="registered_entries_events"}`))
 	assert.Positive(t, scrape(t, addr, "spiredb_collect_last_success_timestamp_seconds"), logs.String())
 
 	// the PrometheusRule and the dashboard name only metrics served here

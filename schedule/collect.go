@@ -35,6 +35,9 @@ type stateMetrics struct {
 	viewAge             *prometheus.GaugeVec
 	viewChanges         *prometheus.GaugeVec
 	operationShare      *prometheus.GaugeVec
+	eventsRows          *prometheus.GaugeVec
+	eventsOldestAge     *prometheus.GaugeVec
+	eventsGaps          *prometheus.GaugeVec
 	archiveEnabled      prometheus.Gauge
 	archiveFailing      prometheus.Gauge
 	archiveFailed       prometheus.Gauge
@@ -72,6 +75,12 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 			Help: "SPIRE entry events since the view's last refresh."}, []string{"view"}),
 		operationShare: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_statements_operation_share",
 			Help: "Share of database time per SPIRE operation (pg_stat_statements; the top 10)."}, []string{"operation"}),
+		eventsRows: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_spire_events_rows",
+			Help: "Rows in SPIRE's events table (an events-based cache start-up reads them all)."}, []string{"table"}),
+		eventsOldestAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_spire_events_oldest_age_seconds",
+			Help: "Age of the oldest row in SPIRE's events table (SPIRE prunes past prune_events_older_than, default 12h; 0: empty)."}, []string{"table"}),
+		eventsGaps: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "spiredb_spire_events_id_gaps",
+			Help: "Ids missing between the oldest and newest event (each is fetched on every poll by a starting events-based cache)."}, []string{"table"}),
 		archiveEnabled:      gauge("spiredb_archive_enabled", "1 when the server archives WAL (archive_mode on or always)."),
 		archiveFailing:      gauge("spiredb_archive_failing", "1 when the archiver's last attempt failed (pg_stat_archiver)."),
 		archiveFailed:       gauge("spiredb_archive_failed_count", "Failed archive attempts since the statistics reset (pg_stat_archiver.failed_count)."),
@@ -86,9 +95,10 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 	}
 	reg.MustRegister(m.backups, m.backupNewest, m.backupNewestBytes, m.backupVerified, m.standbys, m.standbysReady, m.maxLagBytes,
 		m.maxLagSeconds, m.slotsLost, m.standbyLag, m.indexesInvalid, m.indexesDuplicate, m.viewAge, m.viewChanges, m.operationShare,
+		m.eventsRows, m.eventsOldestAge, m.eventsGaps,
 		m.archiveEnabled, m.archiveFailing, m.archiveFailed, m.archiveLast, m.archivePending, m.pitrBases, m.pitrNewest,
 		m.collectLastSuccess, m.collectErrors, m.collectDurationSecs)
-	for _, part := range []string{"connect", "backups", "replication", "archiving", "indexes", "views", "statements"} {
+	for _, part := range []string{"connect", "backups", "replication", "archiving", "indexes", "views", "events", "statements"} {
 		m.collectErrors.WithLabelValues(part)
 	}
 	return m
@@ -131,6 +141,9 @@ func (s *Scheduler) collect(ctx context.Context) {
 		}
 		if err := s.collectViews(ctx, conn); err != nil {
 			fail("views", err)
+		}
+		if err := s.collectEvents(ctx, conn, schema.Schema); err != nil {
+			fail("events", err)
 		}
 	}
 	if err := s.collectStatements(ctx, conn); err != nil {
@@ -270,6 +283,19 @@ func (s *Scheduler) collectViews(ctx context.Context, conn *pgx.Conn) error {
 		}
 		s.state.viewAge.WithLabelValues(v.View).Set(v.Age.Seconds())
 		s.state.viewChanges.WithLabelValues(v.View).Set(float64(v.ChangesSince))
+	}
+	return nil
+}
+
+func (s *Scheduler) collectEvents(ctx context.Context, conn *pgx.Conn, nsp string) error {
+	ev, err := spire.ReadEvents(ctx, conn, nsp)
+	if err != nil {
+		return err
+	}
+	for _, t := range ev.Tables {
+		s.state.eventsRows.WithLabelValues(t.Table).Set(float64(t.Rows))
+		s.state.eventsOldestAge.WithLabelValues(t.Table).Set(t.OldestAge.Seconds())
+		s.state.eventsGaps.WithLabelValues(t.Table).Set(float64(t.Gaps))
 	}
 	return nil
 }

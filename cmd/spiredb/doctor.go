@@ -13,13 +13,14 @@ import (
 
 	"github.com/spiredb/spiredb/doctor"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
 )
 
 func newDoctorCmd(g *globals) *cobra.Command {
 	sf := &storeFlags{}
 	tf := &tuneFlags{}
 	var replicas []string
-	var maxBackupAge, maxUnverified time.Duration
+	var maxBackupAge, maxUnverified, eventsPrune time.Duration
 	var maxLag string
 	cmd := &cobra.Command{
 		Use:   "doctor",
@@ -38,7 +39,10 @@ Each finding comes with the command that fixes it.
 Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o := doctor.Options{Conn: g.pgOptions(), MaxBackupAge: maxBackupAge, MaxUnverifiedAge: maxUnverified}
+			if eventsPrune <= 0 {
+				return usageErrorf("invalid --events-prune-older-than %s: want a positive duration", eventsPrune)
+			}
+			o := doctor.Options{Conn: g.pgOptions(), MaxBackupAge: maxBackupAge, MaxUnverifiedAge: maxUnverified, EventsPruneAfter: eventsPrune}
 			if maxLag != "" {
 				l, err := replication.ParseLimit(maxLag)
 				if err != nil {
@@ -86,6 +90,7 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 	cmd.Flags().StringArrayVar(&replicas, "replica-dsn", nil, "a standby serving SPIRE's reads (repeatable)")
 	cmd.Flags().DurationVar(&maxBackupAge, "max-backup-age", 26*time.Hour, "the newest backup may be this old")
 	cmd.Flags().DurationVar(&maxUnverified, "max-unverified-age", 36*time.Hour, "the newest verified backup may be this old")
+	cmd.Flags().DurationVar(&eventsPrune, "events-prune-older-than", spire.DefaultEventsPruneAfter, "the spire-servers' experimental.prune_events_older_than: events older than twice this are not being pruned")
 	cmd.Flags().StringVar(&maxLag, "max-lag", "16MB", "a standby's allowed replay lag (size or duration)")
 	return cmd
 }
@@ -112,6 +117,20 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		fmt.Fprintf(tw, "SPIRE schema\tnot readable by this role (see spire.read)\n")
 	} else {
 		fmt.Fprintf(tw, "SPIRE schema\tno SPIRE schema here\n")
+	}
+	if e := r.Events; e != nil {
+		for _, t := range e.Tables {
+			line := fmt.Sprintf("%s rows", humanize.Comma(t.Rows))
+			if t.Oldest != nil {
+				line += fmt.Sprintf(", oldest %s ago, ids %d-%d, %d missing", t.OldestAge.Round(time.Minute), t.MinID, t.MaxID, t.Gaps)
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", t.Table, line)
+		}
+		line := fmt.Sprintf("an events-based cache start-up reads %s rows (entries, agents, events)", humanize.Comma(e.StartupRows))
+		if e.ReloadShare >= 0 {
+			line += fmt.Sprintf("; the default cache's full reload is %.0f%% of database time", 100*e.ReloadShare)
+		}
+		fmt.Fprintf(tw, "SPIRE cache\t%s\n", line)
 	}
 	if rep := r.Replication; rep != nil {
 		fmt.Fprintf(tw, "replication	%d standbys (%d ready for SPIRE's reads), %d slots, %d lost\n", rep.Standbys, rep.Ready, rep.Slots, rep.Lost)
