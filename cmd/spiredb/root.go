@@ -102,7 +102,7 @@ in spiredb's output or logs.
 	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
 
-	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g), newReplicaCmd(g), newStatsCmd(g), newTuneCmd(g), newIndexesCmd(g), newViewsCmd(g), newMigrateCmd(g), newScheduleCmd(g), newWALCmd(g))
+	root.AddCommand(newVersionCmd(g), newDoctorCmd(g), newBackupCmd(g), newReplicaCmd(g), newStatsCmd(g), newTuneCmd(g), newIndexesCmd(g), newViewsCmd(g), newMigrateCmd(g), newScheduleCmd(g), newWALCmd(g), newSpireCmd(g))
 	return root
 }
 

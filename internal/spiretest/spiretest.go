@@ -45,6 +45,9 @@ type Options struct {
 	DiskKeys bool
 	// Dir, when set, is reused (restart with the same keys); else a new dir.
 	Dir string
+	// DataStoreLines are extra lines of the sql DataStore's plugin_data
+	// (e.g. "max_open_conns = 20").
+	DataStoreLines []string
 	// Experimental are lines of the server's experimental block, e.g.
 	// "events_based_cache = true", "prune_events_older_than = \"10s\"".
 	Experimental []string
@@ -132,6 +135,9 @@ func (s *Server) config(o Options) string {
 	}
 	if o.DisableMigration {
 		ds += "\n      disable_migration = true"
+	}
+	for _, l := range o.DataStoreLines {
+		ds += "\n      " + l
 	}
 	experimental := ""
 	if len(o.Experimental) > 0 {
