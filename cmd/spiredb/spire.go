@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/doctor"
 	"github.com/spiredb/spiredb/replication"
+	"github.com/spiredb/spiredb/spire"
 )
 
 func newSpireCmd(g *globals) *cobra.Command {
@@ -17,8 +22,126 @@ func newSpireCmd(g *globals) *cobra.Command {
 		Use:   "spire",
 		Short: "Checks that know spire-server: its datastore configuration",
 	}
-	cmd.AddCommand(newSpireCheckConfigCmd(g))
+	cmd.AddCommand(newSpireCheckConfigCmd(g), newSpireUpgradeCheckCmd(g))
 	return cmd
+}
+
+func newSpireUpgradeCheckCmd(g *globals) *cobra.Command {
+	sf := &storeFlags{}
+	var to, spireServer, scratchDSN, trustDomain, backupID, tempDir string
+	var maxBackupAge, timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "upgrade-check --to VERSION",
+		Short: "Check that the datastore can move to a spire-server release, and rehearse it",
+		Long: `upgrade-check checks the datastore at --dsn before its spire-servers move to
+release --to:
+
+  - SPIRE's version rule: within one minor version of the datastore's
+    migrations.code_version (the release that last ran on it); a larger step
+    is an error with the supported path, release by release;
+  - views on SPIRE's tables (spiredb's materialized views, or anyone's): a
+    migration that alters a column they read fails;
+  - with --store: a verified backup newer than --max-backup-age, since
+    SPIRE does not migrate back;
+  - with --spire-server PATH (the --to release's binary; --store needed):
+    the newest verified backup (or --backup-id) is restored into a scratch
+    database (--scratch-dsn, default --dsn; the role needs CREATEDB), the
+    binary starts on it as the upgrade would (it migrates at start-up), and
+    the report gives the time until it was healthy, the schema version
+    before and after, and the relation locks its sessions took (sampled
+    every 10 ms). The scratch database is dropped; the live datastore is
+    only read.
+
+Exit 0, 4 (warnings) or 1 (errors).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if to == "" {
+				return usageErrorf("--to VERSION is required (e.g. --to 1.14.0)")
+			}
+			v, err := spire.ParseVersion(to)
+			if err != nil {
+				return usageErrorf("--to: %w", err)
+			}
+			o := doctor.UpgradeOptions{Conn: g.pgOptions(), To: v, MaxBackupAge: maxBackupAge}
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				if o.Store, err = sf.open(cmd); err != nil {
+					return err
+				}
+			}
+			if spireServer != "" {
+				if o.Store == nil {
+					return usageErrorf("--spire-server rehearses on a restored backup: give --store")
+				}
+				out, err := exec.CommandContext(cmd.Context(), spireServer, "--version").CombinedOutput()
+				if err != nil {
+					return usageErrorf("--spire-server %s: %v", spireServer, err)
+				}
+				if got, err := spire.ParseVersion(strings.TrimSpace(string(out))); err != nil || got != v {
+					return usageErrorf("--spire-server %s is release %s, not --to %s", spireServer, strings.TrimSpace(string(out)), v)
+				}
+				keys, err := sf.keys.keys()
+				if err != nil {
+					return err
+				}
+				scratch := g.pgOptions()
+				if scratchDSN != "" {
+					scratch.DSN = scratchDSN
+				}
+				o.Rehearse = backup.RehearseOptions{Store: o.Store, ID: backupID, Scratch: scratch, SpireServer: spireServer,
+					TrustDomain: trustDomain, Timeout: timeout, TempDir: tempDir, Tools: sf.tools(), Keys: keys, Logger: g.logger}
+			}
+			r, err := doctor.CheckUpgrade(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if err := g.out.print(r, func(w io.Writer) error { return writeUpgradeCheck(w, r) }); err != nil {
+				return err
+			}
+			switch r.Worst {
+			case doctor.Error:
+				return silentExit(exitFailure)
+			case doctor.Warning:
+				return silentExit(exitWarning)
+			}
+			return nil
+		},
+	}
+	sf.register(cmd.Flags(), true)
+	sf.keys.registerIdentities(cmd.Flags())
+	cmd.Flags().StringVar(&to, "to", "", "the spire-server release to move to (e.g. 1.14.0)")
+	cmd.Flags().DurationVar(&maxBackupAge, "max-backup-age", 24*time.Hour, "--store: the newest verified backup may be this old")
+	cmd.Flags().StringVar(&spireServer, "spire-server", "", "the --to release's spire-server binary: rehearse its start-up migration on a scratch restore")
+	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the rehearsal's scratch database (default: --dsn); the role needs CREATEDB")
+	cmd.Flags().StringVar(&trustDomain, "trust-domain", "", "the rehearsal server's trust domain (default: the one most entries are in)")
+	cmd.Flags().StringVar(&backupID, "backup-id", "", "the backup to rehearse on (default: the newest verified)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 15*time.Minute, "how long the rehearsal server may take to become healthy")
+	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the rehearsal's download and server files (default: $TMPDIR)")
+	return cmd
+}
+
+func writeUpgradeCheck(w io.Writer, r *doctor.UpgradeReport) error {
+	fmt.Fprintf(w, "datastore: SPIRE schema %d, code_version %s; moving to %s\n", r.Schema.Version, orNone(r.Schema.CodeVersion), r.Step.To)
+	if b := r.Backup; b != nil {
+		fmt.Fprintf(w, "newest verified backup: %s (%s ago)\n", b.ID, time.Since(b.Finished).Round(time.Minute))
+	}
+	if reh := r.Rehearsal; reh != nil {
+		fmt.Fprintf(w, "rehearsal: spire-server %s on backup %s: healthy after %s, schema %d → %d, code_version %s → %s\n",
+			reh.ServerVersion, reh.ID, reh.Duration.Round(time.Millisecond), reh.Before.Version, reh.After.Version, orNone(reh.Before.CodeVersion), orNone(reh.After.CodeVersion))
+		for _, l := range reh.Locks {
+			fmt.Fprintf(w, "  lock %-22s %s\n", l.Mode, l.Relation)
+		}
+	}
+	if len(r.Findings) == 0 {
+		_, err := fmt.Fprintln(w, "no findings")
+		return err
+	}
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "  [%s] %s: %s\n", f.Severity, f.Check, f.Message)
+		if f.Fix != "" {
+			fmt.Fprintf(w, "      fix: %s\n", f.Fix)
+		}
+	}
+	return nil
 }
 
 func newSpireCheckConfigCmd(g *globals) *cobra.Command {
