@@ -226,6 +226,10 @@ func run(ctx context.Context, bin string, entries int) error {
 		}
 	}
 
+	if err := spireAwareDemo(ctx, bin, env, store, c, &standby); err != nil {
+		return err
+	}
+
 	step("doctor over everything: server, SPIRE schema, replication, the standby, indexes, backups")
 	if err := spiredb(ctx, bin, append(env, "SPIREDB_STANDBY="+standby.DSN("spire")), "doctor", "--store", store, "--replica-dsn", "$SPIREDB_STANDBY"); err != nil {
 		return err
@@ -376,6 +380,106 @@ func spiredb(ctx context.Context, bin string, env []string, args ...string) erro
 		return nil
 	}
 	return err
+}
+
+// spiredbExpect runs spiredb and requires exit code want (an exit the
+// step means to show, such as a refusal).
+func spiredbExpect(ctx context.Context, bin string, env []string, want int, args ...string) error {
+	err := spiredb(ctx, bin, env, args...)
+	code := 0
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		return err
+	}
+	if code != want {
+		return fmt.Errorf("spiredb %s: exit %d, want %d", args[0], code, want)
+	}
+	return nil
+}
+
+// spireAwareDemo: what a restore would lose, spire-server's configuration,
+// and an upgrade's checks with a rehearsal, all against a real
+// spire-server.
+func spireAwareDemo(ctx context.Context, bin string, env []string, store string, c, standby *pgcluster.Cluster) error {
+	step("What a restore would lose, in SPIRE's terms: a backup, changes through a real spire-server, backup diff, and a restore refused without --accept-loss (exit 1)")
+	if err := spiredb(ctx, bin, env, "backup", "run", "--store", store, "--label", "before-changes"); err != nil {
+		return err
+	}
+	srv, err := spiretest.Start(ctx, spiretest.Options{ConnectionString: c.KVDSN("spire")})
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	entries := spirefixture.GenerateEntries(20, 7, nil)
+	for i := range entries {
+		entries[i].SpiffeID += "-after-backup"
+	}
+	if err := srv.CreateEntries(ctx, entries); err != nil {
+		return err
+	}
+	conn, err := pgx.Connect(ctx, c.DSN("spire"))
+	if err != nil {
+		return err
+	}
+	var agent string
+	err = conn.QueryRow(ctx, "SELECT spiffe_id FROM attested_node_entries ORDER BY id LIMIT 1").Scan(&agent)
+	_ = conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	for _, args := range [][]string{{"agent", "ban", "-spiffeID", agent}, {"token", "generate", "-ttl", "600"}} {
+		if _, err := srv.CLI(ctx, args...); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("  through spire-server: 20 entries created, agent %s banned, a join token generated\n", agent)
+	if err := spiredb(ctx, bin, env, "backup", "diff", "--store", store, "--latest", "--sample", "2"); err != nil {
+		return err
+	}
+	if err := spiredbExpect(ctx, bin, env, 1, "backup", "restore", "--store", store, "--latest", "--target-dsn", "$SPIREDB_DSN", "--clean", "--yes"); err != nil {
+		return err
+	}
+
+	step("spire-server's configuration as SPIRE and lib/pq read it: this server's own (--connect), then with the standby and two common mistakes (exit 1)")
+	good, err := os.ReadFile(filepath.Join(srv.Dir, "server.conf"))
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "spiredb-demo-conf-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	goodPath, badPath := filepath.Join(dir, "server.conf"), filepath.Join(dir, "server-with-mistakes.conf")
+	kv := c.KVDSN("spire")
+	line := fmt.Sprintf("connection_string = %q", kv)
+	withStandby := strings.Replace(string(good), line,
+		line+fmt.Sprintf("\n      ro_connection_string = %q\n      max_open_conns = 20", standby.KVDSN("spire")), 1)
+	bad := strings.Replace(withStandby, line, fmt.Sprintf("connection_string = %q", kv+" pool_max_conns=20"), 1)
+	bad = strings.Replace(bad, "max_open_conns = 20", "max_open_con = 20", 1)
+	if err := os.WriteFile(goodPath, []byte(withStandby), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(badPath, []byte(bad), 0o600); err != nil {
+		return err
+	}
+	if err := spiredb(ctx, bin, env, "spire", "check-config", goodPath, "--connect", "--servers", "2"); err != nil {
+		return err
+	}
+	if err := spiredbExpect(ctx, bin, env, 1, "spire", "check-config", badPath, "--connect", "--servers", "2"); err != nil {
+		return err
+	}
+	srv.Stop()
+
+	step("Before moving spire-server to another release: SPIRE's one-minor rule, views on its tables, a verified backup, a rehearsal on a scratch restore")
+	if err := spiredb(ctx, bin, env, "backup", "verify", "--store", store, "--latest", "--level", "restore"); err != nil {
+		return err
+	}
+	if err := spiredbExpect(ctx, bin, env, 1, "spire", "upgrade-check", "--to", "1.15.0", "--store", store); err != nil {
+		return err
+	}
+	return spiredb(ctx, bin, env, "spire", "upgrade-check", "--to", strings.TrimPrefix(spiretest.Version, "v"), "--store", store, "--spire-server", srv.Bin)
 }
 
 // newestEntry names the last backup directory of a file store.
