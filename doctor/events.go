@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/spiredb/spiredb/spire"
 	"github.com/spiredb/spiredb/tuning"
@@ -41,6 +42,10 @@ func (r *Report) checkEvents(ctx context.Context, conn *pgx.Conn, pruneAfter tim
 		pruneAfter = spire.DefaultEventsPruneAfter
 	}
 	ev, err := spire.ReadEvents(ctx, conn, r.SPIRE.Schema.Schema)
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		r.add(Info, "spire.events", "this role may not read SPIRE's events tables: their health is not checked", "GRANT SELECT on them (see spire.read)")
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -86,8 +86,8 @@ func (f roleFacts) modules(schema string) *Privileges {
 	monitor := c{f.monitor, "pg_monitor", fmt.Sprintf("GRANT pg_monitor TO %s;", role)}
 	add("doctor, stats, tune check, indexes check", "pg_monitor (settings, other roles' statements and activity)", monitor)
 	add("backup run", "SELECT on SPIRE's tables (pg_dump)", sel)
-	add("backup verify --level restore", "CREATEDB (a scratch database)", c{f.createDB, "CREATEDB", fmt.Sprintf("ALTER ROLE %s CREATEDB;", role)})
-	add("backup restore", "to own the target database (or CREATE on it)", c{f.dbOwner || f.createInDB, "ownership of or CREATE on the database",
+	add("backup verify --level restore, backup diff, restore --plan, spire upgrade-check --spire-server", "CREATEDB (a scratch database)", c{f.createDB, "CREATEDB", fmt.Sprintf("ALTER ROLE %s CREATEDB;", role)})
+	add("backup restore", "to own the target database (or CREATE on it); over a SPIRE datastore, also CREATEDB for the comparison's scratch database (or --scratch-dsn)", c{f.dbOwner || f.createInDB, "ownership of or CREATE on the database",
 		fmt.Sprintf("ALTER DATABASE %s OWNER TO %s;", db, role)})
 	add("migrate up, views create", "CREATE on the database (spiredb's schema)", c{f.createInDB || f.dbOwner, "CREATE on the database",
 		fmt.Sprintf("GRANT CREATE ON DATABASE %s TO %s;", db, role)})
