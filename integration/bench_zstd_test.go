@@ -31,6 +31,8 @@ import (
 //	(z) spiredb backup run (zstd, the default)     to versitygw on 127.0.0.1
 //	(g) spiredb backup run --compress -1           pg_dump's gzip, as before
 //	(e) spiredb backup run --recipient age1…       zstd, then age encryption
+//	(0) pg_dump -Fc -Z0 > /dev/null                the floor: the server's COPY
+//	(p) pg_dump -Fc -Z0 | zstd -T2 -1 > file       the shell pipe, when zstd is installed
 //
 // wall time, stored size and spiredb's peak RSS; then backup verify
 // --level restore of the zstd backup against a bare pg_restore -j 2 of (a)'s
@@ -76,7 +78,18 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			require.NoError(b, json.Unmarshal([]byte(stdout.String()), &m))
 			return took, &m, <-own
 		}
-		var ta, tz, tg, te []time.Duration
+		// shell references: what the server and pg_dump alone cost, and the
+		// pipe an operator would write by hand
+		_, zstdErr := exec.LookPath("zstd")
+		shell := func(script string) time.Duration {
+			start := time.Now()
+			cmd := exec.Command("sh", "-c", script)
+			cmd.Env = append(os.Environ(), "PGDUMP="+pgDump, "DSN="+db.DSN, "OUT="+file+".zst")
+			out, err := cmd.CombinedOutput()
+			require.NoError(b, err, string(out))
+			return time.Since(start)
+		}
+		var ta, tz, tg, te, t0, tp []time.Duration
 		var rz, rg, re []int64
 		var sizeA int64
 		var mz, mg, me *backup.Manifest
@@ -88,6 +101,10 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			st, err := os.Stat(file)
 			require.NoError(b, err)
 			sizeA = st.Size()
+			t0 = append(t0, shell(`"$PGDUMP" -Fc -Z0 -d "$DSN" >/dev/null`))
+			if zstdErr == nil {
+				tp = append(tp, shell(`"$PGDUMP" -Fc -Z0 -d "$DSN" | zstd -q -T2 -1 >"$OUT"`))
+			}
 
 			d, m, rss := spiredb()
 			tz, rz, mz = append(tz, d), append(rz, rss), m
@@ -102,6 +119,14 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			a.Round(10*time.Millisecond), float64(sizeA)/(1<<20), z.Round(10*time.Millisecond), float64(mz.Size)/(1<<20),
 			z.Seconds()/a.Seconds(), float64(mz.Size)/float64(sizeA), mib(slices.Max(rz)), g.Round(10*time.Millisecond), float64(mg.Size)/(1<<20),
 			g.Seconds()/a.Seconds(), mib(slices.Max(rg)))
+		f := median(t0)
+		benchLog(b, "references: pg_dump -Fc -Z0 >/dev/null %s (%.2f× pg_dump -Fc), rounds %v", f.Round(10*time.Millisecond), f.Seconds()/a.Seconds(), rounded(t0))
+		if len(tp) > 0 {
+			p := median(tp)
+			benchLog(b, "references: pg_dump -Fc -Z0 | zstd -T2 -1 %s (%.2f× pg_dump -Fc; spiredb zstd is %.2f× the pipe), rounds %v",
+				p.Round(10*time.Millisecond), p.Seconds()/a.Seconds(), z.Seconds()/p.Seconds(), rounded(tp))
+			b.ReportMetric(z.Seconds()/p.Seconds(), "zstd-wall/pipe")
+		}
 		b.ReportMetric(z.Seconds()/a.Seconds(), "zstd-wall/pg_dump")
 		b.ReportMetric(float64(mz.Size)/float64(sizeA), "zstd-size/pg_dump")
 		b.ReportMetric(float64(slices.Max(rz))/1024, "zstd-rssMiB")
