@@ -447,6 +447,9 @@ your server to do the recovery when it starts.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if physical {
+				if plan || acceptLoss || scratchDSN != "" {
+					return usageErrorf("--plan, --accept-loss and --scratch-dsn go with a logical restore (a point-in-time restore writes a new data directory and replaces nothing)")
+				}
 				return runPhysicalRestore(cmd, g, f, id, latest, toTime, toLSN, dataDir, prepareOnly)
 			}
 			if toTime != "" || toLSN != "" || dataDir != "" || prepareOnly {

@@ -41,6 +41,17 @@ func TestUsageErrorsExit2WithOneLine(t *testing.T) {
 		{"version", "-o", "yaml"},
 		{"version", "--log-level", "loud"},
 		{"version", "--log-format", "xml"},
+		{"backup", "restore", "--physical", "--plan", "--store", "file:///nonexistent", "--latest", "--data-dir", "/nonexistent"},
+		{"backup", "restore", "--plan", "--clean", "--store", "file:///nonexistent", "--latest", "--target-dsn", "host=/nonexistent"},
+		{"backup", "diff", "--store", "file:///nonexistent"},
+		{"backup", "diff", "--store", "file:///nonexistent", "--latest", "--sample", "-1"},
+		{"spire", "check-config"},
+		{"spire", "check-config", "/nonexistent/server.conf"},
+		{"spire", "check-config", "/nonexistent/server.conf", "--servers", "0"},
+		{"spire", "upgrade-check"},
+		{"spire", "upgrade-check", "--to", "1.x"},
+		{"spire", "upgrade-check", "--to", "1.14.0", "--spire-server", "/nonexistent/spire-server"},
+		{"doctor", "--events-prune-older-than", "0s"},
 	} {
 		out, errOut, code := runArgs(t, args...)
 		require.Equal(t, exitUsage, code, "%v: %s", args, errOut)
