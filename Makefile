@@ -13,7 +13,7 @@ TEST_TIMEOUT ?= 30m
 help: ## list targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## install PostgreSQL (apt) and build versitygw + spire-server into the cache, when missing
+setup: ## install PostgreSQL (apt) and build versitygw, spire-server and spire-agent into the cache, when missing
 	@scripts/setup.sh all
 
 build: ## build bin/spiredb

