@@ -64,9 +64,31 @@ type Report struct {
 	Privileges *Privileges `json:"privileges,omitempty"`
 	// SettingsChecked is set when the live settings were compared with a
 	// recommendation (doctor --ram --cpus).
-	SettingsChecked bool      `json:"settings_checked"`
-	Findings        []Finding `json:"findings"`
-	Worst           Severity  `json:"worst"`
+	SettingsChecked bool `json:"settings_checked"`
+	FindingList
+}
+
+// FindingList is a report's findings and the worst severity among them.
+type FindingList struct {
+	Findings []Finding `json:"findings"`
+	Worst    Severity  `json:"worst"`
+}
+
+func (l *FindingList) add(sev Severity, check, msg, fix string) {
+	l.Findings = append(l.Findings, Finding{Severity: sev, Check: check, Message: msg, Fix: fix})
+}
+
+// finish sets Worst (Info when there is no finding).
+func (l *FindingList) finish() {
+	if l.Findings == nil {
+		l.Findings = []Finding{}
+	}
+	l.Worst = Info
+	for _, f := range l.Findings {
+		if f.Severity.rank() > l.Worst.rank() {
+			l.Worst = f.Severity
+		}
+	}
 }
 
 // Server describes the PostgreSQL server and database.
@@ -162,12 +184,7 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 			Message: "this role cannot read SPIRE's tables, so doctor cannot see the SPIRE schema: " + denied.Error(),
 			Fix:     "GRANT SELECT ON ALL TABLES IN SCHEMA public TO current_user's role (or connect as SPIRE's role)"})
 	}
-	r.Worst = Info
-	for _, f := range r.Findings {
-		if f.Severity.rank() > r.Worst.rank() {
-			r.Worst = f.Severity
-		}
-	}
+	r.finish()
 	return r, nil
 }
 

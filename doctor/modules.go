@@ -159,17 +159,8 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 		}
 		r.SettingsChecked = true
 	}
-	r.Worst = Info
-	for _, f := range r.Findings {
-		if f.Severity.rank() > r.Worst.rank() {
-			r.Worst = f.Severity
-		}
-	}
+	r.finish()
 	return r, nil
-}
-
-func (r *Report) add(sev Severity, check, msg, fix string) {
-	r.Findings = append(r.Findings, Finding{Severity: sev, Check: check, Message: msg, Fix: fix})
 }
 
 func (r *Report) checkReplication(ctx context.Context, conn *pgx.Conn, replicas []*pgx.Conn, maxLag replication.Limit) error {

@@ -87,20 +87,15 @@ type SPIREConfigOptions struct {
 
 // SPIREConfigReport is what CheckSPIREConfig found.
 type SPIREConfigReport struct {
-	DatabaseType     string    `json:"database_type"`
-	MaxOpenConns     int       `json:"max_open_conns"`
-	Servers          int       `json:"servers"`
-	MaxConnections   int       `json:"max_connections,omitempty"`
-	Available        int       `json:"available_connections,omitempty"`
-	DisableMigration bool      `json:"disable_migration"`
-	ReadOnly         bool      `json:"ro_connection_string"`
-	Connected        bool      `json:"connected"`
-	Findings         []Finding `json:"findings"`
-	Worst            Severity  `json:"worst"`
-}
-
-func (r *SPIREConfigReport) add(sev Severity, check, msg, fix string) {
-	r.Findings = append(r.Findings, Finding{Severity: sev, Check: check, Message: msg, Fix: fix})
+	DatabaseType     string `json:"database_type"`
+	MaxOpenConns     int    `json:"max_open_conns"`
+	Servers          int    `json:"servers"`
+	MaxConnections   int    `json:"max_connections,omitempty"`
+	Available        int    `json:"available_connections,omitempty"`
+	DisableMigration bool   `json:"disable_migration"`
+	ReadOnly         bool   `json:"ro_connection_string"`
+	Connected        bool   `json:"connected"`
+	FindingList
 }
 
 // ConfigSyntaxError is a server.conf hcl cannot parse, or one without the
@@ -142,7 +137,7 @@ func CheckSPIREConfig(ctx context.Context, data []byte, o SPIREConfigOptions) (*
 	if err != nil {
 		return nil, &ConfigSyntaxError{Err: err}
 	}
-	r := &SPIREConfigReport{Servers: o.Servers, MaxOpenConns: 100, Findings: []Finding{}}
+	r := &SPIREConfigReport{Servers: o.Servers, MaxOpenConns: 100}
 
 	// keys SPIRE would silently ignore
 	for _, item := range pd.Items {
@@ -176,7 +171,8 @@ func CheckSPIREConfig(ctx context.Context, data []byte, o SPIREConfigOptions) (*
 	case "postgres", "aws_postgres":
 	default:
 		r.add(Info, "sql.database_type", fmt.Sprintf("database_type is %q: spiredb checks PostgreSQL datastores only", r.DatabaseType), "")
-		return r.finish(), nil
+		r.finish()
+		return r, nil
 	}
 	if c.MaxOpenConns != nil {
 		r.MaxOpenConns = *c.MaxOpenConns
@@ -208,17 +204,8 @@ func CheckSPIREConfig(ctx context.Context, data []byte, o SPIREConfigOptions) (*
 			return nil, err
 		}
 	}
-	return r.finish(), nil
-}
-
-func (r *SPIREConfigReport) finish() *SPIREConfigReport {
-	r.Worst = Info
-	for _, f := range r.Findings {
-		if f.Severity.rank() > r.Worst.rank() {
-			r.Worst = f.Severity
-		}
-	}
-	return r
+	r.finish()
+	return r, nil
 }
 
 // sqlPluginData finds plugins { DataStore "sql" { plugin_data { ... } } }.

@@ -38,18 +38,13 @@ type UpgradeReport struct {
 	Dependents []string          `json:"dependent_views"`
 	Backup     *UpgradeBackup    `json:"backup,omitempty"`
 	Rehearsal  *backup.Rehearsal `json:"rehearsal,omitempty"`
-	Findings   []Finding         `json:"findings"`
-	Worst      Severity          `json:"worst"`
+	FindingList
 }
 
 // UpgradeBackup is the newest verified backup the upgrade can fall back to.
 type UpgradeBackup struct {
 	ID       string    `json:"id"`
 	Finished time.Time `json:"finished"`
-}
-
-func (r *UpgradeReport) add(sev Severity, check, msg, fix string) {
-	r.Findings = append(r.Findings, Finding{Severity: sev, Check: check, Message: msg, Fix: fix})
 }
 
 // CheckUpgrade checks that the datastore at o.Conn can move to spire-server
@@ -66,7 +61,7 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 		return nil, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	r := &UpgradeReport{Dependents: []string{}, Findings: []Finding{}}
+	r := &UpgradeReport{Dependents: []string{}}
 	if r.Schema, err = spire.ReadSchema(ctx, conn); err != nil {
 		return nil, err
 	}
@@ -119,7 +114,8 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 		var failed *backup.RehearsalFailedError
 		if errors.As(err, &failed) {
 			r.add(Error, "upgrade.rehearsal", failed.Error(), "the upgrade would fail the same way: fix what the log says on the copy first")
-			return r.finish(), nil
+			r.finish()
+			return r, nil
 		}
 		if err != nil {
 			return nil, err
@@ -138,17 +134,8 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 		}
 		r.add(Info, "upgrade.rehearsal", msg, "")
 	}
-	return r.finish(), nil
-}
-
-func (r *UpgradeReport) finish() *UpgradeReport {
-	r.Worst = Info
-	for _, f := range r.Findings {
-		if f.Severity.rank() > r.Worst.rank() {
-			r.Worst = f.Severity
-		}
-	}
-	return r
+	r.finish()
+	return r, nil
 }
 
 func (r *UpgradeReport) checkUpgradeBackup(ctx context.Context, o UpgradeOptions) error {

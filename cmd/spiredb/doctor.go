@@ -76,13 +76,7 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 			if err := g.out.print(r, func(w io.Writer) error { return writeDoctor(w, r) }); err != nil {
 				return err
 			}
-			switch r.Worst {
-			case doctor.Error:
-				return silentExit(exitFailure)
-			case doctor.Warning:
-				return silentExit(exitWarning)
-			}
-			return nil
+			return worstExit(r.Worst)
 		},
 	}
 	sf.register(cmd.Flags(), false)
@@ -204,11 +198,28 @@ func writeDoctor(w io.Writer, r *doctor.Report) error {
 		return err
 	}
 	fmt.Fprintln(w, "\nfindings:")
-	for _, f := range r.Findings {
+	writeFindings(w, r.Findings)
+	return nil
+}
+
+// writeFindings prints findings, each with the fix it names.
+func writeFindings(w io.Writer, fs []doctor.Finding) {
+	for _, f := range fs {
 		fmt.Fprintf(w, "  [%s] %s: %s\n", f.Severity, f.Check, f.Message)
 		if f.Fix != "" {
 			fmt.Fprintf(w, "      fix: %s\n", f.Fix)
 		}
+	}
+}
+
+// worstExit ends a checking command by its worst finding: 1 for an error,
+// 4 for warnings only.
+func worstExit(worst doctor.Severity) error {
+	switch worst {
+	case doctor.Error:
+		return silentExit(exitFailure)
+	case doctor.Warning:
+		return silentExit(exitWarning)
 	}
 	return nil
 }

@@ -97,13 +97,7 @@ Exit 0, 4 (warnings) or 1 (errors).`,
 			if err := g.out.print(r, func(w io.Writer) error { return writeUpgradeCheck(w, r) }); err != nil {
 				return err
 			}
-			switch r.Worst {
-			case doctor.Error:
-				return silentExit(exitFailure)
-			case doctor.Warning:
-				return silentExit(exitWarning)
-			}
-			return nil
+			return worstExit(r.Worst)
 		},
 	}
 	sf.register(cmd.Flags(), true)
@@ -135,12 +129,7 @@ func writeUpgradeCheck(w io.Writer, r *doctor.UpgradeReport) error {
 		_, err := fmt.Fprintln(w, "no findings")
 		return err
 	}
-	for _, f := range r.Findings {
-		fmt.Fprintf(w, "  [%s] %s: %s\n", f.Severity, f.Check, f.Message)
-		if f.Fix != "" {
-			fmt.Fprintf(w, "      fix: %s\n", f.Fix)
-		}
-	}
+	writeFindings(w, r.Findings)
 	return nil
 }
 
@@ -204,13 +193,7 @@ DataStore.`,
 			if err := g.out.print(r, func(w io.Writer) error { return writeSpireConfig(w, args[0], r) }); err != nil {
 				return err
 			}
-			switch r.Worst {
-			case doctor.Error:
-				return silentExit(exitFailure)
-			case doctor.Warning:
-				return silentExit(exitWarning)
-			}
-			return nil
+			return worstExit(r.Worst)
 		},
 	}
 	cmd.Flags().IntVar(&servers, "servers", 1, "spire-servers sharing the datastore with this configuration")
@@ -230,11 +213,6 @@ func writeSpireConfig(w io.Writer, file string, r *doctor.SPIREConfigReport) err
 		_, err := fmt.Fprintln(w, "no findings")
 		return err
 	}
-	for _, f := range r.Findings {
-		fmt.Fprintf(w, "  [%s] %s: %s\n", f.Severity, f.Check, f.Message)
-		if f.Fix != "" {
-			fmt.Fprintf(w, "      fix: %s\n", f.Fix)
-		}
-	}
+	writeFindings(w, r.Findings)
 	return nil
 }
