@@ -266,7 +266,9 @@ func verifyRestore(ctx context.Context, o VerifyOptions, m *Manifest, res *Verif
 			done <- nil
 		}()
 		var checked VerifyResult
+		began := time.Now()
 		ierr := checkIndexes(ctx, sopts, o.Jobs, &checked, logger)
+		logger.Debug("amcheck done", "took", time.Since(began).Round(time.Millisecond))
 		if err := <-done; err != nil {
 			return err
 		}
@@ -345,7 +347,9 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 			return fmt.Errorf("creating temporary file for the parallel restore: %w", err)
 		}
 		defer os.Remove(f.Name())
+		began := time.Now()
 		cerr := verifyChecksum(ctx, o, m, res, f)
+		logger.Debug("downloaded and checked", "took", time.Since(began).Round(time.Millisecond))
 		if err := f.Close(); cerr == nil {
 			cerr = err
 		}
@@ -361,7 +365,9 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 			return err
 		}
 		args = append(args, ea...)
+		began = time.Now()
 		werr = pgprog.Command(ctx, restorer.Path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run()
+		logger.Debug("pg_restore done", "took", time.Since(began).Round(time.Millisecond))
 	} else {
 		ea, cleanup, err := extArgs("")
 		defer cleanup()
