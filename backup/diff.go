@@ -58,14 +58,8 @@ func Diff(ctx context.Context, o DiffOptions) (*DiffResult, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	if err := o.Store.Check(ctx); err != nil {
-		return nil, err
-	}
-	m, err := find(ctx, o.Store, o.ID, o.Latest, KindLogical, o.Logger)
+	m, err := openLogical(ctx, o.Store, o.ID, o.Latest, o.Keys, o.Logger)
 	if err != nil {
-		return nil, err
-	}
-	if err := m.Unlock(o.Keys.Identities); err != nil {
 		return nil, err
 	}
 	return diffManifest(ctx, o, m)

@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,13 +12,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/internal/dsn"
+	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
 )
@@ -77,7 +76,7 @@ const rehearsalApp = "spiredb-rehearsal"
 type RehearsalFailedError struct {
 	Version string
 	Reason  string
-	// LogTail is the end of the server's log (secrets masked).
+	// LogTail is the last lines of the server's log (secrets masked).
 	LogTail string
 }
 
@@ -216,13 +215,15 @@ plugins {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		return err
 	}
-	var log bytes.Buffer
 	sctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	cmd := exec.Command(o.SpireServer, "run", "-config", confPath)
 	cmd.Dir = dir
-	lw := &syncWriter{w: &log}
-	cmd.Stdout, cmd.Stderr = lw, lw
+	// the server's log: at debug, redacted, the last lines kept for a
+	// failure
+	log := pgprog.NewOutput(logger, "spire-server")
+	log.Level = slog.LevelDebug
+	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
 	// the server's sessions' relation locks, sampled until it is healthy
@@ -262,14 +263,14 @@ plugins {
 			if err := <-sampled; err != nil {
 				logger.Debug("sampling locks", "err", err)
 			}
-			return &RehearsalFailedError{Version: res.ServerVersion, Reason: fmt.Sprintf("exited (%v)", err), LogTail: dsn.RedactText(tail(log.String(), 10))}
+			return &RehearsalFailedError{Version: res.ServerVersion, Reason: fmt.Sprintf("exited (%v)", err), LogTail: log.Tail()}
 		case <-sctx.Done():
 			close(stopSampling)
 			if err := <-sampled; err != nil {
 				logger.Debug("sampling locks", "err", err)
 			}
 			stop()
-			return &RehearsalFailedError{Version: res.ServerVersion, Reason: fmt.Sprintf("was not healthy after %s", o.Timeout), LogTail: dsn.RedactText(tail(lw.String(), 10))}
+			return &RehearsalFailedError{Version: res.ServerVersion, Reason: fmt.Sprintf("was not healthy after %s", o.Timeout), LogTail: log.Tail()}
 		case <-time.After(50 * time.Millisecond):
 		}
 		if _, err := os.Stat(socket); err == nil {
@@ -412,29 +413,4 @@ func freePort() (int, error) {
 		}
 	}
 	return 0, errors.New("no free port for the rehearsal server")
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }

@@ -92,15 +92,9 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if o.Jobs <= 0 {
 		o.Jobs = 1
 	}
-	if err := o.Store.Check(ctx); err != nil {
-		return nil, err
-	}
-	m, err := find(ctx, o.Store, o.ID, o.Latest, KindLogical, o.Logger)
-	if err != nil {
-		return nil, err
-	}
 	// a wrong or missing key fails here, before the target is touched
-	if err := m.Unlock(o.Keys.Identities); err != nil {
+	m, err := openLogical(ctx, o.Store, o.ID, o.Latest, o.Keys, o.Logger)
+	if err != nil {
 		return nil, err
 	}
 	conn, err := pg.Connect(ctx, o.Target)
@@ -186,6 +180,23 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	}
 	logger.Info("restore done", "id", m.ID, "duration", res.Duration.Round(time.Millisecond))
 	return res, nil
+}
+
+// openLogical checks the store, finds the logical backup (id, or the
+// newest) and opens its data key: a missing backup or a wrong or missing
+// identity fails before anything is written anywhere.
+func openLogical(ctx context.Context, s Store, id string, latest bool, keys Keys, logger *slog.Logger) (*Manifest, error) {
+	if err := s.Check(ctx); err != nil {
+		return nil, err
+	}
+	m, err := find(ctx, s, id, latest, KindLogical, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Unlock(keys.Identities); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // planRestore compares the backup with a target that is a SPIRE

@@ -56,11 +56,10 @@ type Events struct {
 func ReadEvents(ctx context.Context, q Querier, nsp string) (*Events, error) {
 	ev := &Events{Tables: []EventsTable{}}
 	for _, t := range EventsTables {
-		var exists bool
-		if err := q.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.to_regclass($1) IS NOT NULL", pgx.Identifier{nsp, t}.Sanitize()).Scan(&exists); err != nil {
-			return nil, fmt.Errorf("looking for %s: %w", t, err)
-		}
-		if !exists {
+		if cols, err := tableColumns(ctx, q, nsp, t); err != nil || cols == nil {
+			if err != nil {
+				return nil, fmt.Errorf("looking for %s: %w", t, err)
+			}
 			continue
 		}
 		et := EventsTable{Table: t}
@@ -86,11 +85,10 @@ func ReadEvents(ctx context.Context, q Querier, nsp string) (*Events, error) {
 		table string
 		n     *int64
 	}{{"registered_entries", &ev.Entries}, {"attested_node_entries", &ev.Agents}} {
-		var n *int64
-		if err := q.QueryRow(ctx, pg.Marker+"SELECT CASE WHEN pg_catalog.to_regclass($1) IS NOT NULL THEN 0 END", pgx.Identifier{nsp, c.table}.Sanitize()).Scan(&n); err != nil {
-			return nil, err
-		}
-		if n == nil {
+		if cols, err := tableColumns(ctx, q, nsp, c.table); err != nil || cols == nil {
+			if err != nil {
+				return nil, fmt.Errorf("looking for %s: %w", c.table, err)
+			}
 			continue
 		}
 		if err := q.QueryRow(ctx, pg.Marker+"SELECT count(*) FROM "+pgx.Identifier{nsp, c.table}.Sanitize()).Scan(c.n); err != nil {
