@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -75,9 +76,17 @@ func TestFullCycle(t *testing.T) {
 
 		for _, level := range []string{backup.LevelChecksum, backup.LevelTOC, backup.LevelRestore} {
 			for _, jobs := range []int{1, 2} {
-				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN}})
+				var log strings.Builder
+				res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: level, Jobs: jobs, Scratch: pg.Options{DSN: db.DSN},
+					Logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 				require.NoError(t, err)
 				require.True(t, res.OK, "%s jobs %d: %+v", level, jobs, res.Checks)
+				if level == backup.LevelRestore && jobs > 1 {
+					// pg_restore --jobs gets the streamed dump with the data
+					// offsets pg_dump could not write (internal/pgarchive)
+					require.Regexp(t, `msg="data offsets set" archive_version=1.14 blocks=\d+ set=\d+`, log.String())
+					require.NotContains(t, log.String(), "set=0 ")
+				}
 			}
 		}
 		res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, Latest: true, Scratch: pg.Options{DSN: db.DSN}})

@@ -327,6 +327,7 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 	if derr != nil || fw.err != nil {
 		return fmt.Errorf("restore of %s not started: decompressing: %w", m.ID, errors.Join(derr, fw.err))
 	}
+	setDataOffsets(f.Name(), logger)
 	stderr := pgprog.NewOutput(logger, "pg_restore")
 	if err := pgprog.Command(ctx, path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {
 		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())

@@ -359,6 +359,7 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 		if res.Failed() != nil {
 			return nil // the checksum failed: restoring it proves nothing more
 		}
+		setDataOffsets(f.Name(), logger)
 		ea, cleanup, err := extArgs(f.Name())
 		defer cleanup()
 		if err != nil {

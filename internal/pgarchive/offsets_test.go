@@ -1,0 +1,174 @@
+package pgarchive_test
+
+import (
+	"bytes"
+	"context"
+
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/internal/pgarchive"
+	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/spirefixture"
+	"github.com/spiredb/spiredb/spire"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// dumps returns the same database dumped by pg_dump to a file (pg_dump
+// seeks back and writes the data offsets) and to a pipe (it cannot).
+func dumps(t *testing.T, db *pgtest.DB, extra ...string) (file, piped string) {
+	t.Helper()
+	dir := t.TempDir()
+	pgDump := filepath.Join(db.Cluster.BinDir, "pg_dump")
+	file = filepath.Join(dir, "file.dump")
+	out, err := exec.Command(pgDump, append([]string{"-Fc", "-d", db.DSN, "-f", file}, extra...)...).CombinedOutput()
+	require.NoError(t, err, string(out))
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(pgDump, append([]string{"-Fc", "-d", db.DSN}, extra...)...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), stderr.String())
+	piped = filepath.Join(dir, "piped.dump")
+	require.NoError(t, os.WriteFile(piped, stdout.Bytes(), 0o600))
+	return file, piped
+}
+
+// loadData fills db with a SPIRE fixture and a large object (a BLOBS data
+// block).
+func loadData(t *testing.T, db *pgtest.DB) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 3000})
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "SELECT pg_catalog.lo_from_bytea(0, pg_catalog.convert_to(repeat('large object ', 10000), 'UTF8'))")
+	require.NoError(t, err)
+}
+
+func TestSetDataOffsetsWritesWhatPgDumpWouldHave(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	loadData(t, db)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"uncompressed", []string{"-Z0"}},
+		{"gzip", nil}, // pg_dump's default, every backup before zstd
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file, piped := dumps(t, db, tc.extra...)
+			want, err := os.ReadFile(file)
+			require.NoError(t, err)
+			before, err := os.ReadFile(piped)
+			require.NoError(t, err)
+			require.Equal(t, len(want), len(before))
+			require.NotEqual(t, differences(want, before), 0)
+
+			f, err := os.OpenFile(piped, os.O_RDWR, 0)
+			require.NoError(t, err)
+			res, err := pgarchive.SetDataOffsets(f)
+			require.NoError(t, f.Close())
+			require.NoError(t, err)
+			require.Equal(t, "1.14", res.Version) // pg_dump 15
+			require.Greater(t, res.Blocks, 10)
+			require.Equal(t, res.Blocks, res.Set)
+
+			// the two dumps differ in the creation time of their header
+			// (bytes 13 to 40) and, before, in every data entry's offset;
+			// now only in the time
+			got, err := os.ReadFile(piped)
+			require.NoError(t, err)
+			require.Equal(t, want[40:], got[40:])
+
+			// done twice, nothing changes
+			f, err = os.OpenFile(piped, os.O_RDWR, 0)
+			require.NoError(t, err)
+			res, err = pgarchive.SetDataOffsets(f)
+			require.NoError(t, f.Close())
+			require.NoError(t, err)
+			require.Zero(t, res.Set)
+		})
+	}
+}
+
+func TestSetDataOffsetsParallelRestore(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	loadData(t, db)
+	_, piped := dumps(t, db, "-Z0")
+	f, err := os.OpenFile(piped, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = pgarchive.SetDataOffsets(f)
+	require.NoError(t, f.Close())
+	require.NoError(t, err)
+
+	target := pgtest.NewDB(t)
+	out, err := exec.Command(filepath.Join(db.Cluster.BinDir, "pg_restore"), "--jobs=2", "--exit-on-error", "--no-owner",
+		"-d", target.DSN, piped).CombinedOutput()
+	require.NoError(t, err, string(out))
+	ctx := context.Background()
+	var entries, selectors, lo int64
+	require.NoError(t, target.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM registered_entries), (SELECT count(*) FROM selectors),
+		(SELECT count(*) FROM pg_catalog.pg_largeobject_metadata)`).Scan(&entries, &selectors, &lo))
+	require.EqualValues(t, 3000, entries)
+	require.Positive(t, selectors)
+	require.EqualValues(t, 1, lo)
+}
+
+// TestSetDataOffsetsLeavesDamagedArchivesAlone: an archive that does not
+// parse to its end is not written to.
+func TestSetDataOffsetsLeavesDamagedArchivesAlone(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	loadData(t, db)
+	_, piped := dumps(t, db, "-Z0")
+	whole, err := os.ReadFile(piped)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		data []byte
+		err  string
+	}{
+		{"truncated", whole[:len(whole)-100], "unexpected EOF"},
+		{"trailing bytes", append(bytes.Clone(whole), 9, 9, 9, 9, 9, 9), "has no data in the table of contents"},
+		{"plain SQL", []byte("--\n-- PostgreSQL database dump\n--\n"), "not a pg_dump custom-format archive"},
+		{"empty", nil, "not a pg_dump custom-format archive"},
+	} {
+		path := filepath.Join(dir, tc.name)
+		require.NoError(t, os.WriteFile(path, tc.data, 0o600))
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		require.NoError(t, err)
+		_, err = pgarchive.SetDataOffsets(f)
+		require.NoError(t, f.Close())
+		require.ErrorContains(t, err, tc.err, tc.name)
+		after, rerr := os.ReadFile(path)
+		require.NoError(t, rerr)
+		require.True(t, bytes.Equal(tc.data, after), "%s: written to", tc.name)
+	}
+	require.ErrorIs(t, func() error {
+		f, err := os.OpenFile(filepath.Join(dir, "empty"), os.O_RDWR, 0)
+		require.NoError(t, err)
+		defer f.Close()
+		_, err = pgarchive.SetDataOffsets(f)
+		return err
+	}(), pgarchive.ErrUnsupported)
+}
+
+func differences(a, b []byte) int {
+	n := 0
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			n++
+		}
+	}
+	return n
+}
