@@ -332,3 +332,41 @@ func TestCheckRestoreVersion(t *testing.T) {
 	err := backup.CheckRestoreVersion(17, 160009)
 	require.ErrorContains(t, err, "pg_restore 17 cannot restore into PostgreSQL 16 (it sets transaction_timeout, new in 17): install postgresql-client-16")
 }
+
+// TestBackupCountsRowsInTheDump: with zstd the manifest's row counts are
+// the rows of the dump, counted as it streams by; the server reads each
+// table once (pg_dump's COPY), not a second time for count(*). With
+// pg_dump's own compression they are counted in the snapshot.
+func TestBackupCountsRowsInTheDump(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := spireDB(t, 2000)
+	s, err := backup.OpenStore(ctx, "file://"+t.TempDir(), backup.StoreOptions{})
+	require.NoError(t, err)
+	seqScans := func() int64 {
+		var n int64
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT coalesce(sum(seq_scan), 0)::int8 FROM pg_catalog.pg_stat_user_tables
+			WHERE relname IN ('registered_entries', 'selectors')`).Scan(&n))
+		return n
+	}
+	for _, tc := range []struct {
+		codec string
+		scans int64 // per table
+	}{
+		{backup.CodecZstd, 1},
+		{backup.CodecPgDump, 2},
+	} {
+		before := seqScans()
+		m, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s, Codec: tc.codec, Compress: -1})
+		require.NoError(t, err)
+		require.EqualValues(t, 2000, m.RowCounts["registered_entries"], tc.codec)
+		require.Len(t, m.RowCounts, len(spire.Tables))
+		var selectors int64
+		require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM selectors").Scan(&selectors))
+		require.Equal(t, selectors, m.RowCounts["selectors"])
+		// the backends that scanned have exited: their statistics are in
+		require.Eventually(t, func() bool { return seqScans()-before >= 2*tc.scans+1 }, 10*time.Second, 50*time.Millisecond, tc.codec)
+		time.Sleep(time.Second)
+		require.Equal(t, 2*tc.scans+1, seqScans()-before, "%s: sequential scans of registered_entries and selectors (+1: the count above)", tc.codec)
+	}
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/pgarchive"
 	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/internal/version"
 	"github.com/spiredb/spiredb/pg"
@@ -136,16 +137,31 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting pg_dump: %w", err)
 	}
-	// SPIRE's schema and row counts come from the exported snapshot, read
-	// while pg_dump streams that same snapshot.
+	// SPIRE's schema comes from the exported snapshot, read while pg_dump
+	// streams that same snapshot. Its row counts are the rows of the dump
+	// itself, counted as it streams by (zstd: pg_dump does not compress),
+	// rather than a second full read of every table by the server, which
+	// shares its CPU with pg_dump's COPY; else counted in the snapshot.
+	var rowCounter *pgarchive.RowCounter
+	if m.Codec == CodecZstd {
+		rowCounter = pgarchive.NewRowCounter()
+		defer func() { _, _ = rowCounter.Close() }()
+	}
+	var schema spire.Schema
+	var present []string
 	counted := make(chan error, 1)
 	go func() {
-		schema, err := spire.ReadSchema(dumpCtx, tx)
+		var err error
+		schema, err = spire.ReadSchema(dumpCtx, tx)
 		if err == nil {
 			if schema.Present {
 				m.SPIRE = &SPIREInfo{SchemaVersion: schema.Version, CodeVersion: schema.CodeVersion, Schema: schema.Schema}
 			}
-			m.RowCounts, err = spire.CountRows(dumpCtx, tx, schema.Schema)
+			if rowCounter != nil {
+				present, err = spire.PresentTables(dumpCtx, tx, schema.Schema)
+			} else {
+				m.RowCounts, err = spire.CountRows(dumpCtx, tx, schema.Schema)
+			}
 		}
 		counted <- err
 	}()
@@ -167,6 +183,9 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 			w, enc, err := encodingWriter(io.MultiWriter(pw, storedHash), compress, o.Keys.Recipients)
 			encrypted <- enc
 			if err == nil {
+				if rowCounter != nil {
+					w = &teeWriteCloser{WriteCloser: w, also: rowCounter}
+				}
 				_, err = io.Copy(w, src)
 				if cerr := w.Close(); err == nil {
 					err = cerr
@@ -195,6 +214,14 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	// Put has read to EOF, so pg_dump has exited and succeeded.
 	if derr := src.dumpErr(); derr != nil {
 		return nil, derr
+	}
+	if rowCounter != nil {
+		if m.RowCounts, err = dumpRowCounts(rowCounter, schema.Schema, present); err != nil {
+			logger.Warn("counting SPIRE rows in the snapshot instead of the dump", "err", err)
+			if m.RowCounts, err = spire.CountRows(ctx, tx, schema.Schema); err != nil {
+				return nil, fmt.Errorf("counting SPIRE rows in the backup snapshot: %w", err)
+			}
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("ending snapshot transaction: %w", err)
@@ -307,6 +334,39 @@ func (d *dumpReader) dumpErr() error {
 		what = "pg_dump"
 	}
 	return fmt.Errorf("%s failed (%w): %s", what, d.waitErr, d.stderr.Tail())
+}
+
+// dumpRowCounts returns the rows the dump holds for each of present, SPIRE's
+// tables in schema nsp.
+func dumpRowCounts(c *pgarchive.RowCounter, nsp string, present []string) (map[string]int64, error) {
+	rows, err := c.Close()
+	if err != nil {
+		return nil, err
+	}
+	if nsp == "" {
+		nsp = "public"
+	}
+	counts := make(map[string]int64, len(present))
+	for _, t := range present {
+		n, ok := rows[pgarchive.Table{Schema: nsp, Name: t}]
+		if !ok {
+			return nil, fmt.Errorf("the dump has no data block for %s.%s", nsp, t)
+		}
+		counts[t] = n
+	}
+	return counts, nil
+}
+
+// teeWriteCloser writes to also what it writes to its WriteCloser.
+type teeWriteCloser struct {
+	io.WriteCloser
+	also io.Writer
+}
+
+func (t *teeWriteCloser) Write(p []byte) (int, error) {
+	n, err := t.WriteCloser.Write(p)
+	_, _ = t.also.Write(p[:n])
+	return n, err
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {

@@ -33,6 +33,7 @@ import (
 //	(e) spiredb backup run --recipient age1…       zstd, then age encryption
 //	(0) pg_dump -Fc -Z0 > /dev/null                the floor: the server's COPY
 //	(p) pg_dump -Fc -Z0 | zstd -T2 -1 > file       the shell pipe, when zstd is installed
+//	(f) spiredb backup run --store file://…        zstd, no S3 server on the same cores
 //
 // wall time, stored size and spiredb's peak RSS; then backup verify
 // --level restore of the zstd backup against a bare pg_restore -j 2 of (a)'s
@@ -62,8 +63,9 @@ func BenchmarkBackupCodecs(b *testing.B) {
 		_ = conn.Close(ctx)
 		benchLog(b, "codecs fixture: %d entries, database %.2f GiB", sum.Entries, float64(dbBytes)/(1<<30))
 
-		spiredb := func(extra ...string) (time.Duration, *backup.Manifest, int64) {
-			args := append([]string{"backup", "run", "--dsn", db.DSN, "--log-level", "warn", "-o", "json"}, flags...)
+		fileStore := []string{"--store", "file://" + filepath.Join(b.TempDir(), "store")}
+		spiredb := func(store []string, extra ...string) (time.Duration, *backup.Manifest, int64) {
+			args := append([]string{"backup", "run", "--dsn", db.DSN, "--log-level", "warn", "-o", "json"}, store...)
 			cmd := exec.Command(bin, append(args, extra...)...)
 			cmd.Env = append(os.Environ(), env...)
 			var stdout strings.Builder
@@ -89,7 +91,7 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			require.NoError(b, err, string(out))
 			return time.Since(start)
 		}
-		var ta, tz, tg, te, t0, tp []time.Duration
+		var ta, tz, tg, te, t0, tp, tf []time.Duration
 		var rz, rg, re []int64
 		var sizeA int64
 		var mz, mg, me *backup.Manifest
@@ -106,11 +108,13 @@ func BenchmarkBackupCodecs(b *testing.B) {
 				tp = append(tp, shell(`"$PGDUMP" -Fc -Z0 -d "$DSN" | zstd -q -T2 -1 >"$OUT"`))
 			}
 
-			d, m, rss := spiredb()
+			d, m, rss := spiredb(flags)
 			tz, rz, mz = append(tz, d), append(rz, rss), m
-			d, m, rss = spiredb("--compress", "-1")
+			d, _, _ = spiredb(fileStore)
+			tf = append(tf, d)
+			d, m, rss = spiredb(flags, "--compress", "-1")
 			tg, rg, mg = append(tg, d), append(rg, rss), m
-			d, m, rss = spiredb("--recipient", id.Recipient().String())
+			d, m, rss = spiredb(flags, "--recipient", id.Recipient().String())
 			te, re, me = append(te, d), append(re, rss), m
 			require.NotNil(b, me.Encryption)
 		}
@@ -127,6 +131,10 @@ func BenchmarkBackupCodecs(b *testing.B) {
 				p.Round(10*time.Millisecond), p.Seconds()/a.Seconds(), z.Seconds()/p.Seconds(), rounded(tp))
 			b.ReportMetric(z.Seconds()/p.Seconds(), "zstd-wall/pipe")
 		}
+		fs := median(tf)
+		benchLog(b, "references: spiredb zstd to a file store %s (%.2f× pg_dump -Fc; to versitygw on the same host %.2f× that), rounds %v",
+			fs.Round(10*time.Millisecond), fs.Seconds()/a.Seconds(), z.Seconds()/fs.Seconds(), rounded(tf))
+		b.ReportMetric(fs.Seconds()/a.Seconds(), "zstd-file-wall/pg_dump")
 		b.ReportMetric(z.Seconds()/a.Seconds(), "zstd-wall/pg_dump")
 		b.ReportMetric(float64(mz.Size)/float64(sizeA), "zstd-size/pg_dump")
 		b.ReportMetric(float64(slices.Max(rz))/1024, "zstd-rssMiB")

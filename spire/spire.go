@@ -89,10 +89,9 @@ func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 	return s, nil
 }
 
-// CountRows returns the exact row count of each SPIRE table that exists in
-// schema nsp. Run it in a REPEATABLE READ transaction (or on an exported
-// snapshot) for counts that agree with each other.
-func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, error) {
+// PresentTables returns which of SPIRE's Tables exist in schema nsp
+// ("" is public).
+func PresentTables(ctx context.Context, q Querier, nsp string) ([]string, error) {
 	if nsp == "" {
 		nsp = "public"
 	}
@@ -106,6 +105,20 @@ func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, er
 	if err != nil {
 		return nil, fmt.Errorf("listing SPIRE tables: %w", err)
 	}
+	return present, nil
+}
+
+// CountRows returns the exact row count of each SPIRE table that exists in
+// schema nsp. Run it in a REPEATABLE READ transaction (or on an exported
+// snapshot) for counts that agree with each other.
+func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, error) {
+	if nsp == "" {
+		nsp = "public"
+	}
+	present, err := PresentTables(ctx, q, nsp)
+	if err != nil {
+		return nil, err
+	}
 	if len(present) == 0 {
 		return map[string]int64{}, nil
 	}
@@ -113,7 +126,7 @@ func CountRows(ctx context.Context, q Querier, nsp string) (map[string]int64, er
 	for i, t := range present {
 		parts[i] = fmt.Sprintf("SELECT %s::text, count(*) FROM %s", quoteLiteral(t), pgx.Identifier{nsp, t}.Sanitize())
 	}
-	rows, err = q.Query(ctx, pg.Marker+strings.Join(parts, " UNION ALL "))
+	rows, err := q.Query(ctx, pg.Marker+strings.Join(parts, " UNION ALL "))
 	if err != nil {
 		return nil, fmt.Errorf("counting SPIRE rows: %w", err)
 	}

@@ -60,9 +60,12 @@ type Result struct {
 
 // entry is one TOC entry's dump ID and where its offset field is.
 type entry struct {
-	dumpID int64
-	state  byte
-	at     int64 // file position of the state byte
+	dumpID    int64
+	desc      string // "TABLE DATA", "INDEX", …
+	tag       string // the object's name
+	namespace string
+	state     byte
+	at        int64 // file position of the state byte
 }
 
 // SetDataOffsets records in f's TOC where each data block starts, for the
@@ -155,9 +158,10 @@ func SetDataOffsets(f *os.File) (Result, error) {
 
 // header is what the TOC and the data blocks need from the archive header.
 type header struct {
-	version int
-	intSize int
-	offSize int
+	version    int
+	intSize    int
+	offSize    int
+	compressed bool // the data chunks are compressed (pg_dump -Z > 0)
 }
 
 type reader struct {
@@ -244,9 +248,13 @@ func (r *reader) header() (header, error) {
 		return header{}, fmt.Errorf("%w (integer size %d, offset size %d)", ErrUnsupported, h.intSize, h.offSize)
 	}
 	if h.version >= vers1_15 {
-		_, err = r.byte() // compression algorithm
+		var algorithm byte
+		algorithm, err = r.byte() // PG_COMPRESSION_NONE is 0
+		h.compressed = algorithm != 0
 	} else {
-		_, err = r.int(h) // compression level
+		var level int64
+		level, err = r.int(h)
+		h.compressed = level != 0
 	}
 	if err != nil {
 		return header{}, unexpected(err)
@@ -284,19 +292,24 @@ func (r *reader) toc(h header) ([]entry, error) {
 		if _, err = r.int(h); err != nil { // had a data dumper
 			return nil, err
 		}
-		// table OID, OID, tag, desc
-		for range 4 {
-			if _, _, err = r.str(h); err != nil {
+		var fields [4]string // table OID, OID, tag, desc
+		for i := range fields {
+			if fields[i], _, err = r.str(h); err != nil {
 				return nil, err
 			}
 		}
+		e.tag, e.desc = fields[2], fields[3]
 		if _, err = r.int(h); err != nil { // section
 			return nil, err
 		}
 		// defn, drop statement, copy statement, namespace, tablespace
-		for range 5 {
-			if _, _, err = r.str(h); err != nil {
+		for i := range 5 {
+			v, _, err := r.str(h)
+			if err != nil {
 				return nil, err
+			}
+			if i == 3 {
+				e.namespace = v
 			}
 		}
 		if h.version >= vers1_14 {

@@ -172,3 +172,59 @@ func differences(a, b []byte) int {
 	}
 	return n
 }
+
+func TestRowCounterCountsWhatTheTablesHold(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	loadData(t, db)
+	ctx := context.Background()
+	// values with newlines, tabs and backslashes, escaped by COPY, and an
+	// empty table
+	_, err := db.Pool.Exec(ctx, `CREATE TABLE odd (v text); CREATE TABLE empty (v int);
+		INSERT INTO odd SELECT 'line one' || E'\n' || 'line two' || E'\t\\' || g FROM generate_series(1, 1234) g`)
+	require.NoError(t, err)
+	_, piped := dumps(t, db, "-Z0")
+	data, err := os.ReadFile(piped)
+	require.NoError(t, err)
+
+	c := pgarchive.NewRowCounter()
+	// written in uneven pieces, as a pipe delivers it
+	for off, step := 0, 1; off < len(data); off, step = off+step, step*3%65521+1 {
+		n, err := c.Write(data[off:min(len(data), off+step)])
+		require.NoError(t, err)
+		require.Equal(t, min(len(data), off+step)-off, n)
+	}
+	rows, err := c.Close()
+	require.NoError(t, err)
+
+	want := map[pgarchive.Table]int64{}
+	res, err := db.Pool.Query(ctx, `SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'r' AND n.nspname = 'public'`)
+	require.NoError(t, err)
+	tables, err := pgx.CollectRows(res, pgx.RowToStructByPos[pgarchive.Table])
+	require.NoError(t, err)
+	for _, tb := range tables {
+		var n int64
+		require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{tb.Schema, tb.Name}.Sanitize()).Scan(&n))
+		want[tb] = n
+	}
+	require.Equal(t, want, rows)
+	require.EqualValues(t, 3000, rows[pgarchive.Table{Schema: "public", Name: "registered_entries"}])
+	require.EqualValues(t, 1234, rows[pgarchive.Table{Schema: "public", Name: "odd"}])
+	require.Contains(t, rows, pgarchive.Table{Schema: "public", Name: "empty"})
+
+	// pg_dump's own compression: not counted
+	_, gz := dumps(t, db)
+	data, err = os.ReadFile(gz)
+	require.NoError(t, err)
+	c = pgarchive.NewRowCounter()
+	_, _ = c.Write(data)
+	_, err = c.Close()
+	require.ErrorIs(t, err, pgarchive.ErrCompressed)
+
+	// cut short: an error, and Write did not block
+	c = pgarchive.NewRowCounter()
+	_, _ = c.Write(data[:len(data)/2])
+	_, err = c.Close()
+	require.Error(t, err)
+}
