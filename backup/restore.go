@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/pgarchive"
 	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
@@ -310,7 +311,9 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 		return err
 	}
 	h := sha256.New()
-	dec := decodingWriter(m, f)
+	sc := pgarchive.NewScanner()
+	defer func() { _ = sc.Close() }()
+	dec := decodingWriter(m, io.MultiWriter(f, sc))
 	fw := &forgivingWriter{w: dec}
 	n, err := io.Copy(io.MultiWriter(fw, h), rc)
 	_ = rc.Close()
@@ -327,7 +330,7 @@ func restoreParallel(ctx context.Context, o RestoreOptions, m *Manifest, path st
 	if derr != nil || fw.err != nil {
 		return fmt.Errorf("restore of %s not started: decompressing: %w", m.ID, errors.Join(derr, fw.err))
 	}
-	setDataOffsets(f.Name(), logger)
+	setDataOffsets(sc, f.Name(), logger)
 	stderr := pgprog.NewOutput(logger, "pg_restore")
 	if err := pgprog.Command(ctx, path, env, nil, stderr, append(args, "--jobs="+strconv.Itoa(o.Jobs), f.Name())...).Run(); err != nil {
 		return fmt.Errorf("pg_restore failed (%w): %s", err, stderr.Tail())

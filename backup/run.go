@@ -142,10 +142,10 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	// itself, counted as it streams by (zstd: pg_dump does not compress),
 	// rather than a second full read of every table by the server, which
 	// shares its CPU with pg_dump's COPY; else counted in the snapshot.
-	var rowCounter *pgarchive.RowCounter
+	var dumpScan *pgarchive.Scanner
 	if m.Codec == CodecZstd {
-		rowCounter = pgarchive.NewRowCounter()
-		defer func() { _, _ = rowCounter.Close() }()
+		dumpScan = pgarchive.NewScanner()
+		defer func() { _ = dumpScan.Close() }()
 	}
 	var schema spire.Schema
 	var present []string
@@ -157,7 +157,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 			if schema.Present {
 				m.SPIRE = &SPIREInfo{SchemaVersion: schema.Version, CodeVersion: schema.CodeVersion, Schema: schema.Schema}
 			}
-			if rowCounter != nil {
+			if dumpScan != nil {
 				present, err = spire.PresentTables(dumpCtx, tx, schema.Schema)
 			} else {
 				m.RowCounts, err = spire.CountRows(dumpCtx, tx, schema.Schema)
@@ -183,8 +183,8 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 			w, enc, err := encodingWriter(io.MultiWriter(pw, storedHash), compress, o.Keys.Recipients)
 			encrypted <- enc
 			if err == nil {
-				if rowCounter != nil {
-					w = &teeWriteCloser{WriteCloser: w, also: rowCounter}
+				if dumpScan != nil {
+					w = &teeWriteCloser{WriteCloser: w, also: dumpScan}
 				}
 				_, err = io.Copy(w, src)
 				if cerr := w.Close(); err == nil {
@@ -215,8 +215,8 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	if derr := src.dumpErr(); derr != nil {
 		return nil, derr
 	}
-	if rowCounter != nil {
-		if m.RowCounts, err = dumpRowCounts(rowCounter, schema.Schema, present); err != nil {
+	if dumpScan != nil {
+		if m.RowCounts, err = dumpRowCounts(dumpScan, schema.Schema, present); err != nil {
 			logger.Warn("counting SPIRE rows in the snapshot instead of the dump", "err", err)
 			if m.RowCounts, err = spire.CountRows(ctx, tx, schema.Schema); err != nil {
 				return nil, fmt.Errorf("counting SPIRE rows in the backup snapshot: %w", err)
@@ -338,8 +338,8 @@ func (d *dumpReader) dumpErr() error {
 
 // dumpRowCounts returns the rows the dump holds for each of present, SPIRE's
 // tables in schema nsp.
-func dumpRowCounts(c *pgarchive.RowCounter, nsp string, present []string) (map[string]int64, error) {
-	rows, err := c.Close()
+func dumpRowCounts(c *pgarchive.Scanner, nsp string, present []string) (map[string]int64, error) {
+	rows, err := c.Rows()
 	if err != nil {
 		return nil, err
 	}

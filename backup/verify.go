@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/pgarchive"
 	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/spire"
@@ -348,7 +349,9 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 		}
 		defer os.Remove(f.Name())
 		began := time.Now()
-		cerr := verifyChecksum(ctx, o, m, res, f)
+		sc := pgarchive.NewScanner()
+		defer func() { _ = sc.Close() }()
+		cerr := verifyChecksum(ctx, o, m, res, io.MultiWriter(f, sc))
 		logger.Debug("downloaded and checked", "took", time.Since(began).Round(time.Millisecond))
 		if err := f.Close(); cerr == nil {
 			cerr = err
@@ -359,7 +362,7 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 		if res.Failed() != nil {
 			return nil // the checksum failed: restoring it proves nothing more
 		}
-		setDataOffsets(f.Name(), logger)
+		setDataOffsets(sc, f.Name(), logger)
 		ea, cleanup, err := extArgs(f.Name())
 		defer cleanup()
 		if err != nil {

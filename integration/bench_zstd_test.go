@@ -159,7 +159,8 @@ func BenchmarkBackupCodecs(b *testing.B) {
 			tv = append(tv, time.Since(start))
 		}
 		v, r := median(tv), median(tr)
-		benchLog(b, "verify --level restore of the zstd backup %s vs pg_restore -j 2 of pg_dump -Fc %s: %.2f×", v.Round(10*time.Millisecond), r.Round(10*time.Millisecond), v.Seconds()/r.Seconds())
+		benchLog(b, "verify --level restore of the zstd backup %s vs pg_restore -j 2 of pg_dump -Fc %s: %.2f×; rounds %v and %v", v.Round(10*time.Millisecond), r.Round(10*time.Millisecond), v.Seconds()/r.Seconds(),
+			rounded(tv), rounded(tr))
 		b.ReportMetric(v.Seconds()/r.Seconds(), "verify/pg_restore-j2")
 	}
 }

@@ -76,80 +76,107 @@ type entry struct {
 // entries whose position pg_dump could not set. f must be open for reading
 // and writing; nothing is written unless the whole archive parsed (every data
 // block belongs to a TOC entry, the last one ends at the end of the file).
-// An archive that already has its offsets is left alone.
+// An archive that already has its offsets is left alone. Scanner does the
+// same while the archive is being written.
 func SetDataOffsets(f *os.File) (Result, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return Result{}, err
 	}
-	r := &reader{br: bufio.NewReaderSize(f, 1<<20)}
-	h, err := r.header()
+	l, err := scan(f, true)
 	if err != nil {
 		return Result{}, err
 	}
-	res := Result{Version: fmt.Sprintf("%d.%d", h.version>>16, h.version>>8&0xff)}
+	return l.setOffsets(f)
+}
+
+// layout is what a scan learned of an archive.
+type layout struct {
+	h      header
+	toc    []entry
+	blocks map[int64]int64 // dump ID → where its data block starts
+	rows   map[Table]int64 // rows of each table's data; nil when compressed
+}
+
+// scan reads an archive from its first byte to its end. With
+// stopWhenSet, it stops after the TOC when every entry has its offset.
+func scan(src io.Reader, stopWhenSet bool) (*layout, error) {
+	r := &reader{br: bufio.NewReaderSize(src, 256<<10)}
+	h, err := r.header()
+	if err != nil {
+		return nil, err
+	}
 	toc, err := r.toc(h)
 	if err != nil {
-		return res, fmt.Errorf("reading the archive's table of contents: %w", err)
+		return nil, fmt.Errorf("reading the archive's table of contents: %w", err)
 	}
-	res.Entries = len(toc)
+	l := &layout{h: h, toc: toc, blocks: map[int64]int64{}}
+	if !h.compressed {
+		l.rows = map[Table]int64{}
+	}
 	byID := make(map[int64]*entry, len(toc))
 	unset := 0
 	for i := range toc {
-		e := &toc[i]
-		byID[e.dumpID] = e
-		if e.state == offsetNotSet {
+		byID[toc[i].dumpID] = &toc[i]
+		if toc[i].state == offsetNotSet {
 			unset++
 		}
 	}
-	if unset == 0 {
-		return res, nil
+	if stopWhenSet && unset == 0 {
+		return l, nil
 	}
-
-	// the data blocks follow the TOC up to the end of the file
-	found := map[int64]int64{}
+	// the data blocks follow the TOC up to the end
 	for {
 		at := r.pos
 		typ, err := r.byte()
 		if errors.Is(err, io.EOF) {
-			break
+			return l, nil
 		}
 		if err != nil {
-			return res, err
+			return nil, err
 		}
 		id, err := r.int(h)
 		if err != nil {
-			return res, fmt.Errorf("data block at %d: %w", at, err)
+			return nil, fmt.Errorf("data block at %d: %w", at, unexpected(err))
 		}
 		e, ok := byID[id]
 		if !ok || e.state == offsetNoData {
-			return res, fmt.Errorf("data block at %d names entry %d, which has no data in the table of contents", at, id)
+			return nil, fmt.Errorf("data block at %d names entry %d, which has no data in the table of contents", at, id)
 		}
-		if _, dup := found[id]; dup {
-			return res, fmt.Errorf("data block at %d: entry %d has a second data block", at, id)
+		if _, dup := l.blocks[id]; dup {
+			return nil, fmt.Errorf("data block at %d: entry %d has a second data block", at, id)
 		}
-		found[id] = at
-		switch typ {
-		case blockData:
+		l.blocks[id] = at
+		switch {
+		case typ == blockData && e.desc == "TABLE DATA" && l.rows != nil:
+			var n int64
+			if n, err = r.countLines(h); err == nil {
+				l.rows[Table{Schema: e.namespace, Name: e.tag}] = n
+			}
+		case typ == blockData:
 			err = r.skipChunks(h)
-		case blockBlobs:
+		case typ == blockBlobs:
 			err = r.skipBlobs(h)
 		default:
-			return res, fmt.Errorf("data block at %d has unknown type %d", at, typ)
+			return nil, fmt.Errorf("data block at %d has unknown type %d", at, typ)
 		}
 		if err != nil {
-			return res, fmt.Errorf("data block of entry %d at %d: %w", id, at, unexpected(err))
+			return nil, fmt.Errorf("data block of entry %d (%s %s) at %d: %w", id, e.desc, e.tag, at, unexpected(err))
 		}
 	}
-	res.Blocks = len(found)
+}
 
-	for _, e := range toc {
-		at, ok := found[e.dumpID]
+// setOffsets writes into f, the archive scanned, the offsets of the entries
+// pg_dump left unset.
+func (l *layout) setOffsets(f io.WriterAt) (Result, error) {
+	res := Result{Version: fmt.Sprintf("%d.%d", l.h.version>>16, l.h.version>>8&0xff), Entries: len(l.toc), Blocks: len(l.blocks)}
+	for _, e := range l.toc {
+		at, ok := l.blocks[e.dumpID]
 		if e.state != offsetNotSet || !ok {
 			continue
 		}
-		field := make([]byte, 1+h.offSize)
+		field := make([]byte, 1+l.h.offSize)
 		field[0] = offsetSet
-		for i := range h.offSize {
+		for i := range l.h.offSize {
 			field[1+i] = byte(at >> (8 * i))
 		}
 		if _, err := f.WriteAt(field, e.at); err != nil {

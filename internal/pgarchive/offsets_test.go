@@ -88,6 +88,27 @@ func TestSetDataOffsetsWritesWhatPgDumpWouldHave(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, want[40:], got[40:])
 
+			// the same from a Scanner that saw the bytes as they were
+			// written to a file
+			copied := filepath.Join(t.TempDir(), "copied.dump")
+			out, err := os.Create(copied)
+			require.NoError(t, err)
+			sc := pgarchive.NewScanner()
+			for off := 0; off < len(before); off += 32 << 10 {
+				chunk := before[off:min(len(before), off+32<<10)]
+				_, err := out.Write(chunk)
+				require.NoError(t, err)
+				_, _ = sc.Write(chunk)
+			}
+			require.NoError(t, sc.Close())
+			sres, err := sc.SetDataOffsets(out)
+			require.NoError(t, err)
+			require.NoError(t, out.Close())
+			require.Equal(t, res, sres)
+			got, err = os.ReadFile(copied)
+			require.NoError(t, err)
+			require.Equal(t, want[40:], got[40:])
+
 			// done twice, nothing changes
 			f, err = os.OpenFile(piped, os.O_RDWR, 0)
 			require.NoError(t, err)
@@ -173,7 +194,7 @@ func differences(a, b []byte) int {
 	return n
 }
 
-func TestRowCounterCountsWhatTheTablesHold(t *testing.T) {
+func TestScannerCountsWhatTheTablesHold(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	loadData(t, db)
@@ -187,14 +208,14 @@ func TestRowCounterCountsWhatTheTablesHold(t *testing.T) {
 	data, err := os.ReadFile(piped)
 	require.NoError(t, err)
 
-	c := pgarchive.NewRowCounter()
+	c := pgarchive.NewScanner()
 	// written in uneven pieces, as a pipe delivers it
 	for off, step := 0, 1; off < len(data); off, step = off+step, step*3%65521+1 {
 		n, err := c.Write(data[off:min(len(data), off+step)])
 		require.NoError(t, err)
 		require.Equal(t, min(len(data), off+step)-off, n)
 	}
-	rows, err := c.Close()
+	rows, err := c.Rows()
 	require.NoError(t, err)
 
 	want := map[pgarchive.Table]int64{}
@@ -217,14 +238,14 @@ func TestRowCounterCountsWhatTheTablesHold(t *testing.T) {
 	_, gz := dumps(t, db)
 	data, err = os.ReadFile(gz)
 	require.NoError(t, err)
-	c = pgarchive.NewRowCounter()
+	c = pgarchive.NewScanner()
 	_, _ = c.Write(data)
-	_, err = c.Close()
+	_, err = c.Rows()
 	require.ErrorIs(t, err, pgarchive.ErrCompressed)
 
 	// cut short: an error, and Write did not block
-	c = pgarchive.NewRowCounter()
+	c = pgarchive.NewScanner()
 	_, _ = c.Write(data[:len(data)/2])
-	_, err = c.Close()
+	_, err = c.Rows()
 	require.Error(t, err)
 }

@@ -1,7 +1,6 @@
 package pgarchive
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -18,104 +17,67 @@ type Table struct {
 // its rows cannot be counted as it streams.
 var ErrCompressed = errors.New("the archive's data is compressed by pg_dump")
 
-// RowCounter counts the rows of each table's data in a custom-format
-// archive while it is written elsewhere: pg_dump -Fc -Z0's output goes
-// through Write. A table's data is COPY text, one row per line (newlines
-// inside values are escaped), so its rows are its newlines. The server
-// does not count them a second time.
+// Scanner reads an archive while it is written elsewhere — pg_dump's
+// output on its way to the store, a dump on its way to a temporary file —
+// to learn each table's rows and where each data block starts, without
+// reading it a second time. A table's data is COPY text, one row per line
+// (newlines inside values are escaped), so its rows are its newlines.
 //
 // Write never fails and never blocks for long: an archive that cannot be
 // parsed is read to its end and reported by Close.
-type RowCounter struct {
-	pw   *io.PipeWriter
-	done chan struct{}
-	rows map[Table]int64
-	err  error
+type Scanner struct {
+	pw     *io.PipeWriter
+	done   chan struct{}
+	layout *layout
+	err    error
 }
 
-// NewRowCounter starts a counter; Close ends it.
-func NewRowCounter() *RowCounter {
+// NewScanner starts a scanner; Close ends it.
+func NewScanner() *Scanner {
 	pr, pw := io.Pipe()
-	c := &RowCounter{pw: pw, done: make(chan struct{})}
+	s := &Scanner{pw: pw, done: make(chan struct{})}
 	go func() {
-		defer close(c.done)
-		c.rows, c.err = countRows(pr)
+		defer close(s.done)
+		s.layout, s.err = scan(pr, false)
 		_, _ = io.Copy(io.Discard, pr) // what follows a failure, or nothing
 	}()
-	return c
+	return s
 }
 
-// Write passes p to the counter.
-func (c *RowCounter) Write(p []byte) (int, error) {
-	_, _ = c.pw.Write(p)
+// Write passes p to the scanner.
+func (s *Scanner) Write(p []byte) (int, error) {
+	_, _ = s.pw.Write(p)
 	return len(p), nil
 }
 
-// Close ends the archive and returns the rows of every table whose data it
-// holds, or why they could not be counted (ErrCompressed, a format it does
-// not know, an archive cut short).
-func (c *RowCounter) Close() (map[Table]int64, error) {
-	_ = c.pw.Close()
-	<-c.done
-	return c.rows, c.err
+// Close ends the archive and says whether it parsed to its end.
+func (s *Scanner) Close() error {
+	_ = s.pw.Close()
+	<-s.done
+	return s.err
 }
 
-func countRows(src io.Reader) (map[Table]int64, error) {
-	r := &reader{br: bufio.NewReaderSize(src, 256<<10)}
-	h, err := r.header()
-	if err != nil {
+// Rows returns, after Close, the rows of every table whose data the
+// archive holds, or why they could not be counted (ErrCompressed, a format
+// it does not know, an archive cut short).
+func (s *Scanner) Rows() (map[Table]int64, error) {
+	if err := s.Close(); err != nil {
 		return nil, err
 	}
-	if h.compressed {
+	if s.layout.rows == nil {
 		return nil, ErrCompressed
 	}
-	toc, err := r.toc(h)
-	if err != nil {
-		return nil, fmt.Errorf("reading the archive's table of contents: %w", err)
+	return s.layout.rows, nil
+}
+
+// SetDataOffsets writes, after Close, into f — the bytes written to the
+// scanner — the data offsets pg_dump could not record (see the package
+// function of that name).
+func (s *Scanner) SetDataOffsets(f io.WriterAt) (Result, error) {
+	if err := s.Close(); err != nil {
+		return Result{}, err
 	}
-	byID := make(map[int64]*entry, len(toc))
-	for i := range toc {
-		byID[toc[i].dumpID] = &toc[i]
-	}
-	rows := map[Table]int64{}
-	for {
-		typ, err := r.byte()
-		if errors.Is(err, io.EOF) {
-			return rows, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		id, err := r.int(h)
-		if err != nil {
-			return nil, err
-		}
-		e, ok := byID[id]
-		if !ok {
-			return nil, fmt.Errorf("data block of entry %d, which is not in the table of contents", id)
-		}
-		switch {
-		case typ == blockData && e.desc == "TABLE DATA":
-			t := Table{Schema: e.namespace, Name: e.tag}
-			if _, dup := rows[t]; dup {
-				return nil, fmt.Errorf("table %s.%s has a second data block", t.Schema, t.Name)
-			}
-			n, err := r.countLines(h)
-			if err != nil {
-				return nil, fmt.Errorf("data of %s.%s: %w", t.Schema, t.Name, unexpected(err))
-			}
-			rows[t] = n
-		case typ == blockData:
-			err = r.skipChunks(h)
-		case typ == blockBlobs:
-			err = r.skipBlobs(h)
-		default:
-			return nil, fmt.Errorf("data block of entry %d has unknown type %d", id, typ)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("data block of entry %d: %w", id, unexpected(err))
-		}
-	}
+	return s.layout.setOffsets(f)
 }
 
 // copyEnd ends every table's data: pg_dump writes COPY's end marker and
