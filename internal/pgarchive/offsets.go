@@ -10,9 +10,9 @@
 // than the same archive with offsets. SetDataOffsets writes the offsets into
 // a downloaded copy, as pg_dump itself does when its output is a file.
 //
-// RowCounter counts each table's rows in such a stream as it passes, so
-// that a backup's manifest need not ask the server to read every table a
-// second time.
+// Scanner learns the same offsets, and each table's rows, from such a
+// stream as it passes (to a temporary file, to the store), so that neither
+// the dump nor the database is read a second time.
 //
 // The format is pg_dump's src/bin/pg_dump/pg_backup_archiver.c (header and
 // TOC) and pg_backup_custom.c (data blocks); archive versions 1.12 (PostgreSQL
