@@ -183,10 +183,11 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 			w, enc, err := encodingWriter(io.MultiWriter(pw, storedHash), compress, o.Keys.Recipients)
 			encrypted <- enc
 			if err == nil {
+				var r io.Reader = src
 				if dumpScan != nil {
-					w = &teeWriteCloser{WriteCloser: w, also: dumpScan}
+					r = io.TeeReader(src, dumpScan)
 				}
-				_, err = io.Copy(w, src)
+				_, err = io.Copy(w, r)
 				if cerr := w.Close(); err == nil {
 					err = cerr
 				}
@@ -355,18 +356,6 @@ func dumpRowCounts(c *pgarchive.Scanner, nsp string, present []string) (map[stri
 		counts[t] = n
 	}
 	return counts, nil
-}
-
-// teeWriteCloser writes to also what it writes to its WriteCloser.
-type teeWriteCloser struct {
-	io.WriteCloser
-	also io.Writer
-}
-
-func (t *teeWriteCloser) Write(p []byte) (int, error) {
-	n, err := t.WriteCloser.Write(p)
-	_, _ = t.also.Write(p[:n])
-	return n, err
 }
 
 func orDiscard(l *slog.Logger) *slog.Logger {

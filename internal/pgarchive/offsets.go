@@ -196,8 +196,9 @@ type header struct {
 }
 
 type reader struct {
-	br  *bufio.Reader
-	pos int64
+	br      *bufio.Reader
+	pos     int64
+	scratch [9]byte // an integer: a sign byte and up to 8 bytes
 }
 
 func (r *reader) byte() (byte, error) {
@@ -231,9 +232,12 @@ func (r *reader) skip(n int64) error {
 // int reads ReadInt's form: a sign byte, then intSize bytes, least
 // significant first.
 func (r *reader) int(h header) (int64, error) {
-	p, err := r.full(1 + h.intSize)
+	// one per chunk, that is per row: no allocation
+	p := r.scratch[:1+h.intSize]
+	got, err := io.ReadFull(r.br, p)
+	r.pos += int64(got)
 	if err != nil {
-		return 0, err
+		return 0, unexpected(err)
 	}
 	var v int64
 	for i := h.intSize; i >= 1; i-- {

@@ -88,7 +88,7 @@ const copyEnd = "\\.\n\n\n"
 // newlines before the end marker, which must end the block.
 func (r *reader) countLines(h header) (int64, error) {
 	var lines int64
-	var tail []byte // the block's last bytes, up to len(copyEnd)
+	var tail [len(copyEnd)]byte // the block's last bytes
 	for {
 		n, err := r.int(h)
 		if err != nil {
@@ -108,14 +108,14 @@ func (r *reader) countLines(h header) (int64, error) {
 			}
 			p, _ := r.br.Peek(int(min(n, int64(r.br.Buffered()))))
 			lines += int64(bytes.Count(p, []byte{'\n'}))
-			tail = append(tail, p[max(0, len(p)-len(copyEnd)):]...)
-			tail = tail[max(0, len(tail)-len(copyEnd)):]
+			k := copy(tail[:], tail[min(len(p), len(tail)):]) // what p leaves of it
+			copy(tail[k:], p[max(0, len(p)-len(tail)):])
 			d, _ := r.br.Discard(len(p))
 			r.pos += int64(d)
 			n -= int64(d)
 		}
 	}
-	if string(tail) != copyEnd {
+	if string(tail[:]) != copyEnd {
 		return 0, fmt.Errorf("the data does not end with COPY's end marker (%q)", tail)
 	}
 	return lines - int64(strings.Count(copyEnd, "\n")), nil
