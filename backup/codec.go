@@ -1,8 +1,10 @@
 package backup
 
 import (
+	"fmt"
 	"io"
 
+	ddzstd "github.com/DataDog/zstd"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -24,13 +26,38 @@ func codecOf(m *Manifest) string {
 	return m.Codec
 }
 
-// zstdEncoder compresses into w at zstd's fastest level. Compression is not
-// the bottleneck (two goroutines took 0.76 s for a 312 MiB SPIRE archive
-// that pg_dump -Z0 needed 2.5 s to write; on a 650 MB base tar one goroutine
-// was as fast as two), so one goroutine keeps the encoder's buffers, and the
-// RSS, small.
-func zstdEncoder(w io.Writer) (*zstd.Encoder, error) {
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+// zstd levels and threads of what spiredb writes. The encoder is libzstd
+// (bundled, through cgo, which spiredb needs for libpg_query anyway): at
+// level 1 it took 0.70 s of CPU for a 502 MiB SPIRE archive that
+// klauspost/compress's fastest level needed 1.30 s for, and wrote 8% less
+// (docs/BENCHMARKS.md). On two cores beside pg_dump and the server, that
+// CPU is the backup's wall time. Reading stays pure Go (klauspost), which
+// decodes every zstd frame, old backups' included.
+const (
+	// a logical dump: level 1 in the thread reading pg_dump. pg_dump and
+	// the server's COPY set the pace (about 150 MB/s here) and one thread
+	// compresses 700 MB/s; two were no faster, and their buffers cost
+	// 10 MiB of RSS.
+	levelDump, threadsDump = 1, 0
+	// a base backup's tar: zstd's default level on two threads
+	levelBase, threadsBase = 3, 2
+	// one WAL segment: level 1 in the calling thread, to keep
+	// archive_command light beside the server
+	levelWAL, threadsWAL = 1, 0
+)
+
+// zstdWriter compresses into w at level with threads worker threads (0:
+// in the caller's). Close must be called on every path, failed or not: it
+// frees libzstd's context, which Go's collector does not see.
+func zstdWriter(w io.Writer, level, threads int) (io.WriteCloser, error) {
+	z := ddzstd.NewWriterLevel(w, level)
+	if threads > 0 {
+		if err := z.SetNbWorkers(threads); err != nil {
+			_ = z.Close()
+			return nil, fmt.Errorf("zstd with %d threads: %w", threads, err)
+		}
+	}
+	return z, nil
 }
 
 // decodedReader returns what pg_restore reads from the stored object r:

@@ -302,7 +302,7 @@ func (l *layered) Close() error {
 	return err
 }
 
-func zstdFastest(w io.Writer) (io.WriteCloser, error) { return zstdEncoder(w) }
+func zstdDump(w io.Writer) (io.WriteCloser, error) { return zstdWriter(w, levelDump, threadsDump) }
 
 // RekeyResult is what Rekey rewrote.
 type RekeyResult struct {

@@ -22,7 +22,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	plain := dumpLike(1 << 20)
 	var stored bytes.Buffer
-	w, enc, err := encodingWriter(&stored, zstdFastest, []age.Recipient{alice.Recipient()})
+	w, enc, err := encodingWriter(&stored, zstdDump, []age.Recipient{alice.Recipient()})
 	require.NoError(t, err)
 	_, err = w.Write(plain)
 	require.NoError(t, err)
@@ -65,7 +65,7 @@ func BenchmarkEncodingWriter(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(plain)))
 			for range b.N {
-				w, _, err := encodingWriter(io.Discard, zstdFastest, c.recipients)
+				w, _, err := encodingWriter(io.Discard, zstdDump, c.recipients)
 				require.NoError(b, err)
 				_, err = w.Write(plain)
 				require.NoError(b, err)

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"github.com/spiredb/spiredb/internal/pgprog"
 	"github.com/spiredb/spiredb/internal/version"
 	"github.com/spiredb/spiredb/pg"
@@ -167,7 +165,7 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	encrypted := make(chan *Encryption, 1)
 	go func() {
 		enc, wrapped, err := encodingWriter(io.MultiWriter(compW, hash), func(w io.Writer) (io.WriteCloser, error) {
-			return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2))
+			return zstdWriter(w, levelBase, threadsBase)
 		}, o.Keys.Recipients)
 		encrypted <- wrapped
 		if err == nil {

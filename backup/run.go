@@ -177,7 +177,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 		stored = pr
 		var compress func(io.Writer) (io.WriteCloser, error)
 		if m.Codec == CodecZstd {
-			compress = zstdFastest
+			compress = zstdDump
 		}
 		go func() {
 			w, enc, err := encodingWriter(io.MultiWriter(pw, storedHash), compress, o.Keys.Recipients)

@@ -188,8 +188,7 @@ func compressWAL(w io.Writer, h WALHeader, r io.Reader, recipients []age.Recipie
 	if _, err := io.WriteString(w, h.line()); err != nil {
 		return err
 	}
-	// WAL compresses well at the fastest level; one encoder goroutine
-	// keeps archive_command light next to the server it runs beside
+	// WAL compresses well at level 1, in this thread (levelWAL)
 	var sealed io.WriteCloser = nopWriteCloser{w}
 	if h.Encrypted {
 		aw, err := age.Encrypt(w, recipients...)
@@ -198,12 +197,12 @@ func compressWAL(w io.Writer, h WALHeader, r io.Reader, recipients []age.Recipie
 		}
 		sealed = aw
 	}
-	enc, err := zstd.NewWriter(sealed, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	enc, err := zstdWriter(sealed, levelWAL, threadsWAL)
 	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(enc, r); err != nil {
-		enc.Close()
+		_ = enc.Close()
 		return err
 	}
 	if err := enc.Close(); err != nil {
