@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"testing"
 
 	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 )
 
@@ -53,27 +55,45 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 }
 
 // BenchmarkEncodingWriter: the CPU cost of encryption next to compression
-// alone, on pg_dump-like data (make bench; docs/BENCHMARKS.md).
+// alone, on pg_dump-like data, and of the pure-Go encoder spiredb used
+// before libzstd (make bench; docs/BENCHMARKS.md). SPIREDB_BENCH_ARCHIVE
+// names a real archive to compress instead (`pg_dump -Fc -Z0 -f FILE`).
 func BenchmarkEncodingWriter(b *testing.B) {
 	plain := dumpLike(64 << 20)
+	if f := os.Getenv("SPIREDB_BENCH_ARCHIVE"); f != "" {
+		var err error
+		plain, err = os.ReadFile(f)
+		require.NoError(b, err)
+	}
 	id, err := age.GenerateX25519Identity()
 	require.NoError(b, err)
+	pureGo := func(w io.Writer) (io.WriteCloser, error) {
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	}
 	for _, c := range []struct {
 		name       string
+		compress   func(io.Writer) (io.WriteCloser, error)
 		recipients []age.Recipient
-	}{{"zstd", nil}, {"zstd+age", []age.Recipient{id.Recipient()}}} {
+	}{{"zstd", zstdDump, nil}, {"zstd+age", zstdDump, []age.Recipient{id.Recipient()}}, {"pure-go-fastest", pureGo, nil}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.SetBytes(int64(len(plain)))
+			var out countWriter
 			for range b.N {
-				w, _, err := encodingWriter(io.Discard, zstdDump, c.recipients)
+				out = 0
+				w, _, err := encodingWriter(&out, c.compress, c.recipients)
 				require.NoError(b, err)
 				_, err = w.Write(plain)
 				require.NoError(b, err)
 				require.NoError(b, w.Close())
 			}
+			b.ReportMetric(float64(out)/float64(len(plain)), "stored/plain")
 		})
 	}
 }
+
+type countWriter int64
+
+func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
 
 // dumpLike returns n bytes shaped like a SPIRE dump's COPY data: SPIFFE
 // IDs, hashes, numbers (compressible about as much).
