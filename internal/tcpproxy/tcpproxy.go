@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Proxy forwards connections to its current backend.
@@ -18,7 +19,13 @@ type Proxy struct {
 	backend string
 	conns   map[net.Conn]struct{}
 	wg      sync.WaitGroup
+	sends   atomic.Int64 // reads from clients
 }
+
+// ClientSends counts the reads that took bytes from clients. A client that
+// waits for each answer before it speaks again (a round trip) is read at
+// least once per turn; a pipelined batch usually in one read.
+func (p *Proxy) ClientSends() int64 { return p.sends.Load() }
 
 // Start listens on a free 127.0.0.1 port and forwards to backend
 // (host:port).
@@ -78,7 +85,7 @@ func (p *Proxy) accept() {
 		p.track(client, server)
 		p.wg.Add(2)
 		go p.pipe(client, server)
-		go p.pipe(server, client)
+		go p.pipe(server, countingConn{client, &p.sends})
 	}
 }
 
@@ -99,4 +106,18 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	delete(p.conns, dst)
 	delete(p.conns, src)
 	p.mu.Unlock()
+}
+
+// countingConn counts the reads that return bytes.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.n.Add(1)
+	}
+	return n, err
 }

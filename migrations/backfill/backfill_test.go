@@ -21,10 +21,10 @@ func TestAdapt(t *testing.T) {
 func TestStatements(t *testing.T) {
 	tb := &table{ident: `public.c`, keys: []string{"a", "b"}, types: []string{"integer", "text"}}
 	sel, upd := tb.statements(Spec{Set: "n = n + 1", Where: "n < 5"}, true)
-	assert.Equal(t, "SELECT a::text AS spiredb_key_0, b::text AS spiredb_key_1 FROM public.c WHERE (a, b) <= ($1::integer, $2::text) ORDER BY a, b LIMIT $3", sel)
+	assert.Equal(t, "SELECT a::text AS spiredb_key_0, b::text AS spiredb_key_1, count(*) OVER () AS spiredb_rows FROM (SELECT a, b FROM public.c WHERE (a, b) <= ($1::integer, $2::text) ORDER BY a, b LIMIT $3) spiredb_batch ORDER BY a DESC, b DESC LIMIT 1", sel)
 	assert.Equal(t, "UPDATE public.c SET n = n + 1 WHERE (a, b) <= ($1::integer, $2::text) AND (n < 5)", upd)
 	sel, upd = tb.statements(Spec{Set: "n = 0"}, false)
-	assert.Equal(t, "SELECT a::text AS spiredb_key_0, b::text AS spiredb_key_1 FROM public.c WHERE (a, b) > ($1::integer, $2::text) AND (a, b) <= ($3::integer, $4::text) ORDER BY a, b LIMIT $5", sel)
+	assert.Equal(t, "SELECT a::text AS spiredb_key_0, b::text AS spiredb_key_1, count(*) OVER () AS spiredb_rows FROM (SELECT a, b FROM public.c WHERE (a, b) > ($1::integer, $2::text) AND (a, b) <= ($3::integer, $4::text) ORDER BY a, b LIMIT $5) spiredb_batch ORDER BY a DESC, b DESC LIMIT 1", sel)
 	assert.Equal(t, "UPDATE public.c SET n = 0 WHERE (a, b) > ($1::integer, $2::text) AND (a, b) <= ($3::integer, $4::text)", upd)
 }
 
