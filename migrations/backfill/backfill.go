@@ -58,10 +58,10 @@ type Options struct {
 	// every 20 ms on a second session) and the mean time of the table's
 	// other statements (pg_stat_statements), each against its idle
 	// baseline. While either is more than MaxImpact above it (0.3: 30%
-	// slower), batches get shorter (from 25 ms down to 20 ms) and then the
-	// rest after each batch grows, in steps proportional to the excess;
-	// under the budget the rest shrinks first, and under half of it batches
-	// grow back (up to 50 ms). Lock waits on the table pause the job, and the
+	// slower), batches get shorter (their duration target halves, from
+	// 15 ms down to 5 ms) and then the rest after each batch grows, in steps
+	// proportional to the excess; under the budget the rest shrinks first,
+	// and under half of it batches grow back (up to 50 ms). Lock waits on the table pause the job, and the
 	// baseline is measured again every 30 s with the job idle for a second.
 	MaxImpact float64
 	// AllowVolatile accepts volatile functions in Set and Where.

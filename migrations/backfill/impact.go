@@ -28,10 +28,10 @@ import (
 //
 // and compares each with its baseline, taken before the first batch with the
 // backfill idle and again every 30 s. When either rises by more than
-// MaxImpact, batches get shorter (down to 20 ms), and then the rest after
-// each batch grows, in steps proportional to the excess; under the budget
-// the rest shrinks first, and under half of it batches grow back (to
-// 50 ms).
+// MaxImpact, batches get shorter (their duration target halves, down to
+// 5 ms), and then the rest after each batch grows, in steps proportional to
+// the excess; under the budget the rest shrinks first, and under half of it
+// batches grow back (to 50 ms).
 // Lock waits on the table pause the backfill as with PauseOnLockWaits.
 
 const (
@@ -43,12 +43,9 @@ const (
 	// Under a governor batches aim at a duration between minBatch and
 	// maxBatch, starting at startBatch: a batch's rows are locked and its
 	// WAL is flushed by the writers' commits, so shorter batches are the
-	// first lever, rests the second. Not shorter than 20 ms: a batch's
-	// fixed cost (its statements' round trips, the checkpoint row, the
-	// commit) measured ~2.7 ms on a loaded two-core server, and 100-row
-	// batches took 1.7× as long per row as 300- or 1,000-row ones.
-	minBatch   = 20 * time.Millisecond
-	startBatch = 25 * time.Millisecond
+	// first lever, rests the second.
+	minBatch   = 5 * time.Millisecond
+	startBatch = 15 * time.Millisecond
 	maxBatch   = 50 * time.Millisecond
 	maxRest    = 20.0 // rest after a batch, in batch durations
 )
@@ -275,7 +272,7 @@ func (g *governor) pace(impact float64) {
 	e := impact / g.budget
 	switch {
 	case e > 1 && g.target > minBatch:
-		g.target = max(minBatch, g.target*3/4)
+		g.target = max(minBatch, g.target/2)
 	case e > 1:
 		x := min(1, e-1)
 		g.rest = min(maxRest, max(g.rest*(1+x/2), g.rest+x/4))
