@@ -30,7 +30,10 @@ import (
 // commonly published (OFFSET batches of 1,000 with pg_sleep(0.1), all one
 // transaction) and the same without the sleep (SPIREDB_BENCH_BACKFILL_SKIP_DO=1
 // skips them), (c) spiredb migrate backfill, (d) the same with --max-impact
-// (SPIREDB_BENCH_BACKFILL_IMPACT, space-separated, default 30%). Each
+// (SPIREDB_BENCH_BACKFILL_IMPACT, space-separated, default 30%); (c) and
+// each (d) after the same with the spiredb binary
+// SPIREDB_BENCH_BACKFILL_OTHER_BIN names, when set (an earlier build, to
+// compare in one run). Each
 // method starts after a VACUUM and a CHECKPOINT; the writers' idle
 // throughput and latency are measured first.
 func BenchmarkBackfill(b *testing.B) {
@@ -124,7 +127,7 @@ func BenchmarkBackfill(b *testing.B) {
 			name, total.Seconds(), res.tps, ms64(res.p50), ms64(res.p99), ms64(mx), len(s))
 		return res
 	}
-	backfillPhase := func(name string, args ...string) result {
+	backfillPhase := func(name string, bin string, args ...string) result {
 		return phase(name, func() {
 			cmd := exec.Command(bin, append([]string{"migrate", "backfill", "--dsn", dsn, "--table", "registered_entries", "--log-level", cmp.Or(os.Getenv("SPIREDB_BENCH_BACKFILL_TRACE"), "info"),
 				"--set", fmt.Sprintf("hint = 'c%d'", time.Now().UnixNano()), "--name", fmt.Sprintf("bench-%d", time.Now().UnixNano())}, args...)...)
@@ -137,6 +140,7 @@ func BenchmarkBackfill(b *testing.B) {
 			}
 		})
 	}
+	other := os.Getenv("SPIREDB_BENCH_BACKFILL_OTHER_BIN")
 	impacts := strings.Fields(os.Getenv("SPIREDB_BENCH_BACKFILL_IMPACT"))
 	if len(impacts) == 0 {
 		impacts = []string{"30%"}
@@ -178,10 +182,20 @@ func BenchmarkBackfill(b *testing.B) {
 				})
 			})
 		}
-		run("(c) default", func() result { return backfillPhase("(c) spiredb migrate backfill") })
+		if other != "" {
+			run("(c) other build", func() result { return backfillPhase("(c) other build: migrate backfill", other) })
+		}
+		run("(c) default", func() result { return backfillPhase("(c) spiredb migrate backfill", bin) })
 		for _, imp := range impacts {
+			// another build beside this one, in the same run (the machine
+			// is too noisy to compare runs)
+			if other != "" {
+				run("(d) other build --max-impact "+imp, func() result {
+					return backfillPhase("(d) other build: migrate backfill --max-impact "+imp, other, "--max-impact", imp)
+				})
+			}
 			run("(d) --max-impact "+imp, func() result {
-				return backfillPhase("(d) spiredb migrate backfill --max-impact "+imp, "--max-impact", imp)
+				return backfillPhase("(d) spiredb migrate backfill --max-impact "+imp, bin, "--max-impact", imp)
 			})
 		}
 		one := runs[0].res
