@@ -46,9 +46,10 @@ session spiredb times a minimal write transaction every 20 ms (its commit
 waits for the WAL flush, like each of SPIRE's writes) and, when
 pg_stat_statements is readable, the mean time of the table's other
 statements; while either is more than 30% above its baseline (measured with
-the job idle before the first batch and for a second every 30 s), the rest
-after each batch grows; while both stay under half of it, the rest shrinks.
-Batches are kept to 50 ms, and lock waits on the table pause the job.`,
+the job idle before the first batch and for a second every 30 s), batches
+get shorter and then the rest after each batch grows, in proportion to the
+excess; under the budget the rest shrinks, hardly at all near it. Batches
+are kept to 50 ms, and lock waits on the table pause the job.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
