@@ -697,7 +697,7 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 		closing.Queue(pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'done', finished_at = now(), updated_at = now() WHERE name = $1", r.job.Name)
 	} else {
 		// the table's update and the checkpoint, in one statement
-		uargs := append(args[:nLast:nLast], anySlice(end)...)
+		uargs := slices.Concat(args[:nLast], anySlice(end))
 		k := len(uargs)
 		closing.Queue(fmt.Sprintf(`%sWITH batch AS (%s RETURNING 1)
 UPDATE spiredb.backfill_jobs SET last_key = $%d, rows_done = rows_done + (SELECT count(*) FROM batch), batches = batches + 1,
