@@ -61,8 +61,9 @@ type Options struct {
 	// slower), batches get shorter (their duration target halves, from
 	// 15 ms down to 5 ms) and then the rest after each batch grows, in steps
 	// proportional to the excess; under the budget the rest shrinks first,
-	// and under half of it batches grow back (up to 50 ms). Lock waits on the table pause the job, and the
-	// baseline is measured again every 30 s with the job idle for a second.
+	// and under half of it batches grow back (up to 50 ms). Lock waits on
+	// the table pause the job, and the baseline is measured again every 30 s
+	// with the job idle for a second.
 	MaxImpact float64
 	// AllowVolatile accepts volatile functions in Set and Where.
 	AllowVolatile bool
@@ -625,17 +626,9 @@ func (r *run) waitForRoom(ctx context.Context) error {
 // server a round trip took ~0.25 ms, and eight of them were most of a
 // short batch's fixed cost.
 func (r *run) batch(ctx context.Context) (bool, error) {
-	first := len(r.job.LastKey) == 0
-	sel, upd := r.t.statements(r.spec, first)
-	var args []any
-	for _, v := range r.job.LastKey {
-		args = append(args, v)
-	}
-	nLast := len(args)
-	for _, v := range r.job.MaxKey {
-		args = append(args, v)
-	}
-	args = append(args, r.size)
+	sel, upd := r.t.statements(r.spec, len(r.job.LastKey) == 0)
+	last := anySlice(r.job.LastKey)
+	args := slices.Concat(last, anySlice(r.job.MaxKey), []any{r.size})
 
 	// A batch and its checkpoint commit together, so a batch lost in a
 	// crash is lost with its checkpoint and the resume does it again: its
@@ -645,108 +638,79 @@ func (r *run) batch(ctx context.Context) (bool, error) {
 	if r.opts.LockTimeout > 0 { // negative: the server's setting
 		set += fmt.Sprintf(", pg_catalog.set_config('lock_timeout', '%d', true)", r.opts.LockTimeout.Milliseconds())
 	}
-	open := &pgx.Batch{}
-	open.Queue("BEGIN")
-	open.Queue(set)
-	open.Queue(pg.Marker+"SELECT state, coalesce(last_key, '{}') FROM spiredb.backfill_jobs WHERE name = $1 FOR UPDATE", r.job.Name)
-	open.Queue(pg.Marker+sel, args...)
 	committed := false
 	defer func() {
 		if !committed {
 			_, _ = r.conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		}
 	}()
+
 	var state string
-	var last []string
+	var stored []string
 	end := make([]string, len(r.t.keys))
+	dest := make([]any, 0, len(end)+1)
+	for i := range end {
+		dest = append(dest, &end[i])
+	}
 	var n int
-	err := func() error {
-		br := r.conn.SendBatch(ctx, open)
-		defer br.Close()
-		for range 2 {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		if err := br.QueryRow().Scan(&state, &last); err != nil {
+	open := &pgx.Batch{}
+	open.Queue("BEGIN")
+	open.Queue(set)
+	open.Queue(pg.Marker+"SELECT state, coalesce(last_key, '{}') FROM spiredb.backfill_jobs WHERE name = $1 FOR UPDATE", r.job.Name).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&state, &stored) })
+	open.Queue(pg.Marker+sel, args...).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(append(dest, &n)...); !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		dest := make([]any, 0, len(end)+1)
-		for i := range end {
-			dest = append(dest, &end[i])
-		}
-		if err := br.QueryRow().Scan(append(dest, &n)...); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		return br.Close()
-	}()
-	if err != nil {
+		return nil
+	})
+	if err := r.conn.SendBatch(ctx, open).Close(); err != nil {
 		return false, err
 	}
 	if state == Cancelled {
 		return false, ErrCancelled
 	}
-	if !slices.Equal(last, r.job.LastKey) {
+	if !slices.Equal(stored, r.job.LastKey) {
 		// one job runs at a time (an advisory lock): this is not a race
-		return false, fmt.Errorf("backfill job %q: its checkpoint is at %v, not %v where this run left it", r.job.Name, last, r.job.LastKey)
+		return false, fmt.Errorf("backfill job %q: its checkpoint is at %v, not %v where this run left it", r.job.Name, stored, r.job.LastKey)
 	}
 
-	closing := &pgx.Batch{}
+	var changed int64
 	final := n < r.size // a short batch is the last: the job is done in the same transaction
+	closing := &pgx.Batch{}
 	if n == 0 {
 		closing.Queue(pg.Marker+"UPDATE spiredb.backfill_jobs SET state = 'done', finished_at = now(), updated_at = now() WHERE name = $1", r.job.Name)
 	} else {
 		// the table's update and the checkpoint, in one statement
-		uargs := slices.Concat(args[:nLast], anySlice(end))
+		uargs := slices.Concat(last, anySlice(end))
 		k := len(uargs)
 		closing.Queue(fmt.Sprintf(`%sWITH batch AS (%s RETURNING 1)
 UPDATE spiredb.backfill_jobs SET last_key = $%d, rows_done = rows_done + (SELECT count(*) FROM batch), batches = batches + 1,
 	batch_size = $%d, updated_at = now(),
 	state = CASE WHEN $%d THEN 'done' ELSE state END, finished_at = CASE WHEN $%d THEN now() END
 	WHERE name = $%d RETURNING (SELECT count(*) FROM batch)`, pg.Marker, upd, k+1, k+2, k+3, k+3, k+4),
-			append(uargs, end, r.size, final, r.job.Name)...)
+			append(uargs, end, r.size, final, r.job.Name)...).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&changed) })
 	}
 	if final {
 		// "done" is durable, and so is every batch before it
 		closing.Queue("SELECT pg_catalog.set_config('synchronous_commit', 'on', true)")
 	}
 	closing.Queue("COMMIT")
-	var changed int64
-	err = func() error {
-		br := r.conn.SendBatch(ctx, closing)
-		defer br.Close()
-		if n == 0 {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		} else if err := br.QueryRow().Scan(&changed); err != nil {
-			return err
-		}
-		if final {
-			if _, err := br.Exec(); err != nil {
-				return err
-			}
-		}
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-		return br.Close()
-	}()
-	if err != nil {
+	if err := r.conn.SendBatch(ctx, closing).Close(); err != nil {
 		return false, err
 	}
 	committed = true
-	if n == 0 {
+	if final {
 		r.job.State = Done
+	}
+	if n == 0 {
 		return false, nil
 	}
 	r.job.LastKey = slices.Clone(end)
 	r.job.RowsDone += changed
 	r.job.Batches++
 	r.rowsRun += changed
-	if final {
-		r.job.State = Done
-	}
 	return !final, nil
 }
 
