@@ -43,9 +43,11 @@ wait for locks on the table. Needs spiredb migrate up (the jobs table).
 
 --max-impact 30% paces the job by what SPIRE feels instead: on a second
 session spiredb times a minimal write transaction every 20 ms (its commit
-waits for the WAL flush, like each of SPIRE's writes) and, when
-pg_stat_statements is readable, the mean time of the table's other
-statements; while either is more than 30% above its baseline (measured with
+waits for the WAL flush, like each of SPIRE's writes; averaged as a client
+that waits for each transaction feels it, so 30% slower per transaction is
+about a quarter less throughput) and, when pg_stat_statements is readable,
+the mean time of the table's other statements per call; while either is
+more than 30% above its baseline (measured with
 the job idle before the first batch and for a second every 30 s), batches
 get shorter and then the rest after each batch grows, in proportion to the
 excess; under the budget the rest shrinks, hardly at all near it. Batches

@@ -55,10 +55,11 @@ type Options struct {
 	Rest float64
 	// MaxImpact, when above zero, paces the job by what the live workload
 	// feels: the commit latency of a minimal write transaction (measured
-	// every 20 ms on a second session) and the mean time of the table's
-	// other statements (pg_stat_statements), each against its idle
+	// every 20 ms on a second session, averaged as a client that waits for
+	// each transaction feels it) and the mean time of the table's other
+	// statements per call (pg_stat_statements), each against its idle
 	// baseline. While either is more than MaxImpact above it (0.3: 30%
-	// slower), batches get shorter (their duration target halves, from
+	// slower per call, about a quarter less throughput), batches get shorter (their duration target halves, from
 	// 15 ms down to 5 ms) and then the rest after each batch grows, in steps
 	// proportional to the excess; under the budget the rest shrinks first,
 	// and under half of it batches grow back (up to 50 ms). Lock waits on

@@ -22,9 +22,11 @@ import (
 //     pg_logical_emit_message: an xid, one WAL record, a commit that waits for
 //     the WAL flush and any synchronous standby), every 20 ms on a session
 //     of its own: what each of SPIRE's write transactions pays on top of its
-//     own work;
+//     own work, averaged as a client that waits for each transaction feels
+//     it (felt);
 //   - when pg_stat_statements is readable, the mean execution time of the
-//     other statements that name the table (spiredb's own excluded);
+//     other statements that name the table (spiredb's own excluded), which
+//     is already an average over their calls;
 //
 // and compares each with its baseline, taken before the first batch with the
 // backfill idle and again every 30 s. When either rises by more than
@@ -72,8 +74,8 @@ type governor struct {
 	done    chan struct{}
 
 	// baselines, from the last calibration
-	baseProbe time.Duration   // the probe's mean latency: the median of the last calibrations
-	baseHist  []time.Duration // the last calibrations' means
+	baseProbe time.Duration   // the probe's felt latency: the median of the last calibrations
+	baseHist  []time.Duration // the last calibrations' felt latencies
 	baseStmt  float64         // ms per call of the table's other statements; 0: unknown
 	queryIDs  []int64         // those statements in pg_stat_statements
 	pgss      string          // its qualified function, "" when not installed
@@ -159,21 +161,26 @@ func (g *governor) takeSamples() []time.Duration {
 	return s
 }
 
-// mean is the mean of s without its slowest 5%: a checkpoint's or a
-// neighbour's spike is not the backfill's doing, and one would move a
-// window's mean more than all of the job's batches.
-func mean(s []time.Duration) time.Duration {
+// felt is the latency a closed-loop client's calls see, on average, from
+// samples taken at even times: their harmonic mean. Such a client (a SPIRE
+// server, pgbench) sends its next transaction when the last returns, so it
+// makes 1/L calls a second while the latency is L: weighting each sample by
+// that, Σ(L·1/L)/Σ(1/L) = n/Σ(1/L). Its throughput moves by the inverse, so
+// the arithmetic mean (what the probe measured before) overstated the
+// workload's loss: half the time at twice the latency read as 50% slower
+// where the writers lost a quarter of their throughput (33% slower per
+// call); a 20 ms governor at --max-impact 50% left them at 102% of idle
+// throughput (docs/BENCHMARKS.md). A stall moves it by what it cost the
+// calls, not by its length.
+func felt(s []time.Duration) time.Duration {
 	if len(s) == 0 {
 		return 0
 	}
-	s = slices.Clone(s)
-	slices.Sort(s)
-	s = s[:len(s)-len(s)/20]
-	var sum time.Duration
+	var inv float64
 	for _, d := range s {
-		sum += d
+		inv += 1 / float64(max(d, time.Microsecond))
 	}
-	return sum / time.Duration(len(s))
+	return time.Duration(float64(len(s)) / inv)
 }
 
 func p90(s []time.Duration) time.Duration {
@@ -239,7 +246,7 @@ func (g *governor) calibrate(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 	}
 	// one second of a shared server is noisy: the median of the last three
-	if m := mean(g.takeSamples()); m > 0 {
+	if m := felt(g.takeSamples()); m > 0 {
 		g.baseHist = append(g.baseHist, m)
 		if len(g.baseHist) > 3 {
 			g.baseHist = g.baseHist[1:]
@@ -256,7 +263,7 @@ func (g *governor) calibrate(ctx context.Context, d time.Duration) error {
 	// the first window starts where the calibration ended
 	g.stmtCalls, g.stmtTime = c1, t1
 	g.windowStart, g.lastCalib = time.Now(), time.Now()
-	g.log.Debug("backfill impact baseline", "probe_mean", g.baseProbe, "statement_ms", g.baseStmt)
+	g.log.Debug("backfill impact baseline", "probe_felt", g.baseProbe, "statement_ms", g.baseStmt)
 	return nil
 }
 
@@ -298,8 +305,8 @@ func (g *governor) observe(ctx context.Context) error {
 	s := g.takeSamples()
 	impact, why := 0.0, ""
 	if len(s) >= 10 && g.baseProbe > 0 {
-		if f := float64(mean(s))/float64(g.baseProbe) - 1; f > impact {
-			impact, why = f, fmt.Sprintf("commit latency %s (idle %s; p90 %s)", mean(s).Round(10*time.Microsecond),
+		if f := float64(felt(s))/float64(g.baseProbe) - 1; f > impact {
+			impact, why = f, fmt.Sprintf("commit latency %s (idle %s; p90 %s)", felt(s).Round(10*time.Microsecond),
 				g.baseProbe.Round(10*time.Microsecond), p90(s).Round(10*time.Microsecond))
 		}
 	}

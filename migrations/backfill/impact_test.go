@@ -1,6 +1,9 @@
 package backfill
 
 import (
+	"slices"
+	"time"
+
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -71,4 +74,26 @@ func TestPaceSettles(t *testing.T) {
 	}
 	assert.Greater(t, lo, 0.8, "never back to back")
 	assert.Less(t, hi, 4.0, "never the longest rest")
+}
+
+// TestFelt: the probe samples latency at even times, but a writer that
+// sends its next transaction when the last one returns (SPIRE's servers,
+// pgbench) makes more calls while the server is fast. What its calls feel
+// on average — and what its throughput loses — is the harmonic mean of the
+// samples: half the time at twice the latency is a third slower per call
+// (throughput 75%), not half.
+func TestFelt(t *testing.T) {
+	ms := time.Millisecond
+	var s []time.Duration
+	for range 50 {
+		s = append(s, ms, 2*ms)
+	}
+	assert.InDelta(t, float64(4*ms/3), float64(felt(s)), float64(10*time.Microsecond))
+
+	// one stall among fifty calls is not the backfill's pace
+	s = slices.Repeat([]time.Duration{ms}, 49)
+	s = append(s, 100*ms)
+	assert.Less(t, felt(s), ms*103/100)
+
+	assert.Zero(t, felt(nil))
 }
