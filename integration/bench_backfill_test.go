@@ -33,7 +33,9 @@ import (
 // (SPIREDB_BENCH_BACKFILL_IMPACT, space-separated, default 30%); (c) and
 // each (d) after the same with the spiredb binary
 // SPIREDB_BENCH_BACKFILL_OTHER_BIN names, when set (an earlier build, to
-// compare in one run). Each
+// compare in one run); then (e) spiredb migrate backfill with each set of
+// flags in SPIREDB_BENCH_BACKFILL_MODES (;-separated, e.g. "--batch-size
+// 100; --batch-size 100 --rest 1"), to compare modes in one run. Each
 // method starts after a VACUUM and a CHECKPOINT; the writers' idle
 // throughput and latency are measured first.
 func BenchmarkBackfill(b *testing.B) {
@@ -197,6 +199,13 @@ func BenchmarkBackfill(b *testing.B) {
 			run("(d) --max-impact "+imp, func() result {
 				return backfillPhase("(d) spiredb migrate backfill --max-impact "+imp, bin, "--max-impact", imp)
 			})
+		}
+		for _, mode := range strings.Split(os.Getenv("SPIREDB_BENCH_BACKFILL_MODES"), ";") {
+			if args := strings.Fields(mode); len(args) > 0 {
+				run("(e) "+strings.Join(args, " "), func() result {
+					return backfillPhase("(e) spiredb migrate backfill "+strings.Join(args, " "), bin, args...)
+				})
+			}
 		}
 		one := runs[0].res
 		for i, m := range runs[1:] {
