@@ -25,6 +25,7 @@ import (
 	"github.com/spiredb/spiredb/internal/tcpproxy"
 	"github.com/spiredb/spiredb/migrations"
 	"github.com/spiredb/spiredb/migrations/backfill"
+	"github.com/spiredb/spiredb/replication"
 )
 
 func writeMigrations(t *testing.T, files map[string]string) string {
@@ -531,6 +532,76 @@ func TestBackfillMaxImpactYieldsToTheWorkload(t *testing.T) {
 	}
 }
 
+// TestBackfillPausesWhileSessionsWait: with PauseOnLockWaits (and under
+// --max-impact) the job changes nothing while another session waits for a
+// lock on the table — it would queue behind that session and everything
+// after it would queue behind the job — and goes on when the wait ends.
+func TestBackfillPausesWhileSessionsWait(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+	_, err := db.Pool.Exec(ctx, "CREATE TABLE pw (id int PRIMARY KEY, n int DEFAULT 0); INSERT INTO pw (id) SELECT g FROM generate_series(1, 5000) g")
+	require.NoError(t, err)
+
+	// a writer holds a row; a migration's LOCK TABLE waits behind it
+	holder, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = holder.Rollback(ctx) }()
+	_, err = holder.Exec(ctx, "UPDATE pw SET n = n WHERE id = 1")
+	require.NoError(t, err)
+	waiter, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = waiter.Rollback(ctx) }()
+	locked := make(chan error, 1)
+	go func() {
+		_, err := waiter.Exec(ctx, "LOCK TABLE pw IN SHARE MODE")
+		locked <- err
+	}()
+	require.Eventually(t, func() bool {
+		var n int
+		_ = db.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE relation = 'pw'::regclass AND NOT granted").Scan(&n)
+		return n > 0
+	}, 10*time.Second, 20*time.Millisecond)
+
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var paused atomic.Value
+	paused.Store("")
+	done := make(chan error, 1)
+	go func() {
+		_, err := backfill.Start(ctx, conn, backfill.Spec{Name: "pw", Table: "pw", Set: "n = n + 1"}, backfill.Options{
+			BatchSize: 500, PauseOnLockWaits: true, LockTimeout: 200 * time.Millisecond,
+			Progress: func(p backfill.Progress) {
+				if p.Paused != "" {
+					paused.Store(p.Paused)
+				}
+			}})
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return paused.Load().(string) != "" }, 10*time.Second, 20*time.Millisecond)
+	assert.Contains(t, paused.Load().(string), "wait for locks on public.pw")
+	time.Sleep(500 * time.Millisecond) // two more looks: still paused, nothing changed
+	var changed int64
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM pw WHERE n <> 0").Scan(&changed))
+	assert.Zero(t, changed, "nothing changes while a session waits")
+	select {
+	case err := <-done:
+		t.Fatalf("the job ended while paused: %v", err)
+	default:
+	}
+
+	// the wait ends: the job goes on to the end
+	require.NoError(t, holder.Commit(ctx))
+	require.NoError(t, <-locked)
+	require.NoError(t, waiter.Commit(ctx))
+	require.NoError(t, <-done)
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM pw WHERE n <> 1").Scan(&changed))
+	assert.Zero(t, changed)
+}
+
 // TestBackfillBatchRoundTrips: a batch's statements go to the server in
 // two pipelined round trips. One round trip each (eight) was most of a
 // short batch's fixed cost: 100-row batches ran 1.7× as long per row as
@@ -553,17 +624,24 @@ func TestBackfillBatchRoundTrips(t *testing.T) {
 	require.NoError(t, err)
 	defer conn.Close(ctx)
 
-	before := proxy.ClientSends()
-	job, err := backfill.Start(ctx, conn, backfill.Spec{Name: "rt", Table: "rt", Set: "n = n + 1"}, backfill.Options{BatchSize: 100})
-	require.NoError(t, err)
-	sends := proxy.ClientSends() - before
-	require.Equal(t, backfill.Done, job.State)
-	require.EqualValues(t, 20000, job.RowsDone)
-	require.GreaterOrEqual(t, job.Batches, int64(200))
-	perBatch := float64(sends) / float64(job.Batches)
-	t.Logf("%d sends for %d batches: %.2f per batch", sends, job.Batches, perBatch)
-	assert.LessOrEqual(t, perBatch, 2.5, "two round trips a batch, and the job's few before the first")
-	var wrong int64
-	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM rt WHERE n <> 1").Scan(&wrong))
-	assert.Zero(t, wrong)
+	// the checks for room (lock waits, a standby's lag, both under
+	// --max-impact) ride the batch's first round trip rather than adding one
+	for i, opts := range []backfill.Options{
+		{BatchSize: 100},
+		{BatchSize: 100, PauseOnLockWaits: true, MaxReplicaLag: replication.Limit{Bytes: 1 << 30, Duration: time.Minute}},
+	} {
+		before := proxy.ClientSends()
+		job, err := backfill.Start(ctx, conn, backfill.Spec{Name: fmt.Sprintf("rt%d", i), Table: "rt", Set: "n = n + 1"}, opts)
+		require.NoError(t, err)
+		sends := proxy.ClientSends() - before
+		require.Equal(t, backfill.Done, job.State)
+		require.EqualValues(t, 20000, job.RowsDone)
+		require.GreaterOrEqual(t, job.Batches, int64(200))
+		perBatch := float64(sends) / float64(job.Batches)
+		t.Logf("%+v: %d sends for %d batches: %.2f per batch", opts, sends, job.Batches, perBatch)
+		assert.LessOrEqual(t, perBatch, 2.5, "two round trips a batch, and the job's few before the first")
+		var wrong int64
+		require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM rt WHERE n <> $1", i+1).Scan(&wrong))
+		assert.Zero(t, wrong)
+	}
 }
