@@ -48,10 +48,10 @@ that waits for each transaction feels it, so 30% slower per transaction is
 about a quarter less throughput) and, when pg_stat_statements is readable,
 the mean time of the table's other statements per call; while either is
 more than 30% above its baseline (measured with
-the job idle before the first batch and for a second every 30 s), batches
-get shorter and then the rest after each batch grows, in proportion to the
-excess; under the budget the rest shrinks, hardly at all near it. Batches
-are kept to 50 ms, and lock waits on the table pause the job.`,
+the job idle before the first batch and for a second every 30 s), the rest
+after each batch grows, in proportion to the excess; under the budget the
+rest shrinks, hardly at all near it. Batches aim at 25 ms (50 ms at most),
+and lock waits on the table pause the job.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()

@@ -59,8 +59,9 @@ type Options struct {
 	// each transaction feels it) and the mean time of the table's other
 	// statements per call (pg_stat_statements), each against its idle
 	// baseline. While either is more than MaxImpact above it (0.3: 30%
-	// slower per call, about a quarter less throughput), batches get shorter (their duration target halves, from
-	// 15 ms down to 5 ms) and then the rest after each batch grows, in steps
+	// slower per call, about a quarter less throughput), batches that had
+	// grown get shorter (down to 25 ms) and then the rest after each batch
+	// grows, in steps
 	// proportional to the excess; under the budget the rest shrinks first,
 	// and under half of it batches grow back (up to 50 ms). Lock waits on
 	// the table pause the job, and the baseline is measured again every 30 s
