@@ -37,6 +37,17 @@ func writeMigrations(t *testing.T, files map[string]string) string {
 	return dir
 }
 
+// migratedDB is a fresh database with spiredb's migrations up and sql run.
+func migratedDB(t *testing.T, sql string) *pgtest.DB {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+	_, err := db.Pool.Exec(context.Background(), sql)
+	require.NoError(t, err)
+	return db
+}
+
 func migrateStatus(t *testing.T, dsn string, args ...string) (migrations.Status, int) {
 	t.Helper()
 	out, stderr, code := runCLI(t, nil, append([]string{"migrate", "status", "--dsn", dsn, "-o", "json"}, args...)...)
@@ -394,20 +405,16 @@ func TestBackfillExactlyOnceUnderWritersAndKills(t *testing.T) {
 func TestBackfillCancelAndResume(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := pgtest.NewDB(t)
-	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
-	require.Equal(t, 0, code, stderr)
-	_, err := db.Pool.Exec(ctx, "CREATE TABLE c (a int, b int, n int DEFAULT 0, PRIMARY KEY (a, b)); INSERT INTO c (a, b) SELECT g / 100, g % 100 FROM generate_series(1, 200000) g")
-	require.NoError(t, err)
+	db := migratedDB(t, "CREATE TABLE c (a int, b int, n int DEFAULT 0, PRIMARY KEY (a, b)); INSERT INTO c (a, b) SELECT g / 100, g % 100 FROM generate_series(1, 200000) g")
 	cmd := exec.CommandContext(ctx, spiredbCLI(t), "migrate", "backfill", "--dsn", db.DSN, "--table", "c", "--set", "n = n + 1",
 		"--name", "slow", "--batch-size", "500", "--where", "b % 2 = 0 OR pg_sleep(0) IS NOT NULL", "--allow-volatile")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	require.NoError(t, cmd.Start())
 	waitTrue(t, db.DSN, "SELECT coalesce((SELECT batches > 3 FROM spiredb.backfill_jobs WHERE name = 'slow'), false)")
-	_, stderr, code = runCLI(t, nil, "migrate", "backfill", "--dsn", db.DSN, "--cancel", "slow")
+	_, stderr, code := runCLI(t, nil, "migrate", "backfill", "--dsn", db.DSN, "--cancel", "slow")
 	require.Equal(t, 0, code, stderr)
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee, out.String())
 	assert.Equal(t, 1, ee.ExitCode())
@@ -438,13 +445,9 @@ func TestBackfillMaxImpactYieldsToTheWorkload(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	db := pgtest.NewDB(t)
-	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
-	require.Equal(t, 0, code, stderr)
-	_, err := db.Pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+	db := migratedDB(t, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 		CREATE TABLE impact_entries (id int PRIMARY KEY, n int DEFAULT 0);
 		INSERT INTO impact_entries (id) SELECT g FROM generate_series(1, 1000000) g`)
-	require.NoError(t, err)
 
 	var sleep atomic.Value
 	sleep.Store(0.001)
@@ -539,11 +542,7 @@ func TestBackfillMaxImpactYieldsToTheWorkload(t *testing.T) {
 func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := pgtest.NewDB(t)
-	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
-	require.Equal(t, 0, code, stderr)
-	_, err := db.Pool.Exec(ctx, "CREATE TABLE pw (id int PRIMARY KEY, n int DEFAULT 0); INSERT INTO pw (id) SELECT g FROM generate_series(1, 5000) g")
-	require.NoError(t, err)
+	db := migratedDB(t, "CREATE TABLE pw (id int PRIMARY KEY, n int DEFAULT 0); INSERT INTO pw (id) SELECT g FROM generate_series(1, 5000) g")
 
 	// a writer holds a row; a migration's LOCK TABLE waits behind it
 	holder, err := db.Pool.Begin(ctx)
@@ -609,11 +608,7 @@ func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 func TestBackfillBatchRoundTrips(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	db := pgtest.NewDB(t)
-	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
-	require.Equal(t, 0, code, stderr)
-	_, err := db.Pool.Exec(ctx, "CREATE TABLE rt (id int PRIMARY KEY, n int DEFAULT 0); INSERT INTO rt (id) SELECT g FROM generate_series(1, 20000) g")
-	require.NoError(t, err)
+	db := migratedDB(t, "CREATE TABLE rt (id int PRIMARY KEY, n int DEFAULT 0); INSERT INTO rt (id) SELECT g FROM generate_series(1, 20000) g")
 	cfg, err := pgx.ParseConfig(db.DSN)
 	require.NoError(t, err)
 	proxy, err := tcpproxy.Start(net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))))
