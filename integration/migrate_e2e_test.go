@@ -553,6 +553,8 @@ func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 	waiter, err := db.Pool.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = waiter.Rollback(ctx) }()
+	_, err = waiter.Exec(ctx, "SET LOCAL lock_timeout = 0") // it waits as long as it takes
+	require.NoError(t, err)
 	locked := make(chan error, 1)
 	go func() {
 		_, err := waiter.Exec(ctx, "LOCK TABLE pw IN SHARE MODE")
@@ -592,11 +594,26 @@ func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 	default:
 	}
 
-	// the wait ends: the job goes on to the end
+	// a paused job hears a cancel (an operator's way out of a long wait)
+	cc, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer cc.Close(ctx)
+	_, err = backfill.Cancel(ctx, cc, "pw")
+	require.NoError(t, err)
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, backfill.ErrCancelled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the paused job did not stop when cancelled")
+	}
+
+	// the wait ends: the resumed job goes on to the end
 	require.NoError(t, holder.Commit(ctx))
 	require.NoError(t, <-locked)
 	require.NoError(t, waiter.Commit(ctx))
-	require.NoError(t, <-done)
+	job, err := backfill.Resume(ctx, conn, "pw", backfill.Options{BatchSize: 500, PauseOnLockWaits: true})
+	require.NoError(t, err)
+	assert.Equal(t, backfill.Done, job.State)
 	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM pw WHERE n <> 1").Scan(&changed))
 	assert.Zero(t, changed)
 }
