@@ -61,11 +61,10 @@ type Options struct {
 	// baseline. While either is more than MaxImpact above it (0.3: 30%
 	// slower per call, about a quarter less throughput), batches that had
 	// grown get shorter (down to 25 ms) and then the rest after each batch
-	// grows, in steps
-	// proportional to the excess; under the budget the rest shrinks first,
-	// and under half of it batches grow back (up to 50 ms). Lock waits on
-	// the table pause the job, and the baseline is measured again every 30 s
-	// with the job idle for a second.
+	// grows, in steps proportional to the excess; under the budget the rest
+	// shrinks first, and under half of it batches grow back (up to 50 ms).
+	// Lock waits on the table pause the job, and the baseline is measured
+	// again every 30 s with the job idle for a second.
 	MaxImpact float64
 	// AllowVolatile accepts volatile functions in Set and Where.
 	AllowVolatile bool

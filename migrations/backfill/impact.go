@@ -173,8 +173,8 @@ func (g *governor) takeSamples() []time.Duration {
 // the arithmetic mean (what the probe measured before) overstated the
 // workload's loss: half the time at twice the latency read as 50% slower
 // where the writers lost a quarter of their throughput (33% slower per
-// call); a 20 ms governor at --max-impact 50% left them at 102% of idle
-// throughput (docs/BENCHMARKS.md). A stall moves it by what it cost the
+// call); on the arithmetic mean, --max-impact 50% left them at 102% of
+// their idle throughput (docs/BENCHMARKS.md). A stall moves it by what it cost the
 // calls, not by its length.
 func felt(s []time.Duration) time.Duration {
 	if len(s) == 0 {
