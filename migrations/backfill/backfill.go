@@ -535,12 +535,8 @@ func (r *run) loop(ctx context.Context) error {
 		}
 		var busy *noRoomError
 		if errors.As(err, &busy) {
-			r.log.Info("backfill paused", "job", r.job.Name, "reason", busy.reason)
-			r.progress(busy.reason)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(250 * time.Millisecond):
+			if err := r.waitForRoom(ctx, busy.reason); err != nil {
+				return err
 			}
 			continue
 		}
@@ -623,6 +619,35 @@ func (r *run) queueRoomChecks(b *pgx.Batch) (room func() string) {
 		}
 		return ""
 	}
+}
+
+// waitForRoom pauses the job, which found no room for a batch (why), until
+// there is: every 250 ms it looks again at what paused it and at the job's
+// state, not with a whole batch (its range query would read up to a
+// batch's keys each time), and a cancel ends the pause.
+func (r *run) waitForRoom(ctx context.Context, why string) error {
+	for why != "" {
+		r.log.Info("backfill paused", "job", r.job.Name, "reason", why)
+		r.progress(why)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		var state string
+		look := &pgx.Batch{}
+		look.Queue(pg.Marker+"SELECT state FROM spiredb.backfill_jobs WHERE name = $1", r.job.Name).
+			QueryRow(func(row pgx.Row) error { return row.Scan(&state) })
+		room := r.queueRoomChecks(look)
+		if err := r.conn.SendBatch(ctx, look).Close(); err != nil {
+			return err
+		}
+		if state == Cancelled {
+			return ErrCancelled
+		}
+		why = room()
+	}
+	return nil
 }
 
 // batch runs one batch in its own transaction: the job row locked (so a

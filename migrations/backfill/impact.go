@@ -308,9 +308,9 @@ func (g *governor) observe(ctx context.Context) error {
 	}
 	s := g.takeSamples()
 	impact, why := 0.0, ""
-	if len(s) >= 10 && g.baseProbe > 0 {
-		if f := float64(felt(s))/float64(g.baseProbe) - 1; f > impact {
-			impact, why = f, fmt.Sprintf("commit latency %s (idle %s; p90 %s)", felt(s).Round(10*time.Microsecond),
+	if m := felt(s); len(s) >= 10 && g.baseProbe > 0 {
+		if f := float64(m)/float64(g.baseProbe) - 1; f > impact {
+			impact, why = f, fmt.Sprintf("commit latency %s (idle %s; p90 %s)", m.Round(10*time.Microsecond),
 				g.baseProbe.Round(10*time.Microsecond), p90(s).Round(10*time.Microsecond))
 		}
 	}
