@@ -33,8 +33,8 @@ import (
 // (SPIREDB_BENCH_BACKFILL_IMPACT, space-separated, default 30%); (c) and
 // each (d) after the same with the spiredb binary
 // SPIREDB_BENCH_BACKFILL_OTHER_BIN names, when set (an earlier build, to
-// compare in one run); then (e) spiredb migrate backfill with each set of
-// flags in SPIREDB_BENCH_BACKFILL_MODES (;-separated, e.g. "--batch-size
+// compare in one run); then (e) spiredb migrate backfill (and the other
+// build) with each set of flags in SPIREDB_BENCH_BACKFILL_MODES (;-separated, e.g. "--batch-size
 // 100; --batch-size 100 --rest 1"), to compare modes in one run. Each
 // method starts after a VACUUM and a CHECKPOINT; the writers' idle
 // throughput and latency are measured first.
@@ -184,27 +184,26 @@ func BenchmarkBackfill(b *testing.B) {
 				})
 			})
 		}
-		if other != "" {
-			run("(c) other build", func() result { return backfillPhase("(c) other build: migrate backfill", other) })
-		}
-		run("(c) default", func() result { return backfillPhase("(c) spiredb migrate backfill", bin) })
-		for _, imp := range impacts {
-			// another build beside this one, in the same run (the machine
-			// is too noisy to compare runs)
+		// each backfill method runs with the other build first, when one is
+		// named (the machine is too noisy to compare builds across runs)
+		backfills := func(label string, args ...string) {
+			flags := strings.Join(args, " ")
 			if other != "" {
-				run("(d) other build --max-impact "+imp, func() result {
-					return backfillPhase("(d) other build: migrate backfill --max-impact "+imp, other, "--max-impact", imp)
+				run(strings.TrimSpace(label+" other build "+flags), func() result {
+					return backfillPhase(strings.TrimSpace(label+" other build: migrate backfill "+flags), other, args...)
 				})
 			}
-			run("(d) --max-impact "+imp, func() result {
-				return backfillPhase("(d) spiredb migrate backfill --max-impact "+imp, bin, "--max-impact", imp)
+			run(label+" "+cmp.Or(flags, "default"), func() result {
+				return backfillPhase(strings.TrimSpace(label+" spiredb migrate backfill "+flags), bin, args...)
 			})
+		}
+		backfills("(c)")
+		for _, imp := range impacts {
+			backfills("(d)", "--max-impact", imp)
 		}
 		for _, mode := range strings.Split(os.Getenv("SPIREDB_BENCH_BACKFILL_MODES"), ";") {
 			if args := strings.Fields(mode); len(args) > 0 {
-				run("(e) "+strings.Join(args, " "), func() result {
-					return backfillPhase("(e) spiredb migrate backfill "+strings.Join(args, " "), bin, args...)
-				})
+				backfills("(e)", args...)
 			}
 		}
 		one := runs[0].res
