@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
@@ -104,6 +105,11 @@ type StoreOptions struct {
 	Concurrency int
 	// S3Credentials, when set, replaces the default credential chain.
 	S3Credentials *StaticCredentials
+	// Logger receives the AWS SDK's own messages (its warnings, such as
+	// falling back to IMDSv1), at debug level; nil: slog.Default(). The
+	// SDK would otherwise print them to stderr beside spiredb's one-line
+	// errors.
+	Logger *slog.Logger
 }
 
 // StaticCredentials are explicit S3 keys (tests; operators use the default

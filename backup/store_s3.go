@@ -1,10 +1,12 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/logging"
 )
 
 // Part sizes: S3's minimum, and how many parts a sized upload may use (S3
@@ -27,6 +30,16 @@ const (
 	minPartSize    = 5 << 20
 	maxPartsTarget = 9000
 )
+
+// sdkLogger hands the AWS SDK's messages to spiredb's logger at debug
+// level: its warnings are about its own fallbacks (IMDSv1, skipped
+// checksums), and what they mean for the run reaches the operator as
+// spiredb's error.
+type sdkLogger struct{ l *slog.Logger }
+
+func (s sdkLogger) Logf(c logging.Classification, format string, v ...any) {
+	s.l.Debug("aws sdk: "+fmt.Sprintf(format, v...), "classification", string(c))
+}
 
 // S3Store keeps backups under a bucket prefix. Uploads stream through the
 // transfer manager in parts, so memory stays near PartSize × (Concurrency+1)
@@ -61,6 +74,7 @@ func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3
 			tr.ResponseHeaderTimeout = time.Minute
 			tr.IdleConnTimeout = 90 * time.Second
 		})))
+	loadOpts = append(loadOpts, config.WithLogger(sdkLogger{cmp.Or(o.Logger, slog.Default())}))
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("loading AWS configuration: %w", err)

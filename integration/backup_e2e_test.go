@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -18,6 +20,34 @@ import (
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
 )
+
+// TestBackupWithoutCredentialsIsOneLine: with no credentials anywhere in
+// the AWS chain, on a host whose instance metadata service refuses
+// sessions (IMDSv2 tokens; a metadata proxy, a hardened node), the run
+// exits 3 with one line saying what to set — not the SDK's own warnings
+// on stderr around it.
+func TestBackupWithoutCredentialsIsOneLine(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut { // /latest/api/token
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		http.NotFound(w, r) // no role
+	}))
+	defer imds.Close()
+	env := []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SESSION_TOKEN=", "AWS_PROFILE=",
+		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_REGION=" + s3test.Region,
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=", "AWS_CONTAINER_CREDENTIALS_FULL_URI=", "AWS_WEB_IDENTITY_TOKEN_FILE=",
+		"AWS_EC2_METADATA_DISABLED=false", "AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imds.URL}
+	out, stderr, code := runCLI(t, env, "backup", "run", "--dsn", db.DSN, "--store", "s3://spiredb-none/x",
+		"--s3-endpoint", "http://127.0.0.1:1", "--s3-path-style")
+	require.Equal(t, 3, code, stderr)
+	require.Empty(t, out)
+	require.Contains(t, stderr, "no AWS credentials found")
+	require.Equal(t, 0, strings.Count(strings.TrimSpace(stderr), "\n"), "one line: %q", stderr)
+}
 
 // s3CLI returns the environment and flags that point the spiredb CLI at a
 // versitygw bucket through the AWS default credential chain.

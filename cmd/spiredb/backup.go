@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -22,6 +23,7 @@ import (
 
 // storeFlags are shared by every backup command.
 type storeFlags struct {
+	g *globals // its logger, for the S3 SDK's messages
 	// restoreCommand overrides the restore_command of PITR restores
 	restoreCommand string
 	// keys: recipients and identities of the commands that take them
@@ -59,6 +61,7 @@ func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
 	}
 	s, err := backup.OpenStore(cmd.Context(), u, backup.StoreOptions{
 		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3PathStyle: f.s3PathStyle, SSE: f.sse, SSEKMSKeyID: f.sseKMSKeyID,
+		Logger: f.logger(),
 	})
 	if err != nil {
 		return nil, usageErrorf("%w", err)
@@ -119,10 +122,17 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+func (f *storeFlags) logger() *slog.Logger {
+	if f.g == nil {
+		return nil
+	}
+	return f.g.logger
+}
+
 func (f *storeFlags) tools() backup.Tools { return backup.Tools{BinDir: f.pgBin} }
 
 func newBackupCmd(g *globals) *cobra.Command {
-	f := &storeFlags{}
+	f := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Back up, list, verify, restore and prune SPIRE datastore backups",

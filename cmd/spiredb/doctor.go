@@ -17,7 +17,7 @@ import (
 )
 
 func newDoctorCmd(g *globals) *cobra.Command {
-	sf := &storeFlags{}
+	sf := &storeFlags{g: g}
 	tf := &tuneFlags{}
 	var replicas []string
 	var maxBackupAge, maxUnverified, eventsPrune time.Duration

@@ -27,7 +27,7 @@ func newSpireCmd(g *globals) *cobra.Command {
 }
 
 func newSpireUpgradeCheckCmd(g *globals) *cobra.Command {
-	sf := &storeFlags{}
+	sf := &storeFlags{g: g}
 	var to, spireServer, scratchDSN, trustDomain, backupID, tempDir string
 	var maxBackupAge, timeout time.Duration
 	cmd := &cobra.Command{

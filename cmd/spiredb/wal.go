@@ -14,7 +14,7 @@ import (
 )
 
 func newWALCmd(g *globals) *cobra.Command {
-	f := &storeFlags{}
+	f := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "wal",
 		Short: "Archive WAL into the backup store and restore it (archive_command, restore_command)",
