@@ -161,7 +161,7 @@ func (s *Scheduler) collect(ctx context.Context) {
 func (s *Scheduler) collectBackups(ctx context.Context) error {
 	if s.store == nil {
 		// opened once: an S3 store loads credentials and builds its client
-		store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{})
+		store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{Logger: s.log})
 		if err != nil {
 			return err
 		}
