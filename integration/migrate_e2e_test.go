@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -570,10 +572,12 @@ func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 	defer conn.Close(ctx)
 	var paused atomic.Value
 	paused.Store("")
+	var logs syncBuffer
 	done := make(chan error, 1)
 	go func() {
 		_, err := backfill.Start(ctx, conn, backfill.Spec{Name: "pw", Table: "pw", Set: "n = n + 1"}, backfill.Options{
 			BatchSize: 500, PauseOnLockWaits: true, LockTimeout: 200 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 			Progress: func(p backfill.Progress) {
 				if p.Paused != "" {
 					paused.Store(p.Paused)
@@ -587,6 +591,8 @@ func TestBackfillPausesWhileSessionsWait(t *testing.T) {
 	var changed int64
 	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM pw WHERE n <> 0").Scan(&changed))
 	assert.Zero(t, changed, "nothing changes while a session waits")
+	assert.Equal(t, 1, strings.Count(logs.String(), "backfill paused"),
+		"a pause is logged when it begins, not at every look (four a second): %s", logs.String())
 	select {
 	case err := <-done:
 		t.Fatalf("the job ended while paused: %v", err)
@@ -655,4 +661,22 @@ func TestBackfillBatchRoundTrips(t *testing.T) {
 		require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM rt WHERE n <> $1", i+1).Scan(&wrong))
 		assert.Zero(t, wrong)
 	}
+}
+
+// syncBuffer is a bytes.Buffer a logger and the test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

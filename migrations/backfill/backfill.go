@@ -624,10 +624,17 @@ func (r *run) queueRoomChecks(b *pgx.Batch) (room func() string) {
 // waitForRoom pauses the job, which found no room for a batch (why), until
 // there is: every 250 ms it looks again at what paused it and at the job's
 // state, not with a whole batch (its range query would read up to a
-// batch's keys each time), and a cancel ends the pause.
+// batch's keys each time), and a cancel ends the pause. The log says when
+// the pause begins, every 30 s while it lasts and when it ends; progress
+// hears every look.
 func (r *run) waitForRoom(ctx context.Context, why string) error {
+	began := time.Now()
+	var logged time.Time
 	for why != "" {
-		r.log.Info("backfill paused", "job", r.job.Name, "reason", why)
+		if time.Since(logged) >= 30*time.Second {
+			r.log.Info("backfill paused", "job", r.job.Name, "reason", why)
+			logged = time.Now()
+		}
 		r.progress(why)
 		select {
 		case <-ctx.Done():
@@ -647,6 +654,7 @@ func (r *run) waitForRoom(ctx context.Context, why string) error {
 		}
 		why = room()
 	}
+	r.log.Info("backfill resumed", "job", r.job.Name, "paused", time.Since(began).Round(time.Millisecond))
 	return nil
 }
 

@@ -2,9 +2,8 @@ package backfill
 
 import (
 	"slices"
-	"time"
-
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 )
