@@ -251,7 +251,7 @@ func FetchWAL(ctx context.Context, o FetchOptions) error {
 	if o.SpoolDir == "" {
 		o.SpoolDir = filepath.Join(filepath.Dir(o.Dest), ".spiredb-prefetch")
 	}
-	spooled := filepath.Join(o.SpoolDir, o.Name)
+	spooled := filepath.Join(o.SpoolDir, o.Name+spoolSuffix)
 	if _, err := os.Stat(spooled); err == nil {
 		// checked when it was spooled: hand it over
 		if err := os.Rename(spooled, o.Dest); err == nil {
@@ -267,12 +267,13 @@ func FetchWAL(ctx context.Context, o FetchOptions) error {
 			next := w.SegNo(defaultSegSize)
 			for i := range o.Prefetch {
 				name := SegmentName(w.TLI, next+uint64(i)+1, defaultSegSize)
-				if _, err := os.Stat(filepath.Join(o.SpoolDir, name)); err == nil {
+				to := filepath.Join(o.SpoolDir, name+spoolSuffix)
+				if _, err := os.Stat(to); err == nil {
 					continue
 				}
 				wg.Go(func() {
 					// a missing next segment is the archive's end: normal
-					if err := restoreWAL(ctx, o.Store, name, filepath.Join(o.SpoolDir, name), o.Keys); err != nil && !errors.Is(err, ErrNotFound) {
+					if err := restoreWAL(ctx, o.Store, name, to, o.Keys); err != nil && !errors.Is(err, ErrNotFound) {
 						logger.Warn("prefetching a WAL file failed; it is fetched again when needed", "name", name, "err", err)
 					}
 				})
@@ -288,12 +289,35 @@ func FetchWAL(ctx context.Context, o FetchOptions) error {
 	return nil
 }
 
-// cleanSpool removes spooled files that sort before name: recovery has
-// passed them (or moved to a later timeline).
+// spoolSuffix ends the name of every file fetch spools: the spool may be a
+// directory that holds other files (--spool-dir), WAL-named ones included,
+// and fetch hands over, and removes, only what it wrote itself.
+const spoolSuffix = ".spiredb-spooled"
+
+// spooledWAL is the WAL file name a spool entry holds, and whether it is
+// an unfinished download; ok is false for a file fetch did not write.
+func spooledWAL(entry string) (name string, partial, ok bool) {
+	if rest, tmp := strings.CutPrefix(entry, "."); tmp {
+		if entry, _, partial = strings.Cut(rest, partialMarker); !partial {
+			return "", false, false
+		}
+	}
+	name, ok = strings.CutSuffix(entry, spoolSuffix)
+	if _, wal := ParseWALName(name); !ok || !wal {
+		return "", false, false
+	}
+	return name, partial, true
+}
+
+// cleanSpool removes the files fetch spooled that sort before name
+// (recovery has passed them, or moved to a later timeline) and its
+// unfinished downloads (restore_command runs one at a time, and each
+// waits for its prefetches). Nothing else in dir is touched.
 func cleanSpool(dir, name string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if e.Name() < name || strings.Contains(e.Name(), partialMarker) {
+		wal, partial, ok := spooledWAL(e.Name())
+		if ok && e.Type().IsRegular() && (partial || wal < name) {
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}

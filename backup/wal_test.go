@@ -160,7 +160,9 @@ func TestWALFetchPrefetches(t *testing.T) {
 	require.NoError(t, err)
 	var names []string
 	for _, e := range spool {
-		names = append(names, e.Name())
+		name, ok := strings.CutSuffix(e.Name(), ".spiredb-spooled")
+		require.True(t, ok, "spooled files are named as spiredb's: %s", e.Name())
+		names = append(names, name)
 	}
 	require.Equal(t, []string{"0000000100000000000000FF", "000000010000000100000000", "000000010000000100000001"}, names, "the next segments, across the log boundary")
 
@@ -173,8 +175,9 @@ func TestWALFetchPrefetches(t *testing.T) {
 		require.True(t, bytes.Equal(contents[name], got), name)
 	}
 	spool, _ = os.ReadDir(filepath.Join(pgwal, ".spiredb-prefetch"))
+	require.NotEmpty(t, spool)
 	for _, e := range spool {
-		require.False(t, strings.Compare(e.Name(), "000000010000000100000000") <= 0, "passed segments are cleaned: %s", e.Name())
+		require.False(t, strings.Compare(strings.TrimSuffix(e.Name(), ".spiredb-spooled"), "000000010000000100000000") <= 0, "passed segments are cleaned: %s", e.Name())
 	}
 }
 
@@ -225,4 +228,49 @@ func TestWALEncrypted(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, bytes.Equal(content, got), "fetched content differs")
 	})
+}
+
+// TestWALFetchSpoolTouchesOnlyItsOwnFiles: --spool-dir may name a
+// directory that holds other files, WAL-named ones included (an old
+// cp-based archive, say). Fetch never hands one of them to PostgreSQL as
+// a checked segment, never moves one, and never deletes one; it cleans
+// only the files it spooled.
+func TestWALFetchSpoolTouchesOnlyItsOwnFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	contents := map[string][]byte{}
+	for _, name := range []string{"0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000"} {
+		path, c := walFile(t, name)
+		contents[name] = c
+		_, err := backup.PushWAL(ctx, s, path, backup.Keys{}, nil)
+		require.NoError(t, err)
+	}
+	spool := t.TempDir()
+	foreign := map[string]string{
+		".env":                     "SECRET=1",
+		"-notes":                   "kept",
+		"README":                   "another archive",
+		"000000010000000000000001": "an older cluster's segment",
+		"0000000100000000000000FF": "not the store's segment",
+		"x.partial-1":              "someone's partial download",
+	}
+	for name, c := range foreign {
+		require.NoError(t, os.WriteFile(filepath.Join(spool, name), []byte(c), 0o600))
+	}
+	dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	for _, name := range []string{"0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000"} {
+		require.NoError(t, backup.FetchWAL(ctx, backup.FetchOptions{Store: s, Name: name, Dest: dest, Prefetch: 4, SpoolDir: spool}))
+		got, err := os.ReadFile(dest)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(contents[name], got), "%s is the store's, checked, not a file that was in the spool", name)
+	}
+	for name, c := range foreign {
+		got, err := os.ReadFile(filepath.Join(spool, name))
+		require.NoError(t, err, "%s was in the spool before spiredb: it stays", name)
+		require.Equal(t, c, string(got), name)
+	}
+	left, err := os.ReadDir(spool)
+	require.NoError(t, err)
+	require.Len(t, left, len(foreign), "what fetch spooled was handed over or cleaned")
 }
