@@ -77,6 +77,9 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if err != nil {
 		return nil, err
 	}
+	if o.StandbyPassfile, err = absPassfile(o.StandbyPassfile); err != nil {
+		return nil, err
+	}
 	if o.Slot == "" {
 		o.Slot = defaultSlot(dir)
 	}
@@ -324,15 +327,45 @@ func waitStreaming(ctx context.Context, conn *pgx.Conn, slot string, timeout tim
 	return fmt.Errorf("the standby did not start streaming on slot %s within %s", slot, timeout)
 }
 
-// writePassfile writes a libpq password file matching any server,
-// database and user, readable by the server's OS user only.
+// absPassfile: primary_conninfo names the passfile for a server whose
+// working directory is its data directory, not spiredb's.
+func absPassfile(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	return filepath.Abs(path)
+}
+
+// passfileAny starts the one line of a passfile spiredb writes: every
+// host, port, database and user.
+const passfileAny = "*:*:*:*:"
+
+// writePassfile replaces path with a libpq password file matching any
+// server, database and user, readable by the server's OS user only: a new
+// 0600 file renamed over it, so an existing file's looser mode never
+// holds the password (validStandbyPassfile said it may be replaced).
 func writePassfile(path, password string, cred *syscall.Credential) error {
 	escaped := strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(strings.ReplaceAll(password, "\n", ""))
-	if err := os.WriteFile(path, []byte("*:*:*:*:"+escaped+"\n"), 0o600); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
 		return fmt.Errorf("writing passfile %s: %w", path, err)
 	}
-	if cred != nil {
-		return os.Chown(path, int(cred.Uid), int(cred.Gid))
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(passfileAny + escaped + "\n")
+	if err == nil && cred != nil {
+		err = f.Chown(int(cred.Uid), int(cred.Gid))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("writing passfile %s: %w", path, err)
 	}
 	return nil
 }

@@ -96,6 +96,9 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.StandbyPassfile, err = absPassfile(o.StandbyPassfile); err != nil {
+		return nil, err
+	}
 	if o.Slot == "" {
 		o.Slot = defaultSlot(dir)
 	}

@@ -406,3 +406,51 @@ func walkNoSecret(t *testing.T, dir, secret string) {
 		return nil
 	}))
 }
+
+// TestStandbyPassfileIsOnlySpiredbs: --standby-passfile may name a file
+// that exists. One that holds anything but a passfile spiredb wrote (the
+// operator's ~/.pgpass, say) is refused before any work, unchanged; a
+// symlink is refused; an existing world-readable file spiredb may write
+// ends up 0600, never readable by others with the password in it.
+func TestStandbyPassfileIsOnlySpiredbs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	pdsn := primary.DSN("postgres")
+	opts := pg.Options{DSN: pdsn}
+
+	theirs := filepath.Join(primary.Dir, "operator.pgpass")
+	entries := "db.internal:5432:*:app:app-secret\n*:*:*:replicator:other\n"
+	require.NoError(t, os.WriteFile(theirs, []byte(entries), 0o600))
+	link := filepath.Join(primary.Dir, "link.pgpass")
+	require.NoError(t, os.Symlink(filepath.Join(primary.Dir, "elsewhere"), link))
+	for _, path := range []string{theirs, link} {
+		dir := filepath.Join(primary.Dir, "refused")
+		_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: opts, DataDir: dir, StandbyPassfile: path})
+		require.ErrorContains(t, err, "--standby-passfile", path)
+		require.NotContains(t, err.Error(), "\n")
+		require.NoDirExists(t, dir, "refused before any work")
+		err = replication.RejoinOptions{Primary: opts, DataDir: dir, StandbyPassfile: path}.Validate()
+		require.ErrorContains(t, err, "--standby-passfile", "rejoin too")
+	}
+	got, err := os.ReadFile(theirs)
+	require.NoError(t, err)
+	require.Equal(t, entries, string(got), "the operator's entries are kept")
+	require.NoFileExists(t, filepath.Join(primary.Dir, "elsewhere"))
+	slots, err := replication.ListSlots(ctx, opts)
+	require.NoError(t, err)
+	require.Empty(t, slots)
+
+	// an empty file the operator made with touch (0644)
+	touched := filepath.Join(primary.Dir, "touched.pgpass")
+	require.NoError(t, os.WriteFile(touched, nil, 0o644))
+	require.NoError(t, os.Chmod(touched, 0o644))
+	_, err = replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: opts, DataDir: filepath.Join(primary.Dir, "touched"), StandbyPassfile: touched})
+	require.NoError(t, err)
+	st, err := os.Stat(touched)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the password is never in a file others can read")
+	got, err = os.ReadFile(touched)
+	require.NoError(t, err)
+	require.Contains(t, string(got), primary.Password)
+}

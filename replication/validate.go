@@ -3,6 +3,9 @@ package replication
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"strings"
 )
 
 // validDataDir checks what bootstrap and rejoin need of their data
@@ -23,9 +26,40 @@ func validDataDir(dir, slot string, start bool, port int) error {
 	return nil
 }
 
+// validStandbyPassfile refuses a --standby-passfile spiredb must not
+// write: anything but a regular file that is absent, empty or a passfile
+// spiredb wrote (one "*:*:*:*:" line). Writing replaces the whole file, so
+// the operator's own entries (a ~/.pgpass) would be lost.
+func validStandbyPassfile(path string) error {
+	if path == "" {
+		return nil
+	}
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("--standby-passfile: %w", err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("--standby-passfile %s is not a regular file (%s): name a file spiredb may write", path, fi.Mode().Type())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--standby-passfile: %w", err)
+	}
+	line, rest, _ := strings.Cut(string(b), "\n")
+	if len(b) > 0 && (!strings.HasPrefix(line, passfileAny) || rest != "") {
+		return fmt.Errorf("--standby-passfile %s holds other entries (spiredb writes the whole file, for the standby alone): name a new file", path)
+	}
+	return nil
+}
+
 // Validate reports options Bootstrap cannot work with, in one line.
 func (o BootstrapOptions) Validate() error {
 	if err := validDataDir(o.DataDir, o.Slot, o.Start, o.Port); err != nil {
+		return err
+	}
+	if err := validStandbyPassfile(o.StandbyPassfile); err != nil {
 		return err
 	}
 	return o.Primary.Validate()
@@ -34,6 +68,9 @@ func (o BootstrapOptions) Validate() error {
 // Validate reports options Rejoin cannot work with, in one line.
 func (o RejoinOptions) Validate() error {
 	if err := validDataDir(o.DataDir, o.Slot, o.Start, o.Port); err != nil {
+		return err
+	}
+	if err := validStandbyPassfile(o.StandbyPassfile); err != nil {
 		return err
 	}
 	if err := o.Old.Validate(); err != nil {
