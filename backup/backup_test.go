@@ -170,8 +170,8 @@ func requireSameData(t *testing.T, src, dst *pgtest.DB, table string, missing in
 func requireNoScratchDatabases(t *testing.T, db *pgtest.DB, id string) {
 	t.Helper()
 	var n int
-	name := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(id, "-", "_"))
-	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_database WHERE datname = $1", name).Scan(&n))
+	name := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(id, "-", "_")) + "_%"
+	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT count(*) FROM pg_database WHERE datname LIKE $1", name).Scan(&n))
 	require.Zero(t, n, "verify left a scratch database behind")
 }
 

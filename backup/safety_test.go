@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
@@ -403,4 +404,68 @@ func TestLibpqProgramsGetNoSecretsAndTheRightDatabase(t *testing.T) {
 		require.Equal(t, want, info.Mode().Perm(), p)
 		return nil
 	}))
+}
+
+// TestVerifyDropsOnlyItsOwnScratchDatabase: verify, diff and upgrade-check
+// restore into a scratch database they create. A database that merely has
+// the name such a run would use (another run's of the same backup, at the
+// same time, or anybody's), or a scratch database whose run is still alive,
+// is never dropped and its sessions are never ended; only a leftover whose
+// run's session is provably gone is cleaned.
+func TestVerifyDropsOnlyItsOwnScratchDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := spireDB(t, 200)
+	s, err := backup.NewFileStore(t.TempDir())
+	require.NoError(t, err)
+	m, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s})
+	require.NoError(t, err)
+	base := "spiredb_verify_" + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
+	create := func(name, comment string) {
+		_, err := db.Pool.Exec(ctx, "CREATE DATABASE "+name)
+		require.NoError(t, err)
+		t.Cleanup(func() { _, _ = db.Pool.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") })
+		if comment != "" {
+			_, err = db.Pool.Exec(ctx, fmt.Sprintf("COMMENT ON DATABASE %s IS '%s'", name, comment))
+			require.NoError(t, err)
+		}
+	}
+	exists := func(name string) bool {
+		var ok bool
+		require.NoError(t, db.Pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&ok))
+		return ok
+	}
+
+	// the name a run of this backup used to take, with somebody in it
+	create(base, "")
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.Path = "/" + base
+	inside, err := pgx.Connect(ctx, u.String())
+	require.NoError(t, err)
+	defer inside.Close(ctx)
+	var pid uint32
+	var started time.Time
+	require.NoError(t, inside.QueryRow(ctx, "SELECT pg_backend_pid(), backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").Scan(&pid, &started))
+	// a scratch-shaped name without spiredb's mark
+	create(base+"_deadbeef", "")
+	// a run that is still going: its session is alive
+	create(base+"_0a1b2c3d", backup.ScratchComment("verify", m.ID, pid, started))
+	// a run that ended without dropping its database (killed): its
+	// session is gone
+	create(base+"_0badc0de", backup.ScratchComment("verify", m.ID, pid, started.Add(-time.Hour)))
+
+	res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: backup.LevelRestore, Scratch: pg.Options{DSN: db.DSN}})
+	require.NoError(t, err)
+	require.True(t, res.OK, "%+v", res.Checks)
+
+	require.NoError(t, inside.Ping(ctx), "a session in a database verify did not create was ended")
+	for _, kept := range []string{base, base + "_deadbeef", base + "_0a1b2c3d"} {
+		require.True(t, exists(kept), "%s is not this run's: it stays", kept)
+	}
+	require.False(t, exists(base+"_0badc0de"), "the leftover of a run whose session is gone is cleaned")
+	var own int
+	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT count(*) FROM pg_database WHERE datname LIKE $1 AND datname NOT IN ($2, $3, $4)",
+		base+"%", base, base+"_deadbeef", base+"_0a1b2c3d").Scan(&own))
+	require.Zero(t, own, "verify dropped its own scratch database")
 }

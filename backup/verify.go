@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -292,11 +294,13 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 		return err
 	}
 	defer admin.Close(context.WithoutCancel(ctx))
-	scratch := prefix + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_"))
+	dropDeadScratch(ctx, admin, logger)
+	// a name of this run's own: another run of the same backup may be
+	// restoring at the same time
+	suffix := make([]byte, 4)
+	_, _ = rand.Read(suffix)
+	scratch := prefix + strings.ToLower(strings.ReplaceAll(m.ID, "-", "_")) + "_" + hex.EncodeToString(suffix)
 	ident := pgx.Identifier{scratch}.Sanitize()
-	if _, err := admin.Exec(ctx, pg.Marker+"DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("dropping leftover scratch database: %w", err)
-	}
 	if _, err := admin.Exec(ctx, pg.Marker+"CREATE DATABASE "+ident+" TEMPLATE template0"); err != nil {
 		return fmt.Errorf("creating scratch database %s: %w", scratch, err)
 	}
@@ -305,6 +309,11 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 			logger.Error("dropping scratch database", "database", scratch, "err", err)
 		}
 	}()
+	// the mark that lets a later run clean it if this one is killed: this
+	// session, which lasts as long as the run
+	if err := markScratch(ctx, admin, scratch, strings.TrimSuffix(strings.TrimPrefix(prefix, "spiredb_"), "_"), m.ID); err != nil {
+		return err
+	}
 
 	// every session and program below goes to the scratch database this
 	// run created, whatever the scratch DSN names
@@ -513,4 +522,84 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 	}
 	res.add("amcheck", true, "bt_index_check passed on %d btree indexes", len(indexes))
 	return nil
+}
+
+// markScratch comments the scratch database with scratchComment of
+// conn's session.
+func markScratch(ctx context.Context, conn *pgx.Conn, name, purpose, id string) error {
+	var started time.Time
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()").Scan(&started); err != nil {
+		return fmt.Errorf("marking scratch database %s: %w", name, err)
+	}
+	var stmt string
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.format('COMMENT ON DATABASE %I IS %L', $1::text, $2::text)",
+		name, scratchComment(purpose, id, conn.PgConn().PID(), started)).Scan(&stmt); err != nil {
+		return fmt.Errorf("marking scratch database %s: %w", name, err)
+	}
+	if _, err := conn.Exec(ctx, pg.Marker+stmt); err != nil {
+		return fmt.Errorf("marking scratch database %s: %w", name, err)
+	}
+	return nil
+}
+
+// scratchMark reads scratchComment back: the session of the run that
+// created the database.
+var scratchMark = regexp.MustCompile(`^spiredb scratch database \([^)]*\), session ([0-9]+) started (\S+): `)
+
+// dropDeadScratch drops the scratch databases of runs that ended without
+// dropping them (killed, OOM): those marked by scratchComment whose
+// session is gone. A database without the mark, or whose run's session
+// is alive, is never touched; nor is one somebody is connected to (no
+// FORCE). Failures are logged: the run goes on.
+func dropDeadScratch(ctx context.Context, conn *pgx.Conn, logger *slog.Logger) {
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT d.datname, pg_catalog.shobj_description(d.oid, 'pg_database')
+FROM pg_catalog.pg_database d
+WHERE pg_catalog.shobj_description(d.oid, 'pg_database') LIKE 'spiredb scratch database (%'`)
+	if err != nil {
+		logger.Warn("listing leftover scratch databases", "err", err)
+		return
+	}
+	type leftover struct {
+		name    string
+		pid     int64
+		started time.Time
+	}
+	var found []leftover
+	for rows.Next() {
+		var name, comment string
+		if err := rows.Scan(&name, &comment); err != nil {
+			break
+		}
+		mark := scratchMark.FindStringSubmatch(comment)
+		if mark == nil {
+			continue
+		}
+		pid, perr := strconv.ParseInt(mark[1], 10, 32)
+		started, terr := time.Parse(time.RFC3339Nano, mark[2])
+		if perr == nil && terr == nil {
+			found = append(found, leftover{name, pid, started})
+		}
+	}
+	rows.Close()
+	for _, l := range found {
+		var alive bool
+		// backend_start is hidden from other roles: then the pid alone
+		// keeps it (a reused pid only delays the cleaning)
+		if err := conn.QueryRow(ctx, pg.Marker+`SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+WHERE pid = $1 AND (backend_start IS NULL OR backend_start = $2))`, l.pid, l.started).Scan(&alive); err != nil || alive {
+			continue
+		}
+		if _, err := conn.Exec(ctx, pg.Marker+"DROP DATABASE IF EXISTS "+pgx.Identifier{l.name}.Sanitize()); err != nil {
+			logger.Warn("a scratch database left by an earlier run could not be dropped", "database", l.name, "err", err)
+			continue
+		}
+		logger.Info("dropped a scratch database left by an earlier run", "database", l.name)
+	}
+}
+
+// scratchComment marks a scratch database as the run's own: which run, and
+// the session (pid and start) whose end means the run has ended.
+func scratchComment(purpose, id string, pid uint32, started time.Time) string {
+	return fmt.Sprintf("spiredb scratch database (%s of backup %s), session %d started %s: dropped when that session has ended",
+		purpose, id, pid, started.UTC().Format(time.RFC3339Nano))
 }
