@@ -111,13 +111,26 @@ func Create(ctx context.Context, conn *pgx.Conn, views []View) ([]Result, error)
 		for i, c := range v.UniqueKey {
 			cols[i] = pgx.Identifier{c}.Sanitize()
 		}
-		for _, stmt := range []string{
-			"CREATE MATERIALIZED VIEW IF NOT EXISTS " + v.qualified() + " AS " + q + " WITH NO DATA",
-			"CREATE UNIQUE INDEX IF NOT EXISTS " + idx + " ON " + v.qualified() + " (" + strings.Join(cols, ", ") + ")",
-		} {
-			if _, err := conn.Exec(ctx, pg.Marker+stmt); err != nil {
-				return nil, fmt.Errorf("creating view %s: %w", v.Name, err)
+		// A view's functions and operators are bound when it is created, and
+		// every refresh runs them as the view's owner. Its tables are
+		// qualified, so it is created with pg_catalog alone on the
+		// search_path: an aggregate another role put in public (a
+		// public.array_agg(text) beats pg_catalog's polymorphic one) is
+		// never bound in.
+		err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			for _, stmt := range []string{
+				"SET LOCAL search_path = pg_catalog, pg_temp",
+				"CREATE MATERIALIZED VIEW IF NOT EXISTS " + v.qualified() + " AS " + q + " WITH NO DATA",
+				"CREATE UNIQUE INDEX IF NOT EXISTS " + idx + " ON " + v.qualified() + " (" + strings.Join(cols, ", ") + ")",
+			} {
+				if _, err := tx.Exec(ctx, pg.Marker+stmt); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("creating view %s: %w", v.Name, err)
 		}
 		r, err := Refresh(ctx, conn, v)
 		if err != nil {
@@ -156,6 +169,9 @@ func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 	if !exists {
 		return r, fmt.Errorf("%s: %w", v.Name, ErrNotCreated)
 	}
+	if err := checkBindings(ctx, conn, v); err != nil {
+		return r, err
+	}
 	lock, locked, err := pg.TryAdvisoryLock(ctx, conn, v.lockName())
 	if err != nil {
 		return r, err
@@ -187,6 +203,44 @@ func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 		return r, fmt.Errorf("recording the refresh of %s: %w", v.Name, err)
 	}
 	return r, nil
+}
+
+// checkBindings refuses to refresh a view bound to a function or operator
+// outside pg_catalog: spiredb's views call pg_catalog's alone, so such a
+// binding is another role's code (a view created before spiredb created
+// its views with pg_catalog alone on the search_path), which the refresh
+// would run with the view owner's privileges.
+func checkBindings(ctx context.Context, conn *pgx.Conn, v View) error {
+	var foreign []string
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT DISTINCT CASE WHEN p.oid IS NOT NULL
+		THEN pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))
+		ELSE pg_catalog.format('%I.%s(%s, %s)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype, o.oprright::pg_catalog.regtype) END,
+	pg_catalog.pg_get_userbyid(coalesce(p.proowner, o.oprowner))
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+LEFT JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
+LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND o.oid = d.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = coalesce(p.pronamespace, o.oprnamespace)
+WHERE r.ev_class = pg_catalog.to_regclass($1) AND n.nspname <> 'pg_catalog'`, v.qualified())
+	if err != nil {
+		return fmt.Errorf("checking what %s calls: %w", v.Name, err)
+	}
+	for rows.Next() {
+		var obj, owner string
+		if err := rows.Scan(&obj, &owner); err != nil {
+			return err
+		}
+		foreign = append(foreign, obj+" (owner "+owner+")")
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("checking what %s calls: %w", v.Name, err)
+	}
+	if len(foreign) > 0 {
+		sort.Strings(foreign)
+		return fmt.Errorf("%s calls %s, not pg_catalog's: a refresh would run it with the view owner's privileges; drop the view (DROP MATERIALIZED VIEW %s) and run spiredb views create",
+			v.Name, strings.Join(foreign, ", "), v.qualified())
+	}
+	return nil
 }
 
 // Status is one view's state.

@@ -1,0 +1,125 @@
+package integration_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+)
+
+// TestNoCommandRunsAnotherRolesShadowingCode: a role allowed to create in
+// public (every role, on PostgreSQL 13 and 14) defines functions and
+// operators over character varying, the type of SPIRE's text columns,
+// with the names of pg_catalog's (CVE-2018-1058's pattern). An exact
+// type match beats pg_catalog's text versions, so an unqualified call or
+// operator in spiredb's SQL would run that role's code with spiredb's
+// privileges: here, ending a superuser's session. No spiredb command may.
+func TestNoCommandRunsAnotherRolesShadowingCode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	db, conn := statsDB(t, 2000)
+	role := "shadow_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	pw := "Shadow-pw-1"
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN PASSWORD '" + pw + "'",
+		"GRANT CREATE ON SCHEMA public TO " + role,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	mcfg, err := pgx.ParseConfig(db.DSN)
+	require.NoError(t, err)
+	mcfg.User, mcfg.Password = role, pw
+	mallory, err := pgx.ConnectConfig(ctx, mcfg)
+	require.NoError(t, err)
+	defer mallory.Close(ctx)
+	_, err = mallory.Exec(ctx, `
+CREATE FUNCTION public.hit() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'victim';
+EXCEPTION WHEN others THEN NULL;
+END $$;
+CREATE FUNCTION public.cat(a varchar, b varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.textcat(a, b); END $$;
+CREATE OPERATOR public.|| (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.cat);
+CREATE FUNCTION public.eq(a varchar, b varchar) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.texteq(a, b); END $$;
+CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.eq);
+CREATE FUNCTION public.eqt(a varchar, b text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.texteq(a, b); END $$;
+CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = text, FUNCTION = public.eqt);
+CREATE FUNCTION public.acc(s text[], v text) RETURNS text[] LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.array_append(s, v); END $$;
+CREATE AGGREGATE public.array_agg(text) (SFUNC = public.acc, STYPE = text[]);
+CREATE FUNCTION public.cnt(s int8, v text) RETURNS int8 LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN s + 1; END $$;
+CREATE AGGREGATE public.count(text) (SFUNC = public.cnt, STYPE = int8, INITCOND = '0');
+CREATE FUNCTION public.cnti(s int8, v int) RETURNS int8 LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN s + 1; END $$;
+CREATE AGGREGATE public.count(int) (SFUNC = public.cnti, STYPE = int8, INITCOND = '0');
+CREATE FUNCTION public.tj(v text) RETURNS jsonb LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.to_jsonb(v); END $$;
+CREATE FUNCTION public.to_jsonb(v text) RETURNS jsonb LANGUAGE sql AS $$ SELECT public.tj(v) $$;
+CREATE FUNCTION public.lower(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.lower(a::text); END $$;
+CREATE FUNCTION public.md5(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.md5(a::text); END $$;
+CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.length(a::text); END $$;
+`)
+	require.NoError(t, err)
+
+	store := "file://" + filepath.Join(t.TempDir(), "store")
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+	victim := func() *pgx.Conn {
+		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+		require.NoError(t, err)
+		t.Cleanup(func() { v.Close(context.Background()) })
+		return v
+	}
+	// the trap works: an unqualified count over a text column runs it
+	v := victim()
+	var n string
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(type)::text FROM selectors").Scan(&n))
+	require.Error(t, v.Ping(ctx), "the trap did not spring")
+	for _, args := range [][]string{
+		{"doctor"},
+		{"indexes", "check"},
+		{"indexes", "plan"},
+		{"stats", "top"},
+		{"views", "create"},
+		{"views", "refresh"},
+		{"views", "status"},
+		{"migrate", "status"},
+		{"spire", "upgrade-check", "--to", "1.14.0"},
+		{"backup", "diff", "--latest", "--store", store},
+		{"backup", "verify", "--latest", "--store", store, "--level", "restore"},
+		{"migrate", "backfill", "--table", "selectors", "--set", "value = value", "--where", "type = 'k8s'"},
+		{"indexes", "apply"},
+		{"tune", "check", "--detect"},
+		{"replica", "status"},
+		{"stats", "snapshot", "--out", filepath.Join(t.TempDir(), "snap.json")},
+	} {
+		v := victim()
+		_, stderr, code := runCLI(t, nil, append(args, "--dsn", db.DSN)...)
+		t.Logf("%v: %d %s", args, code, stderr)
+		require.NoError(t, v.Ping(ctx), "spiredb %s ran %s's code with its privileges; stderr: %s", strings.Join(args, " "), role, stderr)
+	}
+
+	// a view created the way spiredb did before (the session's
+	// search_path), bound to the shadowing aggregate: refresh refuses it
+	var def string
+	require.NoError(t, conn.QueryRow(ctx, "SELECT pg_get_viewdef('spiredb.entry_selectors'::regclass)").Scan(&def))
+	_, err = conn.Exec(ctx, "DROP MATERIALIZED VIEW spiredb.entry_selectors")
+	require.NoError(t, err)
+	def = strings.ReplaceAll(def, "pg_catalog.array_agg", "array_agg")
+	_, err = conn.Exec(ctx, "SET search_path = public; CREATE MATERIALIZED VIEW spiredb.entry_selectors AS "+strings.TrimSuffix(strings.TrimSpace(def), ";")+" WITH NO DATA; CREATE UNIQUE INDEX ON spiredb.entry_selectors (id); RESET search_path")
+	require.NoError(t, err)
+	v = victim()
+	_, stderr, code = runCLI(t, nil, "views", "refresh", "--dsn", db.DSN)
+	require.NoError(t, v.Ping(ctx), "views refresh ran a view bound to %s's aggregate", role)
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "public.array_agg(text) (owner "+role+")")
+	require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+}
