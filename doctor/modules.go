@@ -110,6 +110,9 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	if r.Privileges, err = checkPrivileges(ctx, conn, schema, r.Server.VersionNum); err != nil {
 		return nil, err
 	}
+	if err := r.checkSchemaSafety(ctx, conn, schema); err != nil {
+		return nil, err
+	}
 	var replicas []*pgx.Conn
 	for i, ro := range o.Replicas {
 		rc, err := pg.Connect(ctx, ro)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +60,10 @@ func TestPostgresMajors(t *testing.T) {
 			require.True(t, rep.SPIRE.Present)
 			require.EqualValues(t, 300, rep.SPIRE.Entries)
 			require.True(t, rep.Statements.Preloaded)
+			// before 15 every role may create in public, and another role's
+			// function there can shadow pg_catalog's in SPIRE's statements
+			publicCreate := slices.ContainsFunc(rep.Findings, func(f doctor.Finding) bool { return f.Check == "security.public_create" })
+			require.Equal(t, major < 15, publicCreate, "PostgreSQL %d's default CREATE on public", major)
 
 			// pg_stat_statements' columns of this major (total_exec_time,
 			// blk_*_time → shared_blk_*_time in 17, stats_since)

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+
+	"github.com/spiredb/spiredb/doctor"
 )
 
 // TestNoCommandRunsAnotherRolesShadowingCode: a role allowed to create in
@@ -122,4 +125,30 @@ CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGI
 	require.Equal(t, 1, code, stderr)
 	require.Contains(t, stderr, "public.array_agg(text) (owner "+role+")")
 	require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+
+	// doctor names each shadowing object and its owner
+	findings := func() map[string]string {
+		out, stderr, code := runCLI(t, nil, "doctor", "--dsn", db.DSN, "-o", "json")
+		require.Equal(t, 4, code, stderr)
+		var rep doctor.Report
+		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+		got := map[string]string{}
+		for _, f := range rep.Findings {
+			got[f.Check] += f.Message + " | " + f.Fix + "\n"
+		}
+		return got
+	}
+	got := findings()
+	for _, obj := range []string{"public.array_agg(text)", "public.count(text)", "public.count(integer)", "public.to_jsonb(text)",
+		"public.||(character varying, character varying)", "public.=(character varying, text)", "public.lower(character varying)"} {
+		require.Contains(t, got["security.shadowing"], obj+" (owner "+role+")")
+	}
+	require.NotContains(t, got["security.shadowing"], "pg_stat_statements", "an extension's functions are the extension's")
+	require.NotContains(t, got["security.shadowing"], "public.hit()", "a name pg_catalog does not have shadows nothing")
+	require.Empty(t, got["security.public_create"], "only %s may create in public", role)
+	_, err = conn.Exec(ctx, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+	require.NoError(t, err)
+	got = findings()
+	require.Contains(t, got["security.public_create"], `REVOKE CREATE ON SCHEMA "public" FROM PUBLIC`)
+	require.Contains(t, got["security.public_create"], `GRANT CREATE ON SCHEMA "public" TO "postgres"`, "SPIRE's role keeps what its migrations need")
 }

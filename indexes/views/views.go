@@ -213,7 +213,7 @@ func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 func checkBindings(ctx context.Context, conn *pgx.Conn, v View) error {
 	var foreign []string
 	rows, err := conn.Query(ctx, pg.Marker+`SELECT DISTINCT CASE WHEN p.oid IS NOT NULL
-		THEN pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid))
+		THEN pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes))
 		ELSE pg_catalog.format('%I.%s(%s, %s)', n.nspname, o.oprname, o.oprleft::pg_catalog.regtype, o.oprright::pg_catalog.regtype) END,
 	pg_catalog.pg_get_userbyid(coalesce(p.proowner, o.oprowner))
 FROM pg_catalog.pg_rewrite r

@@ -1,0 +1,95 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/spiredb/spiredb/pg"
+)
+
+// shadowingSQL lists functions, aggregates and operators in the schemas
+// SPIRE's and spiredb's statements resolve names in (the search_path and
+// SPIRE's schema) that have a pg_catalog name, belong to no extension and
+// are owned by a role that is not a superuser. An exact argument-type
+// match beats pg_catalog's polymorphic versions (count("any"),
+// array_agg(anynonarray)), so an unqualified call would run the owner's
+// code with the caller's privileges (CVE-2018-1058).
+const shadowingSQL = `WITH path AS (
+	SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
+	WHERE (n.nspname = ANY (pg_catalog.current_schemas(false)) OR n.nspname = $1) AND n.nspname <> 'pg_catalog'
+)
+SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes)) AS obj,
+	pg_catalog.pg_get_userbyid(p.proowner)
+FROM pg_catalog.pg_proc p JOIN path n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_roles o ON o.oid = p.proowner AND NOT o.rolsuper
+WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_proc c WHERE c.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.proname = p.proname)
+	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+		WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e')
+UNION ALL
+SELECT pg_catalog.format('%I.%s(%s, %s)', n.nspname, op.oprname, op.oprleft::pg_catalog.regtype, op.oprright::pg_catalog.regtype),
+	pg_catalog.pg_get_userbyid(op.oprowner)
+FROM pg_catalog.pg_operator op JOIN path n ON n.oid = op.oprnamespace
+JOIN pg_catalog.pg_roles o ON o.oid = op.oprowner AND NOT o.rolsuper
+WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_operator c WHERE c.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.oprname = op.oprname)
+	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+		WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = op.oid AND d.deptype = 'e')
+ORDER BY 1`
+
+// publicCreateSQL lists the schemas of the path every role may create in
+// (public on PostgreSQL 13 and 14, unless revoked), with the role that
+// owns SPIRE's tables, which must keep CREATE for SPIRE's migrations.
+const publicCreateSQL = `SELECT n.nspname,
+	coalesce((SELECT pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c
+		WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('%I.registered_entries', $1::text))), '')
+FROM pg_catalog.pg_namespace n
+WHERE (n.nspname = ANY (pg_catalog.current_schemas(false)) OR n.nspname = $1) AND n.nspname <> 'pg_catalog'
+	AND pg_catalog.has_schema_privilege('public', n.oid, 'CREATE')
+ORDER BY 1`
+
+// checkSchemaSafety finds what lets another role's code run inside SPIRE's
+// and spiredb's statements: objects that shadow pg_catalog's on the path,
+// and path schemas every role may create in.
+func (r *Report) checkSchemaSafety(ctx context.Context, conn *pgx.Conn, spireSchema string) error {
+	rows, err := conn.Query(ctx, pg.Marker+shadowingSQL, spireSchema)
+	if err != nil {
+		return fmt.Errorf("reading the search_path's functions and operators: %w", err)
+	}
+	var shadows []string
+	for rows.Next() {
+		var obj, owner string
+		if err := rows.Scan(&obj, &owner); err != nil {
+			return err
+		}
+		shadows = append(shadows, obj+" (owner "+owner+")")
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the search_path's functions and operators: %w", err)
+	}
+	if len(shadows) > 0 {
+		r.add(Warning, "security.shadowing", fmt.Sprintf("%s: on the search_path with the name of a pg_catalog function or operator, where an exact argument-type match wins over pg_catalog's polymorphic one: a statement of SPIRE's or spiredb's that calls it runs its owner's code with the caller's privileges", strings.Join(shadows, ", ")),
+			"check what each does; drop it, or move it to a schema off the search_path (ALTER FUNCTION … SET SCHEMA)")
+	}
+
+	rows, err = conn.Query(ctx, pg.Marker+publicCreateSQL, spireSchema)
+	if err != nil {
+		return fmt.Errorf("reading the search_path's schema privileges: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var schema, spireOwner string
+		if err := rows.Scan(&schema, &spireOwner); err != nil {
+			return err
+		}
+		s := pgx.Identifier{schema}.Sanitize()
+		fix := "REVOKE CREATE ON SCHEMA " + s + " FROM PUBLIC; (PostgreSQL 15's default)"
+		if spireOwner != "" {
+			fix = "GRANT CREATE ON SCHEMA " + s + " TO " + pgx.Identifier{spireOwner}.Sanitize() + "; REVOKE CREATE ON SCHEMA " + s +
+				" FROM PUBLIC; (PostgreSQL 15's default; the role SPIRE's tables belong to keeps CREATE for SPIRE's migrations)"
+		}
+		r.add(Warning, "security.public_create", fmt.Sprintf("every role may create objects in schema %s, on the search_path: any of them can define functions or operators that SPIRE's and spiredb's statements would call with their privileges", schema), fix)
+	}
+	return rows.Err()
+}
