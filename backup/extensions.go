@@ -115,13 +115,70 @@ func useList(dir, toc string, skipped []string) (string, error) {
 	return f.Name(), f.Close()
 }
 
+// tocCodeRE matches pg_restore --list's lines for the dump's functions,
+// procedures and aggregates (pg_proc's entries, class 1255): "217; 1255
+// 16402 FUNCTION public f(integer, text) mallory". An extension's are not
+// in the dump, only its CREATE EXTENSION.
+var tocCodeRE = regexp.MustCompile(`^\d+; 1255 \d+ \S+ (\S+) (.+) \S+$`)
+
+// backupCode lists the dump's own functions, procedures and aggregates.
+func backupCode(toc string) []string {
+	var out []string
+	for _, line := range strings.Split(toc, "\n") {
+		if m := tocCodeRE.FindStringSubmatch(line); m != nil {
+			out = append(out, m[1]+"."+m[2])
+		}
+	}
+	return out
+}
+
+// refuseCodeAsPrivileged refuses a scratch restore that would run the
+// dump's own code (an expression index's or a constraint's function, a
+// view's) as a role with more power than a scratch database needs:
+// whoever could create functions in SPIRE's database would borrow it.
+func refuseCodeAsPrivileged(ctx context.Context, conn *pgx.Conn, toc string) error {
+	code := backupCode(toc)
+	if len(code) == 0 {
+		return nil
+	}
+	var role string
+	var powers []string
+	err := conn.QueryRow(ctx, pg.Marker+`SELECT current_user::text, pg_catalog.array_remove(ARRAY[
+		CASE WHEN r.rolsuper THEN 'is a superuser' END,
+		CASE WHEN r.rolcreaterole THEN 'has CREATEROLE' END,
+		CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_execute_server_program', 'USAGE') THEN 'has pg_execute_server_program' END,
+		CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_write_server_files', 'USAGE') THEN 'has pg_write_server_files' END,
+		CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'USAGE') THEN 'has pg_read_server_files' END,
+		CASE WHEN pg_catalog.pg_has_role(r.oid, 'pg_signal_backend', 'USAGE') THEN 'has pg_signal_backend' END], NULL)
+		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user`).Scan(&role, &powers)
+	if err != nil {
+		return fmt.Errorf("reading the scratch role's privileges: %w", err)
+	}
+	if len(powers) == 0 {
+		return nil
+	}
+	shown := code
+	if len(shown) > 5 {
+		shown = append(shown[:5:5], fmt.Sprintf("… %d in all", len(code)))
+	}
+	return fmt.Errorf("the backup holds functions (%s) that a restore runs (index expressions, constraints, views) as the restoring role, and scratch role %s %s: give --scratch-dsn a role that is not a superuser, with CREATEDB and nothing more",
+		strings.Join(shown, ", "), role, strings.Join(powers, ", "))
+}
+
 // leaveOut decides which monitoring extensions of the dump the target
 // cannot take and returns the pg_restore arguments that leave them out
-// (none when nothing must be), with a cleanup.
-func leaveOut(ctx context.Context, s Store, m *Manifest, restorer, path, tempDir string, target *pgx.Conn) ([]string, []string, func(), error) {
+// (none when nothing must be), with a cleanup. With scratch, the target is
+// a scratch database, and a restore that would run the dump's code with
+// more than a scratch role's privileges is refused.
+func leaveOut(ctx context.Context, s Store, m *Manifest, restorer, path, tempDir string, target *pgx.Conn, scratch bool) ([]string, []string, func(), error) {
 	toc, err := readTOC(ctx, s, m, restorer, path)
 	if err != nil {
 		return nil, nil, func() {}, err
+	}
+	if scratch {
+		if err := refuseCodeAsPrivileged(ctx, target, toc); err != nil {
+			return nil, nil, func() {}, err
+		}
 	}
 	skipped, err := uncreatable(ctx, target, toc)
 	if err != nil || len(skipped) == 0 {

@@ -145,7 +145,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if o.Clean {
 		args = append(args, "--clean", "--if-exists")
 	}
-	skipped, extArgs, cleanup, err := leaveOut(ctx, o.Store, m, restorer.Path, "", o.TempDir, conn)
+	skipped, extArgs, cleanup, err := leaveOut(ctx, o.Store, m, restorer.Path, "", o.TempDir, conn, false)
 	defer cleanup()
 	if err != nil {
 		return nil, err

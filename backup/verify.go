@@ -341,7 +341,7 @@ func withScratchRestore(ctx context.Context, o VerifyOptions, m *Manifest, prefi
 		var skipped, a []string
 		cleanup := func() {}
 		err := pg.WithConn(ctx, sopts, func(c *pgx.Conn) (err error) {
-			skipped, a, cleanup, err = leaveOut(ctx, o.Store, m, restorer.Path, path, o.TempDir, c)
+			skipped, a, cleanup, err = leaveOut(ctx, o.Store, m, restorer.Path, path, o.TempDir, c, true)
 			return err
 		})
 		if len(skipped) > 0 {

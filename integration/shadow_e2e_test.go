@@ -3,6 +3,7 @@ package integration_test
 import (
 	"context"
 	"encoding/json"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -151,4 +152,81 @@ CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGI
 	got = findings()
 	require.Contains(t, got["security.public_create"], `REVOKE CREATE ON SCHEMA "public" FROM PUBLIC`)
 	require.Contains(t, got["security.public_create"], `GRANT CREATE ON SCHEMA "public" TO "postgres"`, "SPIRE's role keeps what its migrations need")
+}
+
+// TestScratchRestoreRunsNoBackupCodeAsSuperuser: a role that may create in
+// SPIRE's database leaves a function behind an expression index on its own
+// table. Restoring the backup builds the index, which calls the function
+// as the restoring role: verify, diff and restore --plan restore as their
+// scratch role, so a superuser there would run that role's code with a
+// superuser's privileges. spiredb refuses that, before the restore, naming
+// the backup's functions and the fix.
+func TestScratchRestoreRunsNoBackupCodeAsSuperuser(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	db, conn := statsDB(t, 500)
+	role := "restorer_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	pw := "Restorer-pw-1"
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN PASSWORD '" + pw + "'",
+		"GRANT CREATE ON SCHEMA public TO " + role,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	mcfg, err := pgx.ParseConfig(db.DSN)
+	require.NoError(t, err)
+	mcfg.User, mcfg.Password = role, pw
+	mallory, err := pgx.ConnectConfig(ctx, mcfg)
+	require.NoError(t, err)
+	defer mallory.Close(ctx)
+	_, err = mallory.Exec(ctx, `
+CREATE FUNCTION public.f(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'victim';
+	RETURN x;
+EXCEPTION WHEN others THEN RETURN x;
+END $$;
+CREATE TABLE public.notes (x int);
+INSERT INTO public.notes VALUES (1);
+CREATE INDEX ON public.notes (public.f(x));`)
+	require.NoError(t, err)
+
+	store := "file://" + filepath.Join(t.TempDir(), "store")
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+	for _, args := range [][]string{
+		{"backup", "verify", "--latest", "--level", "restore"},
+		{"backup", "diff", "--latest"},
+	} {
+		victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+		require.NoError(t, err)
+		_, stderr, code := runCLI(t, nil, append(args, "--store", store, "--dsn", db.DSN)...)
+		require.NoError(t, victim.Ping(ctx), "spiredb %s ran the backup's code as a superuser", strings.Join(args, " "))
+		victim.Close(ctx)
+		require.NotEqual(t, 0, code, "spiredb %s: %s", strings.Join(args, " "), stderr)
+		require.Contains(t, stderr, "public.f(integer)")
+		require.Contains(t, stderr, "--scratch-dsn")
+	}
+
+	// the fix the message gives: a scratch role with CREATEDB alone
+	scratchRole := "scratch_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	_, err = conn.Exec(ctx, "CREATE ROLE "+scratchRole+" LOGIN CREATEDB PASSWORD 'Scratch-pw-1'")
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = db.Pool.Exec(context.Background(), "DROP ROLE "+scratchRole) })
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.User = url.UserPassword(scratchRole, "Scratch-pw-1")
+	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+	require.NoError(t, err)
+	defer victim.Close(ctx)
+	_, stderr, code = runCLI(t, nil, "backup", "verify", "--latest", "--level", "restore", "--store", store, "--scratch-dsn", u.String())
+	require.Equal(t, 0, code, stderr)
+	require.NoError(t, victim.Ping(ctx), "the backup's code ran with the scratch role's privileges only")
 }
