@@ -77,7 +77,7 @@ func TestMigrateOwnMigrations(t *testing.T) {
 	out, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, out, "nothing to migrate")
-	_, stderr, code = runCLI(t, nil, "migrate", "down", "2", "--dsn", db.DSN)
+	_, stderr, code = runCLI(t, nil, "migrate", "down", "2", "--dsn", db.DSN, "--yes")
 	require.Equal(t, 0, code, stderr)
 	require.NoError(t, db.Pool.QueryRow(context.Background(), "SELECT to_regclass('spiredb.backfill_jobs') IS NULL").Scan(&ok))
 	assert.True(t, ok)

@@ -80,13 +80,22 @@ func newMigrateUpCmd(g *globals, rf *runnerFlags) *cobra.Command {
 }
 
 func newMigrateDownCmd(g *globals, rf *runnerFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "down [N]",
+	cmd := &cobra.Command{
+		Use:   "down [N] --dsn DSN",
 		Short: "Revert the last N applied migrations (default 1)",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Revert the last N applied migrations (default 1): their down files run,
+dropping what their up files created. The target comes only from --dsn, never
+from the environment; off a terminal, --yes confirms.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := countArg(args, 1)
 			if err != nil {
+				return err
+			}
+			if err := explicit(cmd, "dsn"); err != nil {
+				return err
+			}
+			if err := g.confirm(cmd, fmt.Sprintf("revert the last %d migration(s) on %s: their down files drop what their up files created", n, g.target(g.pgOptions()))); err != nil {
 				return err
 			}
 			return rf.with(cmd, g, func(r *migrations.Runner) error {
@@ -95,6 +104,8 @@ func newMigrateDownCmd(g *globals, rf *runnerFlags) *cobra.Command {
 			})
 		},
 	}
+	addYes(cmd)
+	return cmd
 }
 
 func countArg(args []string, def int) (int, error) {
@@ -158,14 +169,24 @@ func versions(vs []int64) string {
 }
 
 func newMigrateForceCmd(g *globals, rf *runnerFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "force VERSION",
+	cmd := &cobra.Command{
+		Use:   "force VERSION --dsn DSN",
 		Short: "Set the version without running anything (-1: none), after fixing a database by hand",
-		Args:  cobra.ExactArgs(1),
+		Long: `Set the version without running anything (-1: none), after fixing a database
+by hand. Later runs trust it: a wrong VERSION skips or repeats migrations. The
+target comes only from --dsn, never from the environment; off a terminal,
+--yes confirms.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := strconv.Atoi(args[0])
 			if err != nil || v < -1 {
 				return usageErrorf("VERSION must be a migration version or -1, not %q", args[0])
+			}
+			if err := explicit(cmd, "dsn"); err != nil {
+				return err
+			}
+			if err := g.confirm(cmd, fmt.Sprintf("set the migration version of %s to %d without running anything", g.target(g.pgOptions()), v)); err != nil {
+				return err
 			}
 			return rf.with(cmd, g, func(r *migrations.Runner) error {
 				if err := r.Force(cmd.Context(), v); err != nil {
@@ -176,6 +197,8 @@ func newMigrateForceCmd(g *globals, rf *runnerFlags) *cobra.Command {
 			})
 		},
 	}
+	addYes(cmd)
+	return cmd
 }
 
 var migrationName = regexp.MustCompile(`^[a-z0-9_]+$`)

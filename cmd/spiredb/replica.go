@@ -478,6 +478,12 @@ func newReplicaSlotsCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if drop != "" {
+				if err := explicit(cmd, "dsn"); err != nil {
+					return err
+				}
+				if err := g.confirm(cmd, "drop replication slot "+drop+" on "+g.target(g.pgOptions())+": a standby that used it can no longer catch up from this server"); err != nil {
+					return err
+				}
 				if err := replication.DropSlot(cmd.Context(), g.pgOptions(), drop); err != nil {
 					return err
 				}
@@ -507,7 +513,8 @@ func newReplicaSlotsCmd(g *globals) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&drop, "drop", "", "drop this slot (refused while a standby uses it)")
+	cmd.Flags().StringVar(&drop, "drop", "", "drop this slot (refused while a standby uses it; the target only from --dsn, --yes off a terminal)")
+	addYes(cmd)
 	return cmd
 }
 

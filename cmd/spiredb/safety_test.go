@@ -94,6 +94,20 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 	_, err := c.CreateDatabase(ctx, "spire")
 	require.NoError(t, err)
 	storeDir := t.TempDir()
+	// what migrate down/force and slots --drop would change
+	_, errOut, code := runArgs(t, "migrate", "up", "--dsn", c.DSN("spire"))
+	require.Equal(t, exitOK, code, errOut)
+	migrated := func() string {
+		out, errOut, code := runArgs(t, "migrate", "status", "--dsn", c.DSN("spire"))
+		require.Equal(t, exitOK, code, errOut)
+		return out
+	}
+	before := migrated()
+	conn, err := pgconn.Connect(ctx, c.DSN("postgres"))
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "SELECT pg_create_physical_replication_slot('keep_me')").ReadAll()
+	require.NoError(t, err)
+	conn.Close(ctx)
 	t.Setenv("SPIREDB_DSN", c.DSN("spire"))
 	t.Setenv("SPIREDB_STORE", "file://"+storeDir)
 	for _, args := range [][]string{
@@ -108,6 +122,12 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 		{"backup", "prune", "--keep-last", "1", "--yes"},
 		{"backup", "prune", "--keep-last", "1", "--store", "file://" + storeDir},
 		{"backup", "restore", "--latest", "--clean", "--target-dsn", c.DSN("postgres")},
+		{"migrate", "down", "--yes"},
+		{"migrate", "down", "--dsn", c.DSN("spire")},
+		{"migrate", "force", "1", "--yes"},
+		{"migrate", "force", "1", "--dsn", c.DSN("spire")},
+		{"replica", "slots", "--drop", "keep_me", "--yes"},
+		{"replica", "slots", "--drop", "keep_me", "--dsn", c.DSN("postgres")},
 	} {
 		out, errOut, code := runArgs(t, args...)
 		require.Equal(t, exitUsage, code, "%v: %s %s", args, out, errOut)
@@ -115,13 +135,17 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 		require.NotContains(t, errOut, c.Password)
 	}
 	require.Equal(t, "off", readOnly(), "fenced without an explicit target and confirmation")
+	require.Equal(t, before, migrated(), "migrations reverted or forced without an explicit target and confirmation")
+	out, errOut, code := runArgs(t, "replica", "slots", "--dsn", c.DSN("postgres"))
+	require.Equal(t, exitOK, code, errOut)
+	require.Contains(t, out, "keep_me", "a slot dropped without an explicit target and confirmation")
 
 	// a terminal: the answer decides
 	oldIn, oldTerm := stdin, stdinIsTerminal
 	t.Cleanup(func() { stdin, stdinIsTerminal = oldIn, oldTerm })
 	stdinIsTerminal = func() bool { return true }
 	stdin = strings.NewReader("no\n")
-	_, errOut, code := runArgs(t, "replica", "fence", "--dsn", c.DSN("spire"))
+	_, errOut, code = runArgs(t, "replica", "fence", "--dsn", c.DSN("spire"))
 	require.Equal(t, exitUsage, code, errOut)
 	require.Contains(t, errOut, "not confirmed")
 	require.Equal(t, "off", readOnly())
