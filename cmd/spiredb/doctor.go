@@ -42,6 +42,9 @@ Exit code: 0 healthy, 4 warnings only, 1 an error finding, 3 unreachable.`,
 			if eventsPrune <= 0 {
 				return usageErrorf("invalid --events-prune-older-than %s: want a positive duration", eventsPrune)
 			}
+			if maxBackupAge < 0 || maxUnverified < 0 {
+				return usageErrorf("invalid --max-backup-age %s or --max-unverified-age %s: want 0 or more", maxBackupAge, maxUnverified)
+			}
 			o := doctor.Options{Conn: g.pgOptions(), MaxBackupAge: maxBackupAge, MaxUnverifiedAge: maxUnverified, EventsPruneAfter: eventsPrune}
 			if maxLag != "" {
 				l, err := replication.ParseLimit(maxLag)

@@ -275,7 +275,7 @@ func parseImpact(s string) (float64, error) {
 	if pct {
 		f /= 100
 	}
-	if f <= 0 || f > 10 {
+	if !(f > 0 && f <= 10) { // NaN too
 		return 0, fmt.Errorf("%q: give more than 0%% and at most 1000%%", s)
 	}
 	return f, nil

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/internal/logging"
@@ -72,6 +75,12 @@ in spiredb's output or logs.
 			// whatever path they take to it
 			dsn.Remember(os.Getenv("PGPASSWORD"), os.Getenv("AWS_SECRET_ACCESS_KEY"), os.Getenv("AWS_SESSION_TOKEN"))
 			dsn.RememberDSN(g.pgOptions().DSN)
+			if err := finiteFlags(cmd); err != nil {
+				return err
+			}
+			if g.statementTimeout < 0 {
+				return usageErrorf("invalid --statement-timeout %s: want 0 (the server's) or more", g.statementTimeout)
+			}
 			logw := stderr
 			if g.status = newStatusWriter(stderr); g.status != nil {
 				logw = g.status
@@ -171,4 +180,19 @@ func groupRunE(cmd *cobra.Command, args []string) error {
 // it and closes it.
 func (g *globals) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
 	return pg.WithConn(ctx, g.pgOptions(), fn)
+}
+
+// finiteFlags refuses NaN and Inf in any float flag: every range check
+// (x < 0 || x > 10) lets NaN through.
+func finiteFlags(cmd *cobra.Command) error {
+	var err error
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if err != nil || f.Value.Type() != "float64" {
+			return
+		}
+		if v, perr := strconv.ParseFloat(f.Value.String(), 64); perr == nil && (math.IsNaN(v) || math.IsInf(v, 0)) {
+			err = usageErrorf("invalid --%s %s: want a finite number", f.Name, f.Value)
+		}
+	})
+	return err
 }

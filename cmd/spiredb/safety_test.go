@@ -261,3 +261,25 @@ func TestNegativeLockTimeoutLeavesTheServers(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, "SELECT sum(v) FROM t").Scan(&sum))
 	require.Equal(t, 50, sum)
 }
+
+// TestNonFiniteAndNegativeFlagsAreUsageErrors: a float flag given NaN or
+// Inf, and a negative timeout or age, are usage errors (exit 2, one line)
+// before anything connects, not accepted and not exit 1.
+func TestNonFiniteAndNegativeFlagsAreUsageErrors(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"migrate", "backfill", "--table", "t", "--set", "a = 1", "--rest", "NaN"},
+		{"migrate", "backfill", "--table", "t", "--set", "a = 1", "--rest", "-Inf"},
+		{"migrate", "backfill", "--table", "t", "--set", "a = 1", "--max-impact", "NaN"},
+		{"migrate", "backfill", "--table", "t", "--set", "a = 1", "--max-impact", "nan%"},
+		{"indexes", "advise", "--min-gain", "NaN"},
+		{"doctor", "--statement-timeout", "-5s"},
+		{"doctor", "--max-backup-age", "-1h"},
+		{"doctor", "--max-unverified-age", "-1s"},
+	} {
+		_, errOut, code := runArgs(t, append(args, "--dsn", "postgres://u@127.0.0.1:1/db?connect_timeout=1")...)
+		require.Equal(t, exitUsage, code, "%v: %s", args, errOut)
+		require.Equal(t, 1, strings.Count(strings.TrimSpace(errOut), "\n")+1, "%v: %s", args, errOut)
+		require.NotContains(t, errOut, "connect", "%v: refused before connecting", args)
+	}
+}
