@@ -104,6 +104,19 @@ func BenchmarkReplica(b *testing.B) {
 			require.NoError(b, err)
 			standby := *primary
 			standby.Port = port
+			// the primary is lost to it (promote refuses while it streams):
+			// its receiver is cut off, the shared primary stays for later rounds
+			sconn, err := pgx.Connect(ctx, standby.DSN("postgres"))
+			require.NoError(b, err)
+			_, err = sconn.Exec(ctx, "ALTER SYSTEM SET primary_conninfo = ''")
+			require.NoError(b, err)
+			_, err = sconn.Exec(ctx, "SELECT pg_reload_conf()")
+			require.NoError(b, err)
+			require.Eventually(b, func() bool {
+				var streaming bool
+				return sconn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')").Scan(&streaming) == nil && !streaming
+			}, time.Minute, 20*time.Millisecond)
+			_ = sconn.Close(ctx)
 			start := time.Now()
 			out, err := exec.Command(bin, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json", "--log-level", "warn").Output()
 			require.NoError(b, err)

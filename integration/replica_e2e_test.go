@@ -75,10 +75,24 @@ func TestReplicaServesSpireAndPromotes(t *testing.T) {
 	require.Len(t, st.Standbys, 1)
 	require.True(t, st.Standbys[0].Ready)
 
-	// the primary is lost: stop SPIRE A, promote, fence what is left
+	// while the primary is alive and streaming, promote refuses: two
+	// primaries would split SPIRE's writes
+	_, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "--force")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "replica switchover")
+
+	// the primary is lost (SPIRE A with it): promote; when the old
+	// primary comes back, fence it
 	a.Halt()
+	require.NoError(t, primary.Halt())
+	require.Eventually(t, func() bool {
+		out, _, _ := runCLI(t, nil, "replica", "status", "--dsn", standby.DSN("spire"), "-o", "json")
+		var st replication.Status
+		return json.Unmarshal([]byte(out), &st) == nil && st.Receiver.Status != "streaming"
+	}, time.Minute, 100*time.Millisecond)
 	out, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json")
 	require.Equal(t, 0, code, errOut)
+	require.NoError(t, primary.Restart(ctx))
 	var pr replication.PromoteResult
 	require.NoError(t, json.Unmarshal([]byte(out), &pr))
 	require.EqualValues(t, 2, pr.Timeline)

@@ -29,6 +29,24 @@ func (e *LagError) Error() string {
 	return "refusing to promote: replay " + e.Why + "; wait for it to catch up, raise --max-lag, or pass --force to accept losing what it has not replayed"
 }
 
+// LivePrimaryError is returned when the standby's WAL receiver is still
+// streaming from its upstream: that primary is alive, and promoting would
+// make a second one (split brain: SPIRE's writes to the first are lost).
+type LivePrimaryError struct {
+	// Upstream is where the receiver streams from (host, from
+	// pg_stat_wal_receiver; empty when hidden from this role).
+	Upstream string
+}
+
+func (e *LivePrimaryError) Error() string {
+	from := "its primary"
+	if e.Upstream != "" {
+		from = "its primary at " + e.Upstream
+	}
+	return "refusing to promote: the standby is still streaming from " + from + ", which is alive, and promoting would make two primaries; " +
+		"for a planned change use replica switchover (it fences the primary first); for a failover stop the old primary (or cut it off) and promote once the receiver has noticed (seconds; at most wal_receiver_timeout)"
+}
+
 // PromoteOptions configure Promote.
 type PromoteOptions struct {
 	Conn pg.Options
@@ -52,8 +70,10 @@ type PromoteResult struct {
 	NextSteps    []string      `json:"next_steps"`
 }
 
-// Promote turns a standby into a primary: refuse on a primary or when
-// replay lags past MaxLag (unless Force), wait until replay reaches what was
+// Promote turns a standby into a primary: refuse on a primary, while its
+// WAL receiver still streams from a live primary (LivePrimaryError: never
+// overridden, Force included), or when replay lags past MaxLag (unless
+// Force), wait until replay reaches what was
 // received, pg_promote(true, wait), CHECKPOINT, confirm it left recovery and
 // report the new timeline.
 func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
@@ -84,6 +104,9 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 		return nil, ErrNotStandby
 	}
 	r := st.Receiver
+	if r.Status == "streaming" {
+		return nil, &LivePrimaryError{Upstream: r.SenderHost}
+	}
 	if over, why := o.MaxLag.Exceeded(r.ReplayGapBytes, time.Duration(r.ReplayDelaySecs*float64(time.Second))); over && !o.Force {
 		return nil, &LagError{Why: why}
 	}

@@ -103,6 +103,8 @@ func TestBootstrapStatusPromoteFence(t *testing.T) {
 	// the standby refuses writes before promotion
 	require.Error(t, exec(t, sdsn, "INSERT INTO t VALUES (0)"))
 
+	// the primary is lost; it comes back later, to be fenced
+	haltPrimary(t, primary, sdsn)
 	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
 	require.NoError(t, err)
 	require.EqualValues(t, 2, res.Timeline)
@@ -115,6 +117,7 @@ func TestBootstrapStatusPromoteFence(t *testing.T) {
 	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
 	require.ErrorIs(t, err, replication.ErrNotStandby)
 
+	require.NoError(t, primary.Restart(ctx))
 	// fence the old primary's "spire" database: its sessions end, no new
 	// one connects (superuser or not, READ WRITE or not), other databases
 	// get the read-only default, and fencing again is a no-op
@@ -195,6 +198,15 @@ func TestPromoteRefusals(t *testing.T) {
 	require.ErrorIs(t, err, replication.ErrNotStandby)
 
 	_, _, sdsn := standby(t, primary, "lagging")
+	// its primary is alive and streaming to it: promoting would make two
+	// primaries (SPIRE's writes to the first would be lost)
+	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, Force: true})
+	var live *replication.LivePrimaryError
+	require.ErrorAs(t, err, &live)
+	require.Contains(t, err.Error(), "replica switchover")
+	st0, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Equal(t, "standby", st0.Role, "a refused promotion changed something")
 	// pause replay, then write: the standby receives but does not replay
 	require.NoError(t, exec(t, sdsn, "SELECT pg_wal_replay_pause()"))
 	require.NoError(t, exec(t, pdsn, "INSERT INTO t SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g"))
@@ -203,13 +215,6 @@ func TestPromoteRefusals(t *testing.T) {
 		return err == nil && st.Receiver.ReplayGapBytes > 1<<20
 	}, 30*time.Second, 50*time.Millisecond)
 
-	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, MaxLag: replication.Limit{Bytes: 1 << 20}})
-	var le *replication.LagError
-	require.ErrorAs(t, err, &le)
-	st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
-	require.NoError(t, err)
-	require.Equal(t, "standby", st.Role, "a refused promotion changed something")
-
 	// the primary's status shows it lagging, so not ready, past a small limit
 	pst, err := replication.GetStatus(ctx, pg.Options{DSN: pdsn}, replication.Limit{Bytes: 1 << 20})
 	require.NoError(t, err)
@@ -217,9 +222,8 @@ func TestPromoteRefusals(t *testing.T) {
 	require.False(t, pst.Standbys[0].Ready)
 	require.Contains(t, pst.Standbys[0].Reason, "lagging")
 
-	// --force promotes anyway: replay is resumed and everything the standby
-	// has received is replayed. Wait until it has received all the primary
-	// wrote, so that losing nothing is the expected outcome.
+	// the standby receives all the primary wrote (so that --force below
+	// loses nothing), then the primary is lost
 	var primaryLSN string
 	pconn, err := pgx.Connect(ctx, pdsn)
 	require.NoError(t, err)
@@ -234,6 +238,18 @@ func TestPromoteRefusals(t *testing.T) {
 		var ok bool
 		return sconn.QueryRow(ctx, "SELECT pg_last_wal_receive_lsn() >= $1::pg_lsn", primaryLSN).Scan(&ok) == nil && ok
 	}, 30*time.Second, 50*time.Millisecond)
+	haltPrimary(t, primary, sdsn)
+
+	// replay is behind what was received: refused past --max-lag
+	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, MaxLag: replication.Limit{Bytes: 1 << 20}})
+	var le *replication.LagError
+	require.ErrorAs(t, err, &le)
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Equal(t, "standby", st.Role, "a refused promotion changed something")
+
+	// --force promotes anyway: replay is resumed and everything the standby
+	// has received is replayed
 	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}, MaxLag: replication.Limit{Bytes: 1 << 20}, Force: true})
 	require.NoError(t, err)
 	require.EqualValues(t, 2, res.Timeline)
@@ -453,4 +469,15 @@ func TestStandbyPassfileIsOnlySpiredbs(t *testing.T) {
 	got, err = os.ReadFile(touched)
 	require.NoError(t, err)
 	require.Contains(t, string(got), primary.Password)
+}
+
+// haltPrimary stops the primary as a crash would and waits until the
+// standby's WAL receiver has noticed: only then may it be promoted.
+func haltPrimary(t *testing.T, primary *pgcluster.Cluster, sdsn string) {
+	t.Helper()
+	require.NoError(t, primary.Halt())
+	require.Eventually(t, func() bool {
+		st, err := replication.GetStatus(context.Background(), pg.Options{DSN: sdsn}, replication.Limit{})
+		return err == nil && st.Receiver.Status != "streaming"
+	}, time.Minute, 50*time.Millisecond)
 }

@@ -186,8 +186,11 @@ func newReplicaPromoteCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "promote",
 		Short: "Promote a standby to primary, with gates",
-		Long: `promote refuses on a primary, and when the standby's replay is further behind
-what it received than --max-lag unless --force; waits until replay reaches
+		Long: `promote refuses on a primary; while the standby's WAL receiver still streams
+from its primary, which is then alive (two primaries would split SPIRE's
+writes: use replica switchover for a planned change, or stop the old primary
+first; --force does not override this); and when the standby's replay is
+further behind what it received than --max-lag unless --force; waits until replay reaches
 the received WAL; runs pg_promote(true, wait); CHECKPOINT; confirms it left
 recovery; reports the new timeline and promotion LSN, and what to do next
 (fence the old primary, repoint SPIRE, rebuild standbys, drop old slots).
