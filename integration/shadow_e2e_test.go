@@ -47,10 +47,10 @@ func TestNoCommandRunsAnotherRolesShadowingCode(t *testing.T) {
 	mallory, err := pgx.ConnectConfig(ctx, mcfg)
 	require.NoError(t, err)
 	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, `
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE FUNCTION public.hit() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'victim';
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
 EXCEPTION WHEN others THEN NULL;
 END $$;
 CREATE FUNCTION public.cat(a varchar, b varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.textcat(a, b); END $$;
@@ -70,14 +70,14 @@ CREATE FUNCTION public.to_jsonb(v text) RETURNS jsonb LANGUAGE sql AS $$ SELECT 
 CREATE FUNCTION public.lower(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.lower(a::text); END $$;
 CREATE FUNCTION public.md5(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.md5(a::text); END $$;
 CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.length(a::text); END $$;
-`)
+`, "VICTIM", "victim_"+db.Name))
 	require.NoError(t, err)
 
 	store := "file://" + filepath.Join(t.TempDir(), "store")
 	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", store)
 	require.Equal(t, 0, code, stderr)
 	victim := func() *pgx.Conn {
-		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
 		require.NoError(t, err)
 		t.Cleanup(func() { v.Close(context.Background()) })
 		return v
@@ -186,16 +186,16 @@ func TestScratchRestoreRunsNoBackupCodeAsSuperuser(t *testing.T) {
 	mallory, err := pgx.ConnectConfig(ctx, mcfg)
 	require.NoError(t, err)
 	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, `
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE FUNCTION public.f(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'victim';
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
 	RETURN x;
 EXCEPTION WHEN others THEN RETURN x;
 END $$;
 CREATE TABLE public.notes (x int);
 INSERT INTO public.notes VALUES (1);
-CREATE INDEX ON public.notes (public.f(x));`)
+CREATE INDEX ON public.notes (public.f(x));`, "VICTIM", "victim_"+db.Name))
 	require.NoError(t, err)
 
 	store := "file://" + filepath.Join(t.TempDir(), "store")
@@ -205,7 +205,7 @@ CREATE INDEX ON public.notes (public.f(x));`)
 		{"backup", "verify", "--latest", "--level", "restore"},
 		{"backup", "diff", "--latest"},
 	} {
-		victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+		victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
 		require.NoError(t, err)
 		_, stderr, code := runCLI(t, nil, append(args, "--store", store, "--dsn", db.DSN)...)
 		require.NoError(t, victim.Ping(ctx), "spiredb %s ran the backup's code as a superuser", strings.Join(args, " "))
@@ -223,7 +223,7 @@ CREATE INDEX ON public.notes (public.f(x));`)
 	u, err := url.Parse(db.DSN)
 	require.NoError(t, err)
 	u.User = url.UserPassword(scratchRole, "Scratch-pw-1")
-	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
+	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
 	require.NoError(t, err)
 	defer victim.Close(ctx)
 	_, stderr, code = runCLI(t, nil, "backup", "verify", "--latest", "--level", "restore", "--store", store, "--scratch-dsn", u.String())
