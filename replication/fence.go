@@ -24,6 +24,9 @@ type FenceOptions struct {
 	Databases []string
 	// Undo lifts the fence instead.
 	Undo bool
+	// Force lifts it even on a server a switchover superseded (its new
+	// primary must be gone): SupersededError otherwise.
+	Force bool
 	// Settle bounds the wait for the ended sessions to be gone (default 10s).
 	Settle time.Duration
 	Logger *slog.Logger
@@ -78,6 +81,47 @@ func (e *FenceError) Error() string {
 	}
 	return "new connections are refused, but these sessions could not be ended: " + b.String() +
 		"; the fencing role needs pg_signal_backend (or superuser), or stop the server"
+}
+
+// supersededGUC marks, in the old primary's postgresql.auto.conf (which
+// is not replicated), that a switchover promoted its standby: the server
+// is fenced for good, and reopening it makes two primaries.
+const supersededGUC = "spiredb.superseded_by"
+
+// SupersededError is returned when asked to lift the fence of a server a
+// switchover superseded.
+type SupersededError struct{ By string }
+
+func (e *SupersededError) Error() string {
+	return "refusing to lift the fence: a switchover made " + e.By + " the primary in this server's place, and reopening it makes two primaries; " +
+		"make it a standby of the new one (replica rejoin), or, if the new primary is gone for good, pass --force"
+}
+
+// readSuperseded returns the switchover mark ("" when none).
+func readSuperseded(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var by string
+	err := conn.QueryRow(ctx, pg.Marker+"SELECT coalesce(pg_catalog.current_setting($1, true), '')", supersededGUC).Scan(&by)
+	return by, err
+}
+
+// setSuperseded writes (by != "") or removes the switchover mark with
+// ALTER SYSTEM and a reload; a superuser's only. ALTER SYSTEM accepts a
+// custom parameter once the session knows its placeholder.
+func setSuperseded(ctx context.Context, conn *pgx.Conn, by string) error {
+	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.set_config($1, $2, false)", supersededGUC, by); err != nil {
+		return err
+	}
+	stmt := "ALTER SYSTEM RESET " + supersededGUC
+	if by != "" {
+		if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.format('ALTER SYSTEM SET %s = %L', $1::text, $2::text)", supersededGUC, by).Scan(&stmt); err != nil {
+			return err
+		}
+	}
+	if _, err := conn.Exec(ctx, pg.Marker+stmt); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_reload_conf()")
+	return err
 }
 
 // ErrIsStandby is returned when asked to fence a standby.
@@ -135,6 +179,17 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off; SET synchronous_commit = local"); err != nil {
 		return nil, err
 	}
+	var superseded string
+	if o.Undo {
+		by, err := readSuperseded(ctx, conn)
+		if err != nil {
+			return nil, fmt.Errorf("checking for a switchover: %w", err)
+		}
+		if by != "" && !o.Force {
+			return nil, &SupersededError{By: by}
+		}
+		superseded = by
+	}
 	res := &FenceResult{Undone: o.Undo}
 	for _, db := range o.Databases {
 		var allow *bool
@@ -157,6 +212,11 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 	}
 	res.ReadOnly = setReadOnly(ctx, conn, !o.Undo)
 	if o.Undo {
+		if superseded != "" {
+			if err := setSuperseded(ctx, conn, ""); err != nil {
+				logger.Warn("the fence is lifted, but the switchover's mark could not be removed (ALTER SYSTEM RESET "+supersededGUC+" as a superuser)", "err", err)
+			}
+		}
 		return res, nil
 	}
 	settle := o.Settle

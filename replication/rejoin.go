@@ -436,7 +436,7 @@ func writeStandbyConf(dir string, params dsn.Params, slot, standbyPassfile strin
 	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
 		name, _, _ := strings.Cut(l, "=")
 		switch strings.TrimSpace(name) {
-		case "primary_conninfo", "primary_slot_name":
+		case "primary_conninfo", "primary_slot_name", supersededGUC:
 			continue
 		}
 		kept = append(kept, l)

@@ -202,6 +202,18 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 		return nil, &SwitchoverError{Step: "verify", Err: fmt.Errorf("new timeline %d is not after %d", res.NewTimeline, res.OldTimeline)}
 	}
 	res.NewPrimary, res.Routing, res.NextSteps = routing(o)
+	// the old primary is fenced for good: mark it, so that fence --undo
+	// refuses to make it a second primary; the new one may carry a mark
+	// from an earlier life as an old primary
+	by := fmt.Sprintf("%s (timeline %d, %s)", res.NewPrimary, res.NewTimeline, time.Now().UTC().Format(time.RFC3339))
+	if err := setSuperseded(ctx, pconn, by); err != nil {
+		logger.Warn("could not mark the old primary as superseded (ALTER SYSTEM needs a superuser): replica fence --undo on it would not refuse", "err", err)
+	}
+	if by, err := readSuperseded(ctx, sconn); err == nil && by != "" {
+		if err := setSuperseded(ctx, sconn, ""); err != nil {
+			logger.Warn("could not remove an old switchover's mark from the new primary", "err", err)
+		}
+	}
 	return res, nil
 }
 

@@ -243,8 +243,9 @@ func TestRejoinRefusals(t *testing.T) {
 	_, err = replication.Switchover(ctx, replication.SwitchoverOptions{Primary: pg.Options{DSN: p}, Standby: pg.Options{DSN: s}})
 	require.NoError(t, err)
 	require.NoError(t, exec(t, s, "INSERT INTO w VALUES (1)"))
-	// unfenced by hand: rejoin refuses while SPIRE could write there
-	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}, Undo: true})
+	// unfenced by hand (forced: a switchover superseded it): rejoin
+	// refuses while SPIRE could write there
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}, Undo: true, Force: true})
 	require.NoError(t, err)
 	_, err = replication.Rejoin(ctx, replication.RejoinOptions{Old: pg.Options{DSN: p}, Primary: pg.Options{DSN: s}, DataDir: primary.DataDir})
 	require.ErrorContains(t, err, "not fenced")
@@ -386,4 +387,44 @@ func TestFenceUnderConcurrentWriters(t *testing.T) {
 	wg.Wait()
 	require.False(t, last.IsZero())
 	require.True(t, last.Before(fenced), "a write was acknowledged %s after the fence returned", last.Sub(fenced))
+}
+
+// TestUndoRefusedOnASupersededPrimary: after a switchover the old primary
+// stays fenced; lifting that fence while the new primary serves makes two
+// primaries. fence --undo refuses on a server a switchover superseded
+// (and changes nothing) unless forced; a rejoin, which makes it a standby
+// of the new primary, clears the mark.
+func TestUndoRefusedOnASupersededPrimary(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"wal_log_hints": "on"}))
+	require.NoError(t, exec(t, primary.DSN("postgres"), "CREATE DATABASE spire"))
+	p := primary.DSN("spire")
+	_, _, sdsn := standby(t, primary, "s")
+	s := withDB(sdsn, "spire")
+	_, err := replication.Switchover(ctx, replication.SwitchoverOptions{Primary: pg.Options{DSN: p}, Standby: pg.Options{DSN: s}})
+	require.NoError(t, err)
+	require.NoError(t, exec(t, s, "CREATE TABLE after_switchover (id int)"), "the new primary serves")
+
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}, Undo: true})
+	var se *replication.SupersededError
+	require.ErrorAs(t, err, &se)
+	require.Contains(t, err.Error(), "replica rejoin")
+	_, err = pgx.Connect(ctx, p)
+	require.Equal(t, "55000", pg.SQLState(err), "a refused undo reopened the old primary: %v", err)
+
+	// the new primary itself may be fenced and unfenced at will
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: s}})
+	require.NoError(t, err)
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: s}, Undo: true})
+	require.NoError(t, err)
+
+	// forced (the other primary is known to be gone): reopened, mark gone
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}, Undo: true, Force: true})
+	require.NoError(t, err)
+	require.NoError(t, exec(t, p, "CREATE TABLE reopened (id int)"))
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}})
+	require.NoError(t, err)
+	_, err = replication.Fence(ctx, replication.FenceOptions{Conn: pg.Options{DSN: p}, Undo: true})
+	require.NoError(t, err, "the mark went with the forced undo")
 }

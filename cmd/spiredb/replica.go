@@ -254,7 +254,9 @@ spiredb works from the postgres (or template1) database, so it keeps its own
 access. The fence is in the catalog: it survives a restart, and standbys that
 replay it refuse connections to that database too (switchover lifts it on
 the promoted one). Idempotent. --undo reopens the database and resets the
-read-only default.
+read-only default; on an old primary that a switchover superseded (marked in
+its postgresql.auto.conf) it refuses, since reopening it makes two primaries:
+rejoin it as a standby instead, or pass --force if the new primary is gone.
 
 The database is the one --dsn names (--database to name others). The target
 comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal spiredb asks,
@@ -292,6 +294,7 @@ elsewhere it needs --yes.`,
 		},
 	}
 	cmd.Flags().BoolVar(&o.Undo, "undo", false, "lift the fence: reopen the database(s) and reset default_transaction_read_only")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "with --undo: lift it even on an old primary a switchover superseded (only when the new primary is gone for good: two primaries otherwise)")
 	cmd.Flags().StringSliceVar(&o.Databases, "database", nil, "database(s) to fence (default: the --dsn database)")
 	addYes(cmd)
 	return cmd
