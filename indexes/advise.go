@@ -97,7 +97,8 @@ func Advise(ctx context.Context, conn *pgx.Conn, opts AdviseOptions) (*AdviseRep
 		return nil, err
 	}
 	r := &AdviseReport{Skipped: []string{}, Advice: []Advice{}}
-	if r.Hypopg, err = hypopgVersion(ctx, conn); err != nil {
+	var hypo string
+	if r.Hypopg, hypo, err = hypopgVersion(ctx, conn); err != nil {
 		return nil, err
 	}
 	top, err := tuning.TopStatements(ctx, conn, tuning.TopOptions{By: "total", Limit: opts.Statements})
@@ -160,7 +161,7 @@ func Advise(ctx context.Context, conn *pgx.Conn, opts AdviseOptions) (*AdviseRep
 		var bestCand Candidate
 		var bestBytes int64
 		for _, c := range cands {
-			after, bytes, err := hypotheticalCost(ctx, conn, c.DDL(s.Schema), sql, params, generic && params == nil)
+			after, bytes, err := hypotheticalCost(ctx, conn, hypo, c.DDL(s.Schema), sql, params, generic && params == nil)
 			if err != nil {
 				r.Skipped = append(r.Skipped, fmt.Sprintf("%s with %s: %v", clipQuery(g.Query), c.DDL(s.Schema), err))
 				continue
@@ -252,20 +253,24 @@ func tablesIn(ctx context.Context, conn *pgx.Conn, schema string) (map[string]bo
 	return out, nil
 }
 
-func hypopgVersion(ctx context.Context, conn *pgx.Conn) (string, error) {
+// hypopgVersion returns hypopg's version and the schema its functions are
+// in: spiredb calls them by that qualified name, so that a function of the
+// same name another role put earlier on the search_path is never called.
+func hypopgVersion(ctx context.Context, conn *pgx.Conn) (version, schema string, err error) {
 	var db string
-	var ver *string
+	var ver, nsp *string
 	var available bool
-	err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(),
+	err = conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(),
 		(SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'hypopg'),
-		EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'hypopg')`).Scan(&db, &ver, &available)
+		(SELECT n.nspname::text FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hypopg'),
+		EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'hypopg')`).Scan(&db, &ver, &nsp, &available)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	if ver == nil {
-		return "", &HypopgError{Database: db, Available: available}
+	if ver == nil || nsp == nil {
+		return "", "", &HypopgError{Database: db, Available: available}
 	}
-	return *ver, nil
+	return *ver, *nsp, nil
 }
 
 // spireExamples maps fingerprints to the catalog's executions.
@@ -380,14 +385,15 @@ func planCost(ctx context.Context, conn *pgx.Conn, sql string, params []*string,
 }
 
 // hypotheticalCost plans sql with one hypothetical index and removes it.
-func hypotheticalCost(ctx context.Context, conn *pgx.Conn, ddl, sql string, params []*string, generic bool) (float64, int64, error) {
+func hypotheticalCost(ctx context.Context, conn *pgx.Conn, hypo, ddl, sql string, params []*string, generic bool) (float64, int64, error) {
+	fn := func(name string) string { return pgx.Identifier{hypo, name}.Sanitize() }
 	var oid uint32
-	if err := conn.QueryRow(ctx, pg.Marker+"SELECT indexrelid FROM hypopg_create_index($1)", ddl).Scan(&oid); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT indexrelid FROM "+fn("hypopg_create_index")+"($1)", ddl).Scan(&oid); err != nil {
 		return 0, 0, fmt.Errorf("hypopg_create_index(%s): %w", ddl, err)
 	}
-	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT hypopg_reset()") }()
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), pg.Marker+"SELECT "+fn("hypopg_reset")+"()") }()
 	var bytes int64
-	if err := conn.QueryRow(ctx, pg.Marker+"SELECT hypopg_relation_size($1)", oid).Scan(&bytes); err != nil {
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT "+fn("hypopg_relation_size")+"($1)", oid).Scan(&bytes); err != nil {
 		return 0, 0, err
 	}
 	cost, err := planCost(ctx, conn, sql, params, generic)

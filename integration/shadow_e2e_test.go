@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/doctor"
+	"github.com/spiredb/spiredb/indexes"
 )
 
 // TestNoCommandRunsAnotherRolesShadowingCode: a role allowed to create in
@@ -229,4 +230,64 @@ CREATE INDEX ON public.notes (public.f(x));`, "VICTIM", "victim_"+db.Name))
 	_, stderr, code = runCLI(t, nil, "backup", "verify", "--latest", "--level", "restore", "--store", store, "--scratch-dsn", u.String())
 	require.Equal(t, 0, code, stderr)
 	require.NoError(t, victim.Ping(ctx), "the backup's code ran with the scratch role's privileges only")
+}
+
+// TestAdviseCallsHypopgInItsOwnSchema: hypopg created in a schema of its
+// own, after public on the search_path; a role that may create in public
+// defines hypopg_create_index(text) there, which the search_path would
+// find first. indexes advise calls hypopg's by its schema: the role's
+// function never runs with spiredb's privileges, and the advice is hypopg's.
+func TestAdviseCallsHypopgInItsOwnSchema(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	db, conn := statsDB(t, 15000)
+	role := "hypo_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	for _, q := range []string{
+		"CREATE SCHEMA hypo",
+		"CREATE EXTENSION hypopg SCHEMA hypo",
+		`ALTER DATABASE ` + db.Name + ` SET search_path = "$user", public, hypo`,
+		"CREATE ROLE " + role + " LOGIN PASSWORD 'Hypo-pw-1'",
+		"GRANT CREATE ON SCHEMA public TO " + role,
+		"GRANT USAGE ON SCHEMA hypo TO " + role,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	mcfg, err := pgx.ParseConfig(db.DSN)
+	require.NoError(t, err)
+	mcfg.User, mcfg.Password = role, "Hypo-pw-1"
+	mallory, err := pgx.ConnectConfig(ctx, mcfg)
+	require.NoError(t, err)
+	defer mallory.Close(ctx)
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+CREATE FUNCTION public.hypopg_create_index(sql text, OUT indexrelid oid, OUT indexname text) RETURNS SETOF record LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
+	RETURN QUERY SELECT * FROM hypo.hypopg_create_index(sql);
+END $$`, "VICTIM", "victim_"+db.Name))
+	require.NoError(t, err)
+
+	prune := catalogExample(t, "events prune", `"registered_entries_events"`)
+	old := time.Now().Add(-12 * time.Hour).UTC().Format("2006-01-02 15:04:05.999999-07")
+	for range 3 {
+		_, err := conn.Exec(ctx, prune.SQL, pgx.QueryExecModeSimpleProtocol, old)
+		require.NoError(t, err)
+	}
+	_, err = conn.Exec(ctx, "ANALYZE")
+	require.NoError(t, err)
+	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
+	require.NoError(t, err)
+	defer victim.Close(ctx)
+	out, stderr, code := runCLI(t, nil, "indexes", "advise", "--dsn", db.DSN, "-o", "json")
+	require.NoError(t, victim.Ping(ctx), "indexes advise ran %s's hypopg_create_index with its privileges", role)
+	require.Equal(t, 0, code, stderr)
+	var adv indexes.AdviseReport
+	require.NoError(t, json.Unmarshal([]byte(out), &adv), out)
+	require.NotEmpty(t, adv.Advice, "hypopg's hypothetical indexes were planned: %s", out)
 }
