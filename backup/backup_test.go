@@ -386,3 +386,28 @@ func TestBackupCountsRowsInTheDump(t *testing.T) {
 		require.Equal(t, 2*tc.scans+1, seqScans()-before, "%s: sequential scans of registered_entries and selectors (+1: the count above)", tc.codec)
 	}
 }
+
+// TestVerifyCallsAmcheckWhereItLives: a datastore with amcheck created in a
+// schema of its own restores it there; verify's index check calls it in
+// that schema (it failed every index looking for public.bt_index_check).
+func TestVerifyCallsAmcheckWhereItLives(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := spireDB(t, 200)
+	_, err := db.Pool.Exec(ctx, "CREATE SCHEMA ext; CREATE EXTENSION amcheck SCHEMA ext")
+	require.NoError(t, err)
+	s, err := backup.NewFileStore(t.TempDir())
+	require.NoError(t, err)
+	m, err := backup.Run(ctx, backup.RunOptions{Conn: pg.Options{DSN: db.DSN}, Store: s})
+	require.NoError(t, err)
+	res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: backup.LevelRestore, Scratch: pg.Options{DSN: db.DSN}})
+	require.NoError(t, err)
+	require.True(t, res.OK, "%+v", res.Checks)
+	var amcheck string
+	for _, c := range res.Checks {
+		if c.Name == "amcheck" {
+			amcheck = c.Detail
+		}
+	}
+	require.Contains(t, amcheck, "passed on")
+}

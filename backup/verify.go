@@ -470,6 +470,14 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 		res.add("amcheck", true, "skipped: %v", err)
 		return nil
 	}
+	// called by the extension's schema: the restored dump decides where
+	// amcheck lives, and may hold a function of the same name elsewhere
+	var schema string
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT n.nspname::text FROM pg_catalog.pg_extension e
+		JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'amcheck'`).Scan(&schema); err != nil {
+		return fmt.Errorf("finding amcheck's schema: %w", err)
+	}
+	check := pg.Marker + "SELECT " + pgx.Identifier{schema, "bt_index_check"}.Sanitize() + "($1::pg_catalog.regclass)"
 	rows, err := conn.Query(ctx, pg.Marker+amcheckIndexesSQL)
 	if err != nil {
 		return fmt.Errorf("listing indexes: %w", err)
@@ -503,7 +511,7 @@ func checkIndexes(ctx context.Context, opts pg.Options, jobs int, res *VerifyRes
 				defer c.Close(context.WithoutCancel(ctx))
 			}
 			for ix := range work {
-				if _, err := c.Exec(ctx, pg.Marker+"SELECT public.bt_index_check($1::regclass)", ix); err != nil {
+				if _, err := c.Exec(ctx, check, ix); err != nil {
 					mu.Lock()
 					failures = append(failures, fmt.Sprintf("%s: %v", ix, err))
 					mu.Unlock()
