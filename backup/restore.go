@@ -107,7 +107,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	var rels int
 	var example *string
 	err = conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), count(*),
-		min(n.nspname || '.' || c.relname)
+		min(n.nspname::text || '.' || c.relname::text)
 		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
 		  AND n.nspname NOT LIKE 'pg\_temp%'`).Scan(&res.Database, &rels, &example)

@@ -166,7 +166,7 @@ func (r *UpgradeReport) checkUpgradeBackup(ctx context.Context, o UpgradeOptions
 // dependentViews lists views and materialized views whose rules read a
 // table of SPIRE's schema.
 func dependentViews(ctx context.Context, conn *pgx.Conn, nsp string) ([]string, error) {
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT DISTINCT vn.nspname || '.' || v.relname
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT DISTINCT vn.nspname::text || '.' || v.relname::text
 		FROM pg_catalog.pg_depend d
 		JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
 		JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class

@@ -68,6 +68,8 @@ CREATE FUNCTION public.cnti(s int8, v int) RETURNS int8 LANGUAGE plpgsql AS $$ B
 CREATE AGGREGATE public.count(int) (SFUNC = public.cnti, STYPE = int8, INITCOND = '0');
 CREATE FUNCTION public.tj(v text) RETURNS jsonb LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.to_jsonb(v); END $$;
 CREATE FUNCTION public.to_jsonb(v text) RETURNS jsonb LANGUAGE sql AS $$ SELECT public.tj(v) $$;
+CREATE FUNCTION public.catn(a name, b name) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.textcat(a::text, b::text); END $$;
+CREATE OPERATOR public.|| (LEFTARG = name, RIGHTARG = name, FUNCTION = public.catn);
 CREATE FUNCTION public.lower(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.lower(a::text); END $$;
 CREATE FUNCTION public.md5(a varchar) RETURNS text LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.md5(a::text); END $$;
 CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN pg_catalog.length(a::text); END $$;
@@ -100,6 +102,7 @@ CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGI
 		{"spire", "upgrade-check", "--to", "1.14.0"},
 		{"backup", "diff", "--latest", "--store", store},
 		{"backup", "verify", "--latest", "--store", store, "--level", "restore"},
+		{"backup", "restore", "--latest", "--store", store, "--plan", "--target-dsn", db.DSN},
 		{"migrate", "backfill", "--table", "selectors", "--set", "value = value", "--where", "type = 'k8s'"},
 		{"indexes", "apply"},
 		{"tune", "check", "--detect"},
