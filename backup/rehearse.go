@@ -55,7 +55,7 @@ type Rehearsal struct {
 	After         spire.Schema  `json:"schema_after"`
 	Duration      time.Duration `json:"duration_ns"`
 	// Locks are the table locks the server's sessions held while it
-	// started (sampled every 10 ms), strongest mode per table.
+	// started (sampled every millisecond), strongest mode per table.
 	Locks []RehearsalLock `json:"locks"`
 }
 
@@ -227,10 +227,19 @@ plugins {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
 	// the server's sessions' relation locks, sampled until it is healthy
+	// (connected before the server starts: its start-up reads take
+	// milliseconds, and a monitor still connecting would miss them)
 	locks := map[string]string{}
+	mon := sopts
+	mon.ApplicationName = "spiredb-rehearsal-monitor"
+	monitor, err := pg.Connect(sctx, mon)
+	if err != nil {
+		return err
+	}
+	defer monitor.Close(context.WithoutCancel(ctx))
 	sampled := make(chan error, 1)
 	stopSampling := make(chan struct{})
-	go func() { sampled <- sampleLocks(sctx, sopts, locks, stopSampling) }()
+	go func() { sampled <- sampleLocks(sctx, monitor, locks, stopSampling) }()
 
 	start := time.Now()
 	logger.Info("starting spire-server on the restored copy", "version", res.ServerVersion, "trust_domain", td)
@@ -301,23 +310,16 @@ plugins {
 	return nil
 }
 
-// sampleLocks records, every 10 ms, the relation locks granted to the
+// sampleLocks records, every millisecond, the relation locks granted to the
 // rehearsal server's sessions, keeping the strongest mode per relation.
-func sampleLocks(ctx context.Context, sopts pg.Options, locks map[string]string, stop <-chan struct{}) error {
-	so := sopts
-	so.ApplicationName = "spiredb-rehearsal-monitor"
-	conn, err := pg.Connect(ctx, so)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
+func sampleLocks(ctx context.Context, conn *pgx.Conn, locks map[string]string, stop <-chan struct{}) error {
 	for {
 		select {
 		case <-stop:
 			return nil
 		case <-ctx.Done():
 			return nil
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(time.Millisecond):
 		}
 		rows, err := conn.Query(ctx, pg.Marker+`SELECT l.relation::regclass::text, l.mode FROM pg_catalog.pg_locks l
 			JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid

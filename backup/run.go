@@ -253,6 +253,11 @@ func lockedSession(ctx context.Context, s Store, opts pg.Options, name string) (
 	if err := checkWrite(ctx, s); err != nil {
 		return nil, nil, err
 	}
+	// a backup must not stop over another role's functions on the
+	// search_path (doctor reports them): its own statements call
+	// pg_catalog's alone, by qualified name, and pg_dump sets an empty
+	// search_path
+	opts.TrustSearchPath = true
 	conn, err := pg.Connect(ctx, opts)
 	if err != nil {
 		return nil, nil, err

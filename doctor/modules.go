@@ -80,6 +80,8 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	if o.MaxLag.IsZero() {
 		o.MaxLag = replication.Limit{Bytes: 16 << 20}
 	}
+	// doctor reports what other commands refuse (security.shadowing)
+	o.Conn.TrustSearchPath = true
 	conn, err := pg.Connect(ctx, o.Conn)
 	if err != nil {
 		return nil, err
@@ -115,6 +117,7 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 	}
 	var replicas []*pgx.Conn
 	for i, ro := range o.Replicas {
+		ro.TrustSearchPath = true
 		rc, err := pg.Connect(ctx, ro)
 		if err != nil {
 			return nil, fmt.Errorf("replica %d: %w", i+1, err)

@@ -2,6 +2,8 @@ package pg_test
 
 import (
 	"context"
+	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -119,4 +121,51 @@ func TestAdvisoryLock(t *testing.T) {
 	_, ok, err = pg.TryAdvisoryLock(ctx, b, "test.resource")
 	require.NoError(t, err)
 	require.True(t, ok)
+}
+
+// TestShadowingRefused: a role's public.count(text) would win over
+// pg_catalog's count("any") in an unqualified call. A session of a more
+// privileged role is refused, naming it (from a DSN and from a caller's
+// pool); the owner's own session is not (its own code borrows nothing);
+// TrustSearchPath skips the check.
+func TestShadowingRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	role := "sh_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN PASSWORD 'Sh-pw-1'",
+		"GRANT CREATE ON SCHEMA public TO " + role,
+	} {
+		_, err := db.Pool.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.User = url.UserPassword(role, "Sh-pw-1")
+	mine, err := pg.Connect(ctx, pg.Options{DSN: u.String()})
+	require.NoError(t, err)
+	_, err = mine.Exec(ctx, `CREATE FUNCTION public.cnt(s int8, v text) RETURNS int8 LANGUAGE sql AS 'SELECT s + 1';
+		CREATE AGGREGATE public.count(text) (SFUNC = public.cnt, STYPE = int8, INITCOND = '0')`)
+	require.NoError(t, err)
+	mine.Close(ctx)
+
+	_, err = pg.Connect(ctx, pg.Options{DSN: db.DSN})
+	var se *pg.ShadowError
+	require.ErrorAs(t, err, &se)
+	require.Contains(t, err.Error(), "public.count(text) (owner "+role+")")
+	_, err = pg.Connect(ctx, pg.Options{Pool: db.Pool})
+	require.ErrorAs(t, err, &se, "a session taken from the caller's pool too")
+
+	conn, err := pg.Connect(ctx, pg.Options{DSN: db.DSN, TrustSearchPath: true})
+	require.NoError(t, err)
+	conn.Close(ctx)
+	conn, err = pg.Connect(ctx, pg.Options{DSN: u.String()})
+	require.NoError(t, err, "the owner's own session")
+	conn.Close(ctx)
 }

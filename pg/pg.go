@@ -80,6 +80,10 @@ type Options struct {
 	// Database, when set, replaces the DSN's database (scratch and restore
 	// targets on the same server).
 	Database string
+	// TrustSearchPath skips the check that refuses a session whose
+	// search_path holds another role's functions or operators named like
+	// pg_catalog's (ShadowError); doctor sets it, to report them.
+	TrustSearchPath bool
 }
 
 // Validate reports options that cannot work, in one line.
@@ -151,16 +155,29 @@ func ParseConfig(opts Options) (*pgx.ConnConfig, error) {
 
 // Connect opens one session; the caller closes it. With Options.Pool (and
 // no Options.Database) the session is taken out of the caller's pool and
-// given spiredb's session settings with SET.
+// given spiredb's session settings with SET. A session whose search_path
+// holds another, less privileged role's functions or operators named like
+// pg_catalog's is refused with ShadowError (unless TrustSearchPath).
 func Connect(ctx context.Context, opts Options) (*pgx.Conn, error) {
+	var conn *pgx.Conn
+	var err error
 	if opts.Pool != nil && opts.Database == "" {
-		return hijack(ctx, opts)
+		conn, err = hijack(ctx, opts)
+	} else {
+		var cfg *pgx.ConnConfig
+		if cfg, err = ParseConfig(opts); err != nil {
+			return nil, err
+		}
+		conn, err = connectConfig(ctx, cfg)
 	}
-	cfg, err := ParseConfig(opts)
-	if err != nil {
+	if err != nil || opts.TrustSearchPath {
+		return conn, err
+	}
+	if err := checkShadowing(ctx, conn); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return connectConfig(ctx, cfg)
+	return conn, nil
 }
 
 // connectConfig opens a session with cfg; a pooler that refuses spiredb's

@@ -49,7 +49,7 @@ release --to:
     binary starts on it as the upgrade would (it migrates at start-up), and
     the report gives the time until it was healthy, the schema version
     before and after, and the relation locks its sessions took (sampled
-    every 10 ms). The scratch database is dropped; the live datastore is
+    every millisecond). The scratch database is dropped; the live datastore is
     only read.
 
 Exit 0, 4 (warnings) or 1 (errors).`,
