@@ -330,3 +330,66 @@ END $$`, "VICTIM", "victim_"+db.Name),
 	require.Contains(t, stderr, "hidden.array_agg(text) (owner "+role+")")
 	require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
 }
+
+// TestBackfillRunsNoOtherRolesTriggerCode: a table whose owner, a role
+// with fewer privileges than spiredb's, put a trigger on it. A backfill's
+// UPDATEs would fire it with spiredb's privileges; the backfill is refused
+// before any batch, naming the function and its owner, and nothing changes.
+func TestBackfillRunsNoOtherRolesTriggerCode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, conn := statsDB(t, 100)
+	role := "trig_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	for _, q := range []string{
+		"CREATE ROLE " + role + " LOGIN PASSWORD 'Trig-pw-1'",
+		"GRANT CREATE ON SCHEMA public TO " + role,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	mcfg, err := pgx.ParseConfig(db.DSN)
+	require.NoError(t, err)
+	mcfg.User, mcfg.Password = role, "Trig-pw-1"
+	mallory, err := pgx.ConnectConfig(ctx, mcfg)
+	require.NoError(t, err)
+	defer mallory.Close(ctx)
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+CREATE TABLE public.notes (id int PRIMARY KEY, v int);
+INSERT INTO public.notes SELECT g, 0 FROM generate_series(1, 10) g;
+CREATE FUNCTION public.on_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
+	RETURN NEW;
+END $$;
+CREATE TRIGGER notes_update BEFORE UPDATE ON public.notes FOR EACH ROW EXECUTE FUNCTION public.on_update();`, "VICTIM", "victim_"+db.Name))
+	require.NoError(t, err)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+
+	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
+	require.NoError(t, err)
+	defer victim.Close(ctx)
+	_, stderr, code = runCLI(t, nil, "migrate", "backfill", "--dsn", db.DSN, "--table", "public.notes", "--set", "v = 1", "--name", "n1")
+	require.NoError(t, victim.Ping(ctx), "the backfill fired %s's trigger with spiredb's privileges", role)
+	require.NotEqual(t, 0, code, stderr)
+	require.Contains(t, stderr, "public.on_update() (owner "+role+")")
+	var changed int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM public.notes WHERE v <> 0").Scan(&changed))
+	require.Zero(t, changed)
+
+	// as the table's owner, the trigger is its own code, with the owner's
+	// privileges (it could not end a superuser's session): the backfill runs
+	victim.Close(ctx)
+	u := strings.Replace(db.DSN, "postgres:"+db.Cluster.Password+"@", role+":Trig-pw-1@", 1)
+	_, err = conn.Exec(ctx, "GRANT CREATE ON DATABASE "+db.Name+" TO "+role+"; GRANT USAGE, CREATE ON SCHEMA spiredb TO "+role+"; GRANT ALL ON ALL TABLES IN SCHEMA spiredb TO "+role+"; GRANT ALL ON ALL SEQUENCES IN SCHEMA spiredb TO "+role)
+	require.NoError(t, err)
+	_, stderr, code = runCLI(t, nil, "migrate", "backfill", "--dsn", u, "--table", "public.notes", "--set", "v = 1", "--name", "n2")
+	require.Equal(t, 0, code, stderr)
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM public.notes WHERE v <> 0").Scan(&changed))
+	require.Equal(t, 10, changed)
+}

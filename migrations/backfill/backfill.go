@@ -177,7 +177,50 @@ func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
 	if len(t.keys) == 0 {
 		return nil, specErrorf("%s has no primary key: backfill pages by it", t.ident)
 	}
+	if err := checkTableCode(ctx, conn, *oid, t.ident); err != nil {
+		return nil, err
+	}
 	return t, nil
+}
+
+// tableCodeSQL lists the functions an UPDATE of the table runs (its
+// triggers', check constraints', index expressions' and policies') that
+// are not SECURITY DEFINER and belong to a role that is neither a
+// superuser nor holds the session role's privileges: they run as the
+// session role.
+const tableCodeSQL = `WITH deps AS (
+	SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+	WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1
+		AND d.classid IN ('pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_constraint'::pg_catalog.regclass,
+			'pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass)
+)
+SELECT DISTINCT pg_catalog.format('%I.%I(%s) (owner %s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes), o.rolname)
+FROM deps
+JOIN pg_catalog.pg_depend f ON f.classid = deps.classid AND f.objid = deps.objid AND f.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+JOIN pg_catalog.pg_proc p ON p.oid = f.refobjid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
+WHERE NOT p.prosecdef AND NOT o.rolsuper
+	AND NOT pg_catalog.pg_has_role(o.oid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), 'MEMBER')
+ORDER BY 1`
+
+// checkTableCode refuses a backfill whose UPDATEs would run another, less
+// privileged role's code (a trigger the table's owner defined, say) with
+// this session's privileges.
+func checkTableCode(ctx context.Context, conn *pgx.Conn, oid uint32, ident string) error {
+	rows, err := conn.Query(ctx, pg.Marker+tableCodeSQL, oid)
+	if err != nil {
+		return fmt.Errorf("reading what an UPDATE of %s runs: %w", ident, err)
+	}
+	code, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("reading what an UPDATE of %s runs: %w", ident, err)
+	}
+	if len(code) > 0 {
+		return specErrorf("an UPDATE of %s runs %s (triggers, constraints, index expressions or policies) with this role's privileges, which their owner lacks: run the backfill as that role (the table's owner), or make them SECURITY DEFINER",
+			ident, strings.Join(code, ", "))
+	}
+	return nil
 }
 
 // validate parses --set and --where and puts their rebuilt forms in spec.
