@@ -10,37 +10,6 @@ import (
 	"github.com/spiredb/spiredb/pg"
 )
 
-// shadowingSQL lists functions, aggregates and operators in the schemas
-// SPIRE's and spiredb's statements resolve names in (the search_path and
-// SPIRE's schema) that have a pg_catalog name, belong to no extension and
-// are owned by a role that is not a superuser and lacks the connecting
-// role's privileges (pg.ShadowError refuses other commands on them). An exact argument-type
-// match beats pg_catalog's polymorphic versions (count("any"),
-// array_agg(anynonarray)), so an unqualified call would run the owner's
-// code with the caller's privileges (CVE-2018-1058).
-const shadowingSQL = `WITH path AS (
-	SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
-	WHERE (n.nspname = ANY (pg_catalog.current_schemas(false)) OR n.nspname = $1) AND n.nspname <> 'pg_catalog'
-)
-SELECT pg_catalog.format('%I.%I(%s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes)) AS obj,
-	pg_catalog.pg_get_userbyid(p.proowner)
-FROM pg_catalog.pg_proc p JOIN path n ON n.oid = p.pronamespace
-JOIN pg_catalog.pg_roles o ON o.oid = p.proowner AND NOT o.rolsuper
-WHERE NOT pg_catalog.pg_has_role(o.oid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), 'MEMBER')
-	AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc c WHERE c.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.proname = p.proname)
-	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-		WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e')
-UNION ALL
-SELECT pg_catalog.format('%I.%s(%s, %s)', n.nspname, op.oprname, op.oprleft::pg_catalog.regtype, op.oprright::pg_catalog.regtype),
-	pg_catalog.pg_get_userbyid(op.oprowner)
-FROM pg_catalog.pg_operator op JOIN path n ON n.oid = op.oprnamespace
-JOIN pg_catalog.pg_roles o ON o.oid = op.oprowner AND NOT o.rolsuper
-WHERE NOT pg_catalog.pg_has_role(o.oid, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user), 'MEMBER')
-	AND EXISTS (SELECT 1 FROM pg_catalog.pg_operator c WHERE c.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.oprname = op.oprname)
-	AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-		WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = op.oid AND d.deptype = 'e')
-ORDER BY 1`
-
 // publicCreateSQL lists the schemas of the path every role may create in
 // (public on PostgreSQL 13 and 14, unless revoked), with the role that
 // owns SPIRE's tables, which must keep CREATE for SPIRE's migrations.
@@ -56,27 +25,16 @@ ORDER BY 1`
 // and spiredb's statements: objects that shadow pg_catalog's on the path,
 // and path schemas every role may create in.
 func (r *Report) checkSchemaSafety(ctx context.Context, conn *pgx.Conn, spireSchema string) error {
-	rows, err := conn.Query(ctx, pg.Marker+shadowingSQL, spireSchema)
+	shadows, err := pg.Shadowing(ctx, conn, spireSchema)
 	if err != nil {
-		return fmt.Errorf("reading the search_path's functions and operators: %w", err)
-	}
-	var shadows []string
-	for rows.Next() {
-		var obj, owner string
-		if err := rows.Scan(&obj, &owner); err != nil {
-			return err
-		}
-		shadows = append(shadows, obj+" (owner "+owner+")")
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading the search_path's functions and operators: %w", err)
+		return err
 	}
 	if len(shadows) > 0 {
 		r.add(Error, "security.shadowing", fmt.Sprintf("%s: on the search_path with the name of a pg_catalog function or operator, owned by a role without this role's privileges; an exact argument-type match wins over pg_catalog's polymorphic one, so a statement of SPIRE's or spiredb's that calls it runs its owner's code with the caller's privileges: spiredb's other commands refuse to work here until it is gone", strings.Join(shadows, ", ")),
 			"check what each does; drop it, or move it to a schema off the search_path (ALTER FUNCTION … SET SCHEMA)")
 	}
 
-	rows, err = conn.Query(ctx, pg.Marker+publicCreateSQL, spireSchema)
+	rows, err := conn.Query(ctx, pg.Marker+publicCreateSQL, spireSchema)
 	if err != nil {
 		return fmt.Errorf("reading the search_path's schema privileges: %w", err)
 	}

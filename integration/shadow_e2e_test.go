@@ -14,6 +14,7 @@ import (
 
 	"github.com/spiredb/spiredb/doctor"
 	"github.com/spiredb/spiredb/indexes"
+	"github.com/spiredb/spiredb/internal/pgtest"
 )
 
 // TestNoCommandRunsAnotherRolesShadowingCode: a role allowed to create in
@@ -28,27 +29,8 @@ func TestNoCommandRunsAnotherRolesShadowingCode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	db, conn := statsDB(t, 2000)
-	role := "shadow_" + strings.TrimPrefix(db.Name, "t_")[:8]
-	pw := "Shadow-pw-1"
-	for _, q := range []string{
-		"CREATE ROLE " + role + " LOGIN PASSWORD '" + pw + "'",
-		"GRANT CREATE ON SCHEMA public TO " + role,
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
-	t.Cleanup(func() {
-		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
-			_, _ = db.Pool.Exec(context.Background(), q)
-		}
-	})
-	mcfg, err := pgx.ParseConfig(db.DSN)
-	require.NoError(t, err)
-	mcfg.User, mcfg.Password = role, pw
-	mallory, err := pgx.ConnectConfig(ctx, mcfg)
-	require.NoError(t, err)
-	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+	role, mallory := hostileRole(t, db, "shadow")
+	_, err := mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE FUNCTION public.hit() RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
 	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
@@ -157,27 +139,8 @@ func TestScratchRestoreRunsNoBackupCodeAsSuperuser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	db, conn := statsDB(t, 500)
-	role := "restorer_" + strings.TrimPrefix(db.Name, "t_")[:8]
-	pw := "Restorer-pw-1"
-	for _, q := range []string{
-		"CREATE ROLE " + role + " LOGIN PASSWORD '" + pw + "'",
-		"GRANT CREATE ON SCHEMA public TO " + role,
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
-	t.Cleanup(func() {
-		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
-			_, _ = db.Pool.Exec(context.Background(), q)
-		}
-	})
-	mcfg, err := pgx.ParseConfig(db.DSN)
-	require.NoError(t, err)
-	mcfg.User, mcfg.Password = role, pw
-	mallory, err := pgx.ConnectConfig(ctx, mcfg)
-	require.NoError(t, err)
-	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+	_, mallory := hostileRole(t, db, "restorer")
+	_, err := mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE FUNCTION public.f(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$
 BEGIN
 	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
@@ -232,30 +195,17 @@ func TestAdviseCallsHypopgInItsOwnSchema(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	db, conn := statsDB(t, 15000)
-	role := "hypo_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	role, mallory := hostileRole(t, db, "hypo")
 	for _, q := range []string{
 		"CREATE SCHEMA hypo",
 		"CREATE EXTENSION hypopg SCHEMA hypo",
 		`ALTER DATABASE ` + db.Name + ` SET search_path = "$user", public, hypo`,
-		"CREATE ROLE " + role + " LOGIN PASSWORD 'Hypo-pw-1'",
-		"GRANT CREATE ON SCHEMA public TO " + role,
 		"GRANT USAGE ON SCHEMA hypo TO " + role,
 	} {
 		_, err := conn.Exec(ctx, q)
 		require.NoError(t, err)
 	}
-	t.Cleanup(func() {
-		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
-			_, _ = db.Pool.Exec(context.Background(), q)
-		}
-	})
-	mcfg, err := pgx.ParseConfig(db.DSN)
-	require.NoError(t, err)
-	mcfg.User, mcfg.Password = role, "Hypo-pw-1"
-	mallory, err := pgx.ConnectConfig(ctx, mcfg)
-	require.NoError(t, err)
-	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+	_, err := mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE FUNCTION public.hypopg_create_index(sql text, OUT indexrelid oid, OUT indexname text) RETURNS SETOF record LANGUAGE plpgsql AS $$
 BEGIN
 	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
@@ -339,26 +289,8 @@ func TestBackfillRunsNoOtherRolesTriggerCode(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	db, conn := statsDB(t, 100)
-	role := "trig_" + strings.TrimPrefix(db.Name, "t_")[:8]
-	for _, q := range []string{
-		"CREATE ROLE " + role + " LOGIN PASSWORD 'Trig-pw-1'",
-		"GRANT CREATE ON SCHEMA public TO " + role,
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
-	t.Cleanup(func() {
-		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
-			_, _ = db.Pool.Exec(context.Background(), q)
-		}
-	})
-	mcfg, err := pgx.ParseConfig(db.DSN)
-	require.NoError(t, err)
-	mcfg.User, mcfg.Password = role, "Trig-pw-1"
-	mallory, err := pgx.ConnectConfig(ctx, mcfg)
-	require.NoError(t, err)
-	defer mallory.Close(ctx)
-	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+	role, mallory := hostileRole(t, db, "trig")
+	_, err := mallory.Exec(ctx, strings.ReplaceAll(`
 CREATE TABLE public.notes (id int PRIMARY KEY, v int);
 INSERT INTO public.notes SELECT g, 0 FROM generate_series(1, 10) g;
 CREATE FUNCTION public.on_update() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -385,11 +317,39 @@ CREATE TRIGGER notes_update BEFORE UPDATE ON public.notes FOR EACH ROW EXECUTE F
 	// as the table's owner, the trigger is its own code, with the owner's
 	// privileges (it could not end a superuser's session): the backfill runs
 	victim.Close(ctx)
-	u := strings.Replace(db.DSN, "postgres:"+db.Cluster.Password+"@", role+":Trig-pw-1@", 1)
+	u := strings.Replace(db.DSN, "postgres:"+db.Cluster.Password+"@", role+":"+hostilePassword+"@", 1)
 	_, err = conn.Exec(ctx, "GRANT CREATE ON DATABASE "+db.Name+" TO "+role+"; GRANT USAGE, CREATE ON SCHEMA spiredb TO "+role+"; GRANT ALL ON ALL TABLES IN SCHEMA spiredb TO "+role+"; GRANT ALL ON ALL SEQUENCES IN SCHEMA spiredb TO "+role)
 	require.NoError(t, err)
 	_, stderr, code = runCLI(t, nil, "migrate", "backfill", "--dsn", u, "--table", "public.notes", "--set", "v = 1", "--name", "n2")
 	require.Equal(t, 0, code, stderr)
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM public.notes WHERE v <> 0").Scan(&changed))
 	require.Equal(t, 10, changed)
+}
+
+// hostilePassword is hostileRole's password.
+const hostilePassword = "Hostile-pw-1"
+
+// hostileRole creates a login role that may create in public, as every
+// role may on PostgreSQL 13 and 14, dropped with what it owns when the
+// test ends, and returns it with a session of its own.
+func hostileRole(t *testing.T, db *pgtest.DB, prefix string) (string, *pgx.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	role := prefix + "_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	for _, q := range []string{"CREATE ROLE " + role + " LOGIN PASSWORD '" + hostilePassword + "'", "GRANT CREATE ON SCHEMA public TO " + role} {
+		_, err := db.Pool.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	cfg, err := pgx.ParseConfig(db.DSN)
+	require.NoError(t, err)
+	cfg.User, cfg.Password = role, hostilePassword
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return role, conn
 }

@@ -37,7 +37,7 @@ func (e *ShadowError) Error() string {
 // ours, borrows nothing).
 const shadowSQL = `WITH path AS (
 	SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
-	WHERE n.nspname = ANY (pg_catalog.current_schemas(false)) AND n.nspname <> 'pg_catalog'
+	WHERE (n.nspname = ANY (pg_catalog.current_schemas(false)) OR n.nspname = $1) AND n.nspname <> 'pg_catalog'
 ), me AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 SELECT pg_catalog.format('%I.%I(%s) (owner %s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes), o.rolname)
 FROM pg_catalog.pg_proc p JOIN path n ON n.oid = p.pronamespace
@@ -56,19 +56,27 @@ WHERE NOT pg_catalog.pg_has_role(o.oid, (SELECT oid FROM me), 'MEMBER')
 		WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = op.oid AND d.deptype = 'e')
 ORDER BY 1`
 
-// checkShadowing returns a ShadowError when the session's search_path
-// holds another role's shadowing functions or operators.
-func checkShadowing(ctx context.Context, conn *pgx.Conn) error {
-	rows, err := conn.Query(ctx, Marker+shadowSQL)
+// Shadowing lists, as "schema.name(args) (owner role)", the functions,
+// aggregates and operators a ShadowError is about: on the session's
+// search_path, or in schema too (SPIRE's; "" for none).
+func Shadowing(ctx context.Context, conn *pgx.Conn, schema string) ([]string, error) {
+	rows, err := conn.Query(ctx, Marker+shadowSQL, schema)
 	if err != nil {
-		return fmt.Errorf("checking the search_path's functions and operators: %w", err)
+		return nil, fmt.Errorf("checking the search_path's functions and operators: %w", err)
 	}
 	objects, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("checking the search_path's functions and operators: %w", err)
+		return nil, fmt.Errorf("checking the search_path's functions and operators: %w", err)
 	}
-	if len(objects) == 0 {
-		return nil
+	return objects, nil
+}
+
+// checkShadowing returns a ShadowError when the session's search_path
+// holds another role's shadowing functions or operators.
+func checkShadowing(ctx context.Context, conn *pgx.Conn) error {
+	objects, err := Shadowing(ctx, conn, "")
+	if err != nil || len(objects) == 0 {
+		return err
 	}
 	return &ShadowError{Role: conn.Config().User, Objects: objects}
 }
