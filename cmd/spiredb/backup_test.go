@@ -115,6 +115,7 @@ func TestReplicaUsageAndRefusals(t *testing.T) {
 		{"replica", "bootstrap", "--primary-dsn", "x"},
 		{"replica", "status", "--max-lag", "lots"},
 		{"replica", "promote", "--max-lag", "-5s"},
+		{"replica", "fence", "--dsn", "postgres://u@127.0.0.1:1/db", "--force", "--yes"},
 		{"replica", "nonsense"},
 	} {
 		out, errOut, code := runArgs(t, args...)

@@ -266,6 +266,9 @@ elsewhere it needs --yes.`,
 			if err := explicit(cmd, "dsn"); err != nil {
 				return err
 			}
+			if o.Force && !o.Undo {
+				return usageErrorf("--force goes with --undo (lifting a fence a switchover left)")
+			}
 			o.Conn, o.Logger = g.pgOptions(), g.logger
 			what := "fence " + g.target(o.Conn) + ": its SPIRE database refuses every connection and its sessions end"
 			if o.Undo {
