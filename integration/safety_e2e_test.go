@@ -31,33 +31,15 @@ func TestAdviseNeverPlansAnotherRolesText(t *testing.T) {
 	db, conn := statsDB(t, 2000)
 	_, err := conn.Exec(ctx, "CREATE EXTENSION hypopg")
 	require.NoError(t, err)
-	role := "mallory_" + strings.TrimPrefix(db.Name, "t_")[:8]
-	pw := "Mallory-pw-1"
-	for _, q := range []string{
-		"CREATE ROLE " + role + " LOGIN PASSWORD '" + pw + "'",
-		"GRANT SELECT ON registered_entries TO " + role,
-		"GRANT CREATE ON SCHEMA public TO " + role,
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
-	t.Cleanup(func() {
-		for _, q := range []string{"DROP OWNED BY " + role, "DROP ROLE " + role} {
-			_, _ = db.Pool.Exec(context.Background(), q)
-		}
-	})
+	role, mallory := hostileRole(t, db, "mallory")
+	_, err = conn.Exec(ctx, "GRANT SELECT ON registered_entries TO "+role)
+	require.NoError(t, err)
 
 	// a superuser's session, the target
 	victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim")
 	require.NoError(t, err)
 	defer victim.Close(ctx)
 
-	mcfg, err := pgx.ParseConfig(db.DSN)
-	require.NoError(t, err)
-	mcfg.User, mcfg.Password = role, pw
-	mallory, err := pgx.ConnectConfig(ctx, mcfg)
-	require.NoError(t, err)
-	defer mallory.Close(ctx)
 	_, err = mallory.Exec(ctx, `CREATE FUNCTION public.evil() RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $$
 		BEGIN
 			PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'victim';
