@@ -27,9 +27,14 @@ type Manifest struct {
 	ID string `json:"id"`
 	// Kind is KindLogical (pg_dump; manifests before PITR have none) or
 	// KindPhysical (a base backup for point-in-time recovery).
-	Kind             string    `json:"kind,omitempty"`
-	Label            string    `json:"label,omitempty"`
-	Database         string    `json:"database"`
+	Kind     string `json:"kind,omitempty"`
+	Label    string `json:"label,omitempty"`
+	Database string `json:"database"`
+	// SystemIdentifier is the dumped cluster's (logical backups; a
+	// physical one has it in Physical): with Database, the backup's
+	// Source. Empty in manifests written before it was recorded, or when
+	// the role may not call pg_control_system().
+	SystemIdentifier string    `json:"system_identifier,omitempty"`
 	StartedAt        time.Time `json:"started_at"`
 	FinishedAt       time.Time `json:"finished_at"`
 	ServerVersion    string    `json:"server_version"`
@@ -241,14 +246,23 @@ func List(ctx context.Context, s Store) ([]Manifest, error) {
 	return inv.Backups, nil
 }
 
-// Find returns the backup with id, or the newest when latest is set.
+// Find returns the backup with id, or the newest when latest is set
+// (whatever its source: see GroupBySource).
 func Find(ctx context.Context, s Store, id string, latest bool) (*Manifest, error) {
-	return find(ctx, s, id, latest, "", nil)
+	return find(ctx, s, id, latest, "", anySource, nil)
 }
 
+// How find treats --latest in a store holding backups of several sources.
+const (
+	anySource  = iota // the newest, whatever its source
+	warnSource        // the newest, with a warning naming its source
+	oneSource         // an *AmbiguousLatestError
+)
+
 // find is Find for backups of kind ("": any), logging the store's
-// problems as warnings. latest picks the newest of that kind.
-func find(ctx context.Context, s Store, id string, latest bool, kind string, logger *slog.Logger) (*Manifest, error) {
+// problems as warnings. latest picks the newest of that kind; mixed says
+// what to do when those come from more than one source.
+func find(ctx context.Context, s Store, id string, latest bool, kind string, mixed int, logger *slog.Logger) (*Manifest, error) {
 	if latest == (id != "") {
 		return nil, errors.New("name a backup with --id ID or --latest (one of them)")
 	}
@@ -270,7 +284,16 @@ func find(ctx context.Context, s Store, id string, latest bool, kind string, log
 			}
 			return nil, fmt.Errorf("no backups in %s", s)
 		}
-		return &all[len(all)-1], nil
+		newest := &all[len(all)-1]
+		if groups := GroupBySource(all); len(groups) > 1 {
+			switch mixed {
+			case oneSource:
+				return nil, &AmbiguousLatestError{Choosing: "--latest", Store: s.String(), Sources: groups}
+			case warnSource:
+				orDiscard(logger).Warn(fmt.Sprintf("the store holds backups of %d sources; --latest is the newest of %s", len(groups), newest.Source()), "id", newest.ID)
+			}
+		}
+		return newest, nil
 	}
 	for i := range all {
 		if all[i].ID == id {

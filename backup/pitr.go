@@ -249,6 +249,17 @@ func chooseBase(ctx context.Context, s Store, id string, t Target, logger *slog.
 	if id != "" && len(bases) == 0 {
 		return nil, Window{}, fmt.Errorf("no physical base backup %q in %s (see backup list)", id, s)
 	}
+	// bases of two clusters share WAL file names, not WAL: a target time
+	// cannot say which cluster is meant
+	if id == "" {
+		var ms []Manifest
+		for _, b := range bases {
+			ms = append(ms, *b)
+		}
+		if groups := GroupBySource(ms); len(groups) > 1 {
+			return nil, Window{}, &AmbiguousLatestError{Choosing: "choosing a base backup", Store: s.String(), Sources: groups}
+		}
+	}
 	for i := len(bases) - 1; i >= 0; i-- {
 		if t.within(windows[i]) {
 			return bases[i], windows[i], nil

@@ -80,7 +80,7 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 		return nil, err
 	}
 	inv.Warn(logger)
-	res := &PruneResult{DryRun: o.DryRun, Decisions: selectByKind(inv.Backups, o.Policy), Problems: inv.Problems, Foreign: inv.Foreign}
+	res := &PruneResult{DryRun: o.DryRun, Decisions: selectBySource(inv.Backups, o.Policy), Problems: inv.Problems, Foreign: inv.Foreign}
 	if res.Problems == nil {
 		res.Problems = []Problem{}
 	}
@@ -183,19 +183,20 @@ func Prune(ctx context.Context, o PruneOptions) (*PruneResult, error) {
 	return res, nil
 }
 
-// selectByKind applies the policy to logical and physical backups apart:
-// keep-last 7 keeps seven of each, so frequent dumps never push the base
-// backups (and with them the WAL) out.
-func selectByKind(backups []Manifest, p Policy) []Decision {
-	var logical, physical []Manifest
-	for _, b := range backups {
-		if b.IsPhysical() {
-			physical = append(physical, b)
-		} else {
-			logical = append(logical, b)
+// selectBySource applies the policy to each source's backups apart:
+// logical and physical ones (keep-last 7 keeps seven of each, so frequent
+// dumps never push the base backups, and with them the WAL, out), and the
+// backups of each database and cluster (another deployment's backups in
+// the same store never push this one's out; restic groups by host alike).
+func selectBySource(backups []Manifest, p Policy) []Decision {
+	var out []Decision
+	for _, g := range GroupBySource(backups) {
+		ds := Select(g.Backups, p)
+		for i := range ds {
+			ds[i].Source = g.Source.String()
 		}
+		out = append(out, ds...)
 	}
-	out := append(Select(logical, p), Select(physical, p)...)
 	slices.SortStableFunc(out, func(a, b Decision) int {
 		if c := b.StartedAt.Compare(a.StartedAt); c != 0 {
 			return c

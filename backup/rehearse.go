@@ -132,7 +132,7 @@ func Rehearse(ctx context.Context, o RehearseOptions) (*Rehearsal, error) {
 // one, else the newest logical one.
 func rehearsalBackup(ctx context.Context, o RehearseOptions) (*Manifest, error) {
 	if o.ID != "" {
-		return find(ctx, o.Store, o.ID, false, KindLogical, o.Logger)
+		return find(ctx, o.Store, o.ID, false, KindLogical, oneSource, o.Logger)
 	}
 	list, err := List(ctx, o.Store)
 	if err != nil {

@@ -190,7 +190,7 @@ func openLogical(ctx context.Context, s Store, id string, latest bool, keys Keys
 	if err := s.Check(ctx); err != nil {
 		return nil, err
 	}
-	m, err := find(ctx, s, id, latest, KindLogical, logger)
+	m, err := find(ctx, s, id, latest, KindLogical, oneSource, logger)
 	if err != nil {
 		return nil, err
 	}

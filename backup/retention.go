@@ -112,6 +112,9 @@ type Decision struct {
 	StartedAt time.Time `json:"started_at"`
 	Keep      bool      `json:"keep"`
 	Reasons   []string  `json:"reasons,omitempty"`
+	// Source names the database or cluster the backup is of (prune
+	// applies the policy to each source apart).
+	Source string `json:"source,omitempty"`
 }
 
 // Select applies p to backups. It never drops the newest backup nor the

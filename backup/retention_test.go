@@ -263,3 +263,55 @@ func TestSpanBeforeClampsToMonthEnd(t *testing.T) {
 		require.Equal(t, at(c.want), c.span.Before(at(c.from)), "%s before %s", c.span, c.from)
 	}
 }
+
+// TestGroupBySource: backups are told apart by kind, cluster and database;
+// a manifest written before the cluster was recorded joins the one group
+// of its database that has it, and stays apart when two clusters hold a
+// database of that name (it cannot be told which it belongs to).
+func TestGroupBySource(t *testing.T) {
+	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	n := 0
+	mk := func(db, sysid string, physical bool) backup.Manifest {
+		n++
+		m := backup.Manifest{ID: fmt.Sprintf("b%02d", n), StartedAt: t0.Add(time.Duration(n) * time.Hour), Database: db, SystemIdentifier: sysid}
+		if physical {
+			m.Kind = backup.KindPhysical
+			m.Physical = &backup.PhysicalInfo{SystemIdentifier: sysid}
+			m.SystemIdentifier = ""
+		}
+		return m
+	}
+	ids := func(gs []backup.SourceGroup) [][]string {
+		var out [][]string
+		for _, g := range gs {
+			var s []string
+			for _, m := range g.Backups {
+				s = append(s, m.ID)
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+
+	// one deployment across an upgrade of spiredb: one group
+	upgrade := []backup.Manifest{mk("spire", "", false), mk("spire", "", false), mk("spire", "71", false), mk("spire", "71", true)}
+	require.Equal(t, [][]string{{"b01", "b02", "b03"}, {"b04"}}, ids(backup.GroupBySource(upgrade)))
+
+	// two clusters with a database named spire, and old manifests of it
+	n = 0
+	shared := []backup.Manifest{mk("spire", "", false), mk("spire", "71", false), mk("spire", "72", false), mk("spire", "71", false), mk("other", "71", false)}
+	gs := backup.GroupBySource(shared)
+	require.Equal(t, [][]string{{"b01"}, {"b03"}, {"b02", "b04"}, {"b05"}}, ids(gs), "groups in the order of their newest backups")
+	require.Equal(t, "database spire", gs[0].Source.String())
+	require.Equal(t, "database spire of cluster 72", gs[1].Source.String())
+	require.Equal(t, "database other of cluster 71", gs[3].Source.String())
+
+	// retention per group: keep-last 1 keeps each group's newest
+	var kept []string
+	for _, d := range backup.Select(shared, backup.Policy{KeepLast: 1}) {
+		if d.Keep {
+			kept = append(kept, d.ID)
+		}
+	}
+	require.Equal(t, []string{"b05"}, kept, "Select alone sees one list")
+}

@@ -469,3 +469,57 @@ func TestVerifyDropsOnlyItsOwnScratchDatabase(t *testing.T) {
 		base+"%", base, base+"_deadbeef", base+"_0a1b2c3d").Scan(&own))
 	require.Zero(t, own, "verify dropped its own scratch database")
 }
+
+// TestSharedStoreKeepsEachDatabasesBackups: two SPIRE databases backed up
+// into one store (two deployments given the same prefix). Retention keeps
+// each one's newest backups: the other's more frequent runs never push
+// them out. --latest, which could mean either, is refused by restore and
+// diff, naming both; --id restores the one named.
+func TestSharedStoreKeepsEachDatabasesBackups(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	staging, prod := spireDB(t, 40), spireDB(t, 60)
+	prodOld := runBackup(t, prod, s, "prod")
+	prodNew := runBackup(t, prod, s, "prod")
+	var stagingRuns []*backup.Manifest
+	for range 3 {
+		stagingRuns = append(stagingRuns, runBackup(t, staging, s, "staging"))
+	}
+
+	res, err := backup.Prune(ctx, backup.PruneOptions{Store: s, Policy: backup.Policy{KeepLast: 1}, StaleAfter: -1})
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{prodOld.ID, stagingRuns[0].ID, stagingRuns[1].ID}, res.Deleted,
+		"each database keeps its own newest backup")
+	list, err := backup.List(ctx, s)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{prodNew.ID, stagingRuns[2].ID}, idsOf(list))
+
+	target := pgtest.NewDB(t)
+	for name, latest := range map[string]func() error{
+		"restore": func() error {
+			_, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, Latest: true, Target: pg.Options{DSN: target.DSN}})
+			return err
+		},
+		"diff": func() error {
+			_, err := backup.Diff(ctx, backup.DiffOptions{Store: s, Latest: true, Live: pg.Options{DSN: prod.DSN}, Scratch: pg.Options{DSN: prod.DSN}})
+			return err
+		},
+	} {
+		err := latest()
+		require.Error(t, err, name+" --latest chose between two databases' backups")
+		require.ErrorContains(t, err, "ambiguous", name)
+		require.ErrorContains(t, err, prodNew.ID, name)
+		require.ErrorContains(t, err, stagingRuns[2].ID, name)
+	}
+	conn, err := pgx.Connect(ctx, target.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var rels int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace").Scan(&rels))
+	require.Zero(t, rels, "a refused restore wrote into the target")
+
+	rr, err := backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: prodNew.ID, Target: pg.Options{DSN: target.DSN}})
+	require.NoError(t, err)
+	require.EqualValues(t, 60, rr.RowCounts["registered_entries"])
+}

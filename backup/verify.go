@@ -122,7 +122,7 @@ func Verify(ctx context.Context, o VerifyOptions) (*VerifyResult, error) {
 	case LevelPITR:
 		kind = KindPhysical
 	}
-	m, err := find(ctx, o.Store, o.ID, o.Latest, kind, o.Logger)
+	m, err := find(ctx, o.Store, o.ID, o.Latest, kind, warnSource, o.Logger)
 	if err != nil {
 		return nil, err
 	}

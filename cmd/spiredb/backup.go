@@ -388,7 +388,7 @@ check fails; the message names the check.`,
 		},
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
-	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
+	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup (in a store shared by several databases, the newest of any, with a warning)")
 	cmd.Flags().StringVar(&level, "level", backup.LevelRestore, "checksum, toc, restore or pitr")
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
 	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore and amcheck sessions (1: stream, no temporary file)")
@@ -548,7 +548,7 @@ your server to do the recovery when it starts.`,
 		},
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
-	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
+	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup (refused when the store holds backups of more than one database: name one with --id)")
 	cmd.Flags().StringVar(&targetDSN, "target-dsn", "", "database to restore into (required for a logical backup)")
 	cmd.Flags().BoolVar(&physical, "physical", false, "point-in-time restore of a base backup and the archived WAL into --data-dir")
 	cmd.Flags().StringVar(&toTime, "to-time", "", "--physical: restore to this time (RFC 3339)")
@@ -645,6 +645,10 @@ manifest) and aborts incomplete uploads, once older than --stale-after.
   --keep-weekly N    likewise per ISO week
   --keep-monthly N   likewise per month
 
+The rules apply to each source apart: logical and physical backups, and
+the backups of each database and cluster (system identifier), so that
+another deployment's backups in the same store never push this one's out.
+
 It deletes only what it can prove spiredb wrote: dump, manifest.json and
 verify.json inside a directory named like a backup ID whose manifest names that
 directory. Copied or unreadable backups, unknown files and every other name
@@ -704,13 +708,23 @@ func writePrune(w io.Writer, r *backup.PruneResult) error {
 	if r.DryRun {
 		verb = "would delete"
 	}
+	// a store shared by several databases: say which each backup is of
+	// (the policy applies to each apart)
+	sources := map[string]bool{}
+	for _, d := range r.Decisions {
+		sources[d.Source] = true
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, d := range r.Decisions {
 		action := "keep"
 		if !d.Keep {
 			action = verb
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", action, d.ID, d.StartedAt.Format(time.RFC3339), strings.Join(d.Reasons, ", "))
+		of := ""
+		if len(sources) > 1 {
+			of = "\t" + d.Source
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s%s\t%s\n", action, d.ID, d.StartedAt.Format(time.RFC3339), of, strings.Join(d.Reasons, ", "))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

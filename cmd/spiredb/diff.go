@@ -77,7 +77,7 @@ same comparison, see restore --plan.`,
 		},
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
-	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup")
+	cmd.Flags().BoolVar(&latest, "latest", false, "the newest backup (refused when the store holds backups of more than one database: name one with --id)")
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the scratch database (default: --dsn); the role needs CREATEDB")
 	cmd.Flags().IntVar(&jobs, "jobs", 2, "parallel restore jobs into the scratch database (1: stream, no temporary file)")
 	cmd.Flags().StringVar(&tempDir, "temp-dir", "", "directory for the --jobs download (default: $TMPDIR)")

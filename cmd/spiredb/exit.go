@@ -62,6 +62,10 @@ func exitCodeOf(err error) int {
 	if errors.Is(err, backup.ErrNoIdentity) || errors.Is(err, backup.ErrWrongIdentity) {
 		return exitUsage // the fix is another --identity
 	}
+	var ae *backup.AmbiguousLatestError
+	if errors.As(err, &ae) {
+		return exitUsage // the fix is --id
+	}
 	var ce *pg.ConnectError
 	var se *backup.StoreError
 	if errors.As(err, &ce) || errors.As(err, &se) {
