@@ -133,14 +133,20 @@ func Windows(ctx context.Context, s Store) ([]Window, error) {
 	if err != nil {
 		return nil, err
 	}
+	return WindowsOf(ctx, s, inv.Backups)
+}
+
+// WindowsOf is Windows for the base backups among backups (of s), in
+// their order: those of one cluster, say (Source.Restores).
+func WindowsOf(ctx context.Context, s Store, backups []Manifest) ([]Window, error) {
 	files, _, err := ListWAL(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	var out []Window
 	times := newSegmentTimes(s)
-	for i := range inv.Backups {
-		m := &inv.Backups[i]
+	for i := range backups {
+		m := &backups[i]
 		if !m.IsPhysical() {
 			continue
 		}

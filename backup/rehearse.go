@@ -26,8 +26,10 @@ import (
 // RehearseOptions configure Rehearse.
 type RehearseOptions struct {
 	Store Store
-	// ID names the backup; empty: the newest verified logical backup.
-	ID string
+	// ID names the backup; empty: the newest verified logical backup (of
+	// Source, when set).
+	ID     string
+	Source *Source
 	// Scratch is the server the backup is restored on (the role needs
 	// CREATEDB).
 	Scratch pg.Options
@@ -141,7 +143,7 @@ func rehearsalBackup(ctx context.Context, o RehearseOptions) (*Manifest, error) 
 	var newest, verified *Manifest
 	for i := range list {
 		b := &list[i]
-		if b.Kind != "" && b.Kind != KindLogical {
+		if b.Kind != "" && b.Kind != KindLogical || o.Source != nil && !o.Source.Restores(b) {
 			continue
 		}
 		if newest == nil || b.FinishedAt.After(newest.FinishedAt) {

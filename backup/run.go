@@ -76,8 +76,7 @@ func Run(ctx context.Context, o RunOptions) (*Manifest, error) {
 	var dbBytes int64
 	if err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), pg_catalog.current_setting('server_version'),
 		pg_catalog.current_setting('server_version_num')::int, pg_catalog.pg_database_size(pg_catalog.current_database()),
-		CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
-		  THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) ELSE '' END`).
+		`+systemIdentifierSQL).
 		Scan(&m.Database, &m.ServerVersion, &m.ServerVersionNum, &dbBytes, &m.SystemIdentifier); err != nil {
 		return nil, fmt.Errorf("reading server version: %w", err)
 	}

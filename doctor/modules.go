@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -144,10 +145,11 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	if o.Store != nil {
-		if err := r.checkBackups(ctx, o); err != nil {
+		mine, err := r.checkBackups(ctx, conn, o)
+		if err != nil {
 			return nil, err
 		}
-		if err := r.checkPITR(ctx, o); err != nil {
+		if err := r.checkPITR(ctx, o, mine); err != nil {
 			return nil, err
 		}
 	}
@@ -286,22 +288,47 @@ func (r *Report) checkIndexes(ctx context.Context, conn *pgx.Conn, replicas []*p
 	return nil
 }
 
-func (r *Report) checkBackups(ctx context.Context, o Options) error {
+// checkBackups looks at the store's backups of this database (logical
+// ones of it, base backups of its cluster): another database's backups in
+// the same store say nothing about this one's. It returns them, for
+// checkPITR.
+func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) ([]backup.Manifest, error) {
 	inv, err := backup.Inspect(ctx, o.Store)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	list := inv.Backups
+	src, err := backup.SourceOf(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	var list, others []backup.Manifest
+	for _, m := range inv.Backups {
+		if !src.Restores(&m) {
+			others = append(others, m)
+			continue
+		}
+		list = append(list, m)
+	}
 	b := &Backups{Store: o.StoreURL, Count: len(list)}
 	r.Backups = b
 	for _, p := range inv.Problems {
 		r.add(Warning, "backup.store", fmt.Sprintf("%s is not a usable backup (%s); spiredb leaves it alone", p.Key, p.Reason),
 			"inspect it, then move it out of the store or delete it by hand")
 	}
+	if len(others) > 0 {
+		groups := backup.GroupBySource(others)
+		names := make([]string, len(groups))
+		for i, g := range groups {
+			names[i] = fmt.Sprintf("%s: %d", g.Source, len(g.Backups))
+		}
+		r.add(Info, "backup.shared", fmt.Sprintf("the store also holds %d backups of other sources (%s), not counted here: retention applies to each source apart, and restore --latest refuses to choose",
+			len(others), strings.Join(names, "; ")),
+			"give each database a store prefix of its own; remove a retired server's backups by hand once they are no longer needed")
+	}
 	run := "spiredb backup run --store " + o.StoreURL
 	if len(list) == 0 {
-		r.add(Error, "backup.none", "no backup in the store", run)
-		return nil
+		r.add(Error, "backup.none", "no backup of this database in the store", run)
+		return list, nil
 	}
 	newest := list[len(list)-1]
 	for _, m := range list {
@@ -322,13 +349,13 @@ func (r *Report) checkBackups(ctx context.Context, o Options) error {
 	verify := "spiredb backup verify --store " + o.StoreURL + " --latest --level restore"
 	if verified == nil {
 		r.add(Warning, "backup.verified", "no backup has been verified by a restore", verify)
-		return nil
+		return list, nil
 	}
 	b.NewestVerified = &verified.FinishedAt
 	if age := time.Since(verified.FinishedAt); age > o.MaxUnverifiedAge {
 		r.add(Warning, "backup.verified", fmt.Sprintf("the newest verified backup is %s old (limit %s)", age.Round(time.Minute), o.MaxUnverifiedAge), verify)
 	}
-	return nil
+	return list, nil
 }
 
 // PITR is doctor's view of point-in-time recovery from the store.
@@ -370,8 +397,10 @@ func (r *Report) checkArchiving(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-func (r *Report) checkPITR(ctx context.Context, o Options) error {
-	windows, err := backup.Windows(ctx, o.Store)
+// checkPITR looks at the windows of this cluster's base backups (among
+// mine, checkBackups's).
+func (r *Report) checkPITR(ctx context.Context, o Options, mine []backup.Manifest) error {
+	windows, err := backup.WindowsOf(ctx, o.Store, mine)
 	if err != nil {
 		return err
 	}

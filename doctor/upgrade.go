@@ -98,8 +98,18 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 	if o.Store == nil {
 		r.add(Warning, "upgrade.backup", "no backup store given: an upgrade migrates the schema in place, and SPIRE does not migrate back",
 			fmt.Sprintf("spiredb backup run, then spiredb backup verify --latest; check again with --store (a verified backup newer than %s)", o.MaxBackupAge))
-	} else if err := r.checkUpgradeBackup(ctx, o); err != nil {
-		return nil, err
+	}
+	var src backup.Source
+	if o.Store != nil || o.Rehearse.Store != nil {
+		// the backups of this database: another's say nothing about it
+		if src, err = backup.SourceOf(ctx, conn); err != nil {
+			return nil, err
+		}
+	}
+	if o.Store != nil {
+		if err := r.checkUpgradeBackup(ctx, o, src); err != nil {
+			return nil, err
+		}
 	}
 
 	if o.Rehearse.SpireServer != "" {
@@ -109,6 +119,9 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 		}
 		if ro.Store == nil {
 			return nil, fmt.Errorf("a rehearsal restores a backup: give --store")
+		}
+		if ro.ID == "" {
+			ro.Source = &src
 		}
 		reh, err := backup.Rehearse(ctx, ro)
 		var failed *backup.RehearsalFailedError
@@ -138,7 +151,7 @@ func CheckUpgrade(ctx context.Context, o UpgradeOptions) (*UpgradeReport, error)
 	return r, nil
 }
 
-func (r *UpgradeReport) checkUpgradeBackup(ctx context.Context, o UpgradeOptions) error {
+func (r *UpgradeReport) checkUpgradeBackup(ctx context.Context, o UpgradeOptions, src backup.Source) error {
 	list, err := backup.List(ctx, o.Store)
 	if err != nil {
 		return err
@@ -146,14 +159,14 @@ func (r *UpgradeReport) checkUpgradeBackup(ctx context.Context, o UpgradeOptions
 	var newest *backup.Manifest
 	for i := range list {
 		b := &list[i]
-		if b.Verified() && (newest == nil || b.FinishedAt.After(newest.FinishedAt)) {
+		if src.Restores(b) && b.Verified() && (newest == nil || b.FinishedAt.After(newest.FinishedAt)) {
 			newest = b
 		}
 	}
 	fix := "spiredb backup run, then spiredb backup verify --latest"
 	switch {
 	case newest == nil:
-		r.add(Error, "upgrade.backup", fmt.Sprintf("no verified backup in %s: an upgrade migrates the schema in place, and SPIRE does not migrate back", o.Store), fix)
+		r.add(Error, "upgrade.backup", fmt.Sprintf("no verified backup of this database in %s: an upgrade migrates the schema in place, and SPIRE does not migrate back", o.Store), fix)
 	case time.Since(newest.FinishedAt) > o.MaxBackupAge:
 		r.Backup = &UpgradeBackup{ID: newest.ID, Finished: newest.FinishedAt}
 		r.add(Error, "upgrade.backup", fmt.Sprintf("the newest verified backup, %s, is %s old (more than %s)", newest.ID, time.Since(newest.FinishedAt).Round(time.Minute), o.MaxBackupAge), fix)

@@ -264,3 +264,57 @@ func execOn(dsn, sql string) error {
 	_, err = c.Exec(ctx, sql)
 	return err
 }
+
+// TestDoctorCountsOnlyThisDatabasesBackups: a store shared with another
+// database (another deployment given the same prefix). That database's
+// fresh backups say nothing about this one's: doctor reports no backup of
+// this database, and names the store's other source.
+func TestDoctorCountsOnlyThisDatabasesBackups(t *testing.T) {
+	t.Parallel()
+	this, other := pgtest.NewDB(t), pgtest.NewDB(t)
+	loadFixture(t, this, spirefixture.Spec{Entries: 30})
+	loadFixture(t, other, spirefixture.Spec{Entries: 30})
+	store := "file://" + t.TempDir()
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", other.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+
+	report := func() doctor.Report {
+		t.Helper()
+		out, stderr, code := runCLI(t, nil, "doctor", "--dsn", this.DSN, "--store", store, "-o", "json")
+		require.Contains(t, []int{0, 1, 4}, code, stderr)
+		var r doctor.Report
+		require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+		return r
+	}
+	checks := func(r doctor.Report) map[string]doctor.Finding {
+		m := map[string]doctor.Finding{}
+		for _, f := range r.Findings {
+			m[f.Check] = f
+		}
+		return m
+	}
+	r := report()
+	c := checks(r)
+	require.Contains(t, c, "backup.none", "another database's backup counted as this one's: %+v", r.Findings)
+	require.Equal(t, doctor.Error, c["backup.none"].Severity)
+	require.Contains(t, c, "backup.shared", "%+v", r.Findings)
+	require.Contains(t, c["backup.shared"].Message, "database "+other.Name)
+	require.Zero(t, r.Backups.Count)
+
+	// nor is the other's verified backup this one's way back from an upgrade
+	_, stderr, code = runCLI(t, nil, "backup", "verify", "--dsn", other.DSN, "--store", store, "--latest", "--level", "toc")
+	require.Equal(t, 0, code, stderr)
+	out, stderr, code := runCLI(t, nil, "spire", "upgrade-check", "--dsn", this.DSN, "--store", store, "--to", "1.14.0", "-o", "json")
+	require.Equal(t, 1, code, out+stderr)
+	var u doctor.UpgradeReport
+	require.NoError(t, json.Unmarshal([]byte(out), &u), out)
+	require.Equal(t, []string{"upgrade.backup"}, findingChecks(u.Findings, doctor.Error))
+
+	_, stderr, code = runCLI(t, nil, "backup", "run", "--dsn", this.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+	r = report()
+	c = checks(r)
+	require.NotContains(t, c, "backup.none")
+	require.Contains(t, c, "backup.shared")
+	require.Equal(t, 1, r.Backups.Count)
+}

@@ -56,10 +56,10 @@ func gauge(name, help string) prometheus.Gauge {
 
 func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 	m := &stateMetrics{
-		backups:           gauge("spiredb_backups", "Complete backups in the store."),
-		backupNewest:      gauge("spiredb_backup_newest_timestamp_seconds", "Unix time the newest complete backup finished."),
-		backupNewestBytes: gauge("spiredb_backup_newest_bytes", "Size of the newest complete backup."),
-		backupVerified:    gauge("spiredb_backup_newest_verified_timestamp_seconds", "Unix time the newest backup whose verification passed finished (0: none)."),
+		backups:           gauge("spiredb_backups", "Complete backups of this database in the store (logical ones of it, base backups of its cluster)."),
+		backupNewest:      gauge("spiredb_backup_newest_timestamp_seconds", "Unix time the newest complete backup of this database finished."),
+		backupNewestBytes: gauge("spiredb_backup_newest_bytes", "Size of the newest complete backup of this database."),
+		backupVerified:    gauge("spiredb_backup_newest_verified_timestamp_seconds", "Unix time the newest backup of this database whose verification passed finished (0: none)."),
 		standbys:          gauge("spiredb_replication_standbys", "Standbys streaming from the primary."),
 		standbysReady:     gauge("spiredb_replication_standbys_ready", "Standbys fit for SPIRE's ro_connection_string (streaming, lag under the limit)."),
 		maxLagBytes:       gauge("spiredb_replication_max_lag_bytes", "The largest replay lag of any standby, in bytes (0 without standbys)."),
@@ -86,7 +86,7 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 		archiveFailed:       gauge("spiredb_archive_failed_count", "Failed archive attempts since the statistics reset (pg_stat_archiver.failed_count)."),
 		archiveLast:         gauge("spiredb_archive_last_archived_timestamp_seconds", "Unix time the last WAL file was archived."),
 		archivePending:      gauge("spiredb_archive_pending_segments", "WAL files waiting to be archived (-1: the role may not list them)."),
-		pitrBases:           gauge("spiredb_pitr_bases", "Physical base backups in the store."),
+		pitrBases:           gauge("spiredb_pitr_bases", "Physical base backups of this cluster in the store."),
 		pitrNewest:          gauge("spiredb_pitr_newest_restorable_timestamp_seconds", "Unix time of the newest moment a point-in-time restore can reach (the RPO is its age)."),
 		collectLastSuccess:  gauge("spiredb_collect_last_success_timestamp_seconds", "Unix time of the last complete state collection."),
 		collectDurationSecs: gauge("spiredb_collect_duration_seconds", "Duration of the last state collection."),
@@ -115,11 +115,6 @@ func (s *Scheduler) collect(ctx context.Context) {
 		m.collectErrors.WithLabelValues(part).Inc()
 		s.log.Warn("state collection failed", "part", part, "err", err)
 	}
-	if s.cfg.Store != "" {
-		if err := s.collectBackups(ctx); err != nil {
-			fail("backups", err)
-		}
-	}
 	co := s.conn
 	co.ApplicationName = "spiredb-schedule"
 	conn, err := pg.Connect(ctx, co)
@@ -128,6 +123,11 @@ func (s *Scheduler) collect(ctx context.Context) {
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if s.cfg.Store != "" {
+		if err := s.collectBackups(ctx, conn); err != nil {
+			fail("backups", err)
+		}
+	}
 	if err := s.collectReplication(ctx, conn); err != nil {
 		fail("replication", err)
 	}
@@ -158,7 +158,11 @@ func (s *Scheduler) collect(ctx context.Context) {
 	}
 }
 
-func (s *Scheduler) collectBackups(ctx context.Context) error {
+// collectBackups sets the backup gauges from this database's backups
+// (logical ones of it, base backups of its cluster): in a store shared
+// with another deployment, that one's fresh backups must not hide that
+// this one's stopped.
+func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	if s.store == nil {
 		// opened once: an S3 store loads credentials and builds its client
 		store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{Logger: s.log})
@@ -167,9 +171,19 @@ func (s *Scheduler) collectBackups(ctx context.Context) error {
 		}
 		s.store = store
 	}
-	list, err := backup.List(ctx, s.store)
+	all, err := backup.List(ctx, s.store)
 	if err != nil {
 		return err
+	}
+	src, err := backup.SourceOf(ctx, conn)
+	if err != nil {
+		return err
+	}
+	var list []backup.Manifest
+	for _, b := range all {
+		if src.Restores(&b) {
+			list = append(list, b)
+		}
 	}
 	m := s.state
 	m.backups.Set(float64(len(list)))
@@ -190,7 +204,7 @@ func (s *Scheduler) collectBackups(ctx context.Context) error {
 	if !verified.IsZero() {
 		m.backupVerified.Set(float64(verified.Unix()))
 	}
-	windows, err := backup.Windows(ctx, s.store)
+	windows, err := backup.WindowsOf(ctx, s.store, list)
 	if err != nil {
 		return err
 	}
