@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -390,4 +391,23 @@ func ListWAL(ctx context.Context, s Store) (files []WALFile, foreign []string, e
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].Name < files[j].Name })
 	return files, foreign, nil
+}
+
+// ArchivedTimelines lists the timelines whose history file the store's WAL
+// archive holds, ascending. A history file is archived by a server the
+// moment it is promoted: one newer than a standby's timeline says another
+// server of the cluster was promoted already.
+func ArchivedTimelines(ctx context.Context, s Store) ([]uint32, error) {
+	files, _, err := ListWAL(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint32
+	for _, f := range files {
+		if f.Kind == WALTimelineHistory {
+			out = append(out, f.TLI)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }

@@ -5,13 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
+	"github.com/spiredb/spiredb/internal/s3test"
 	"github.com/spiredb/spiredb/internal/spirefixture"
 	"github.com/spiredb/spiredb/internal/spiretest"
 	"github.com/spiredb/spiredb/pg"
@@ -129,4 +133,66 @@ func waitTrue(t *testing.T, dsn, query string) {
 		var ok bool
 		return c.QueryRow(ctx, query).Scan(&ok) == nil && ok
 	}, time.Minute, 50*time.Millisecond, "waiting for: %s", query)
+}
+
+// TestPromoteRefusedAfterASiblingWasPromoted: the primary is lost and one
+// of its two standbys is promoted. The other's receiver has stopped too,
+// so nothing on it tells a promoted sibling from a dead primary; the WAL
+// archive does (the new primary archived its timeline's history), and
+// promote --store refuses a second primary. When the old primary comes
+// back and is fenced, fence --undo --store refuses to reopen it. --force
+// overrides both.
+func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
+	t.Parallel()
+	b := s3test.NewBucket(t)
+	env, flags := s3CLI(b, "wal")
+	primary := archivingCluster(t, b, "wal")
+	s1, s2 := startStandbyIn(t, primary, "s1"), startStandbyIn(t, primary, "s2")
+	waitTrue(t, primary.DSN("spire"), "SELECT count(*) = 2 FROM pg_stat_replication WHERE state = 'streaming'")
+	require.NoError(t, primary.Halt())
+	for _, s := range []*pgcluster.Cluster{s1, s2} {
+		waitTrue(t, s.DSN("spire"), "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")
+	}
+
+	promote := func(s *pgcluster.Cluster, extra ...string) (string, int) {
+		t.Helper()
+		_, errOut, code := runCLI(t, env, append(append([]string{"replica", "promote", "--dsn", s.DSN("spire"), "--yes"}, flags...), extra...)...)
+		return errOut, code
+	}
+	errOut, code := promote(s1)
+	require.Equal(t, 0, code, errOut)
+	store := s3StoreOf(t, b, "wal")
+	require.Eventually(t, func() bool {
+		tls, err := backup.ArchivedTimelines(context.Background(), store)
+		return err == nil && slices.Contains(tls, 2)
+	}, time.Minute, 100*time.Millisecond, "the new primary archives its timeline's history")
+
+	errOut, code = promote(s2)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "another server of this cluster was promoted already")
+	require.Equal(t, 1, strings.Count(strings.TrimSpace(errOut), "\n")+1, errOut)
+	waitTrue(t, s2.DSN("spire"), "SELECT pg_is_in_recovery()")
+
+	// --force: the operator decides (that server is gone for good, say)
+	errOut, code = promote(s2, "--force")
+	require.Equal(t, 0, code, errOut)
+	waitTrue(t, s2.DSN("spire"), "SELECT NOT pg_is_in_recovery()")
+
+	// the old primary comes back and is fenced; no switchover marked it,
+	// but the archive says it was replaced: --undo refuses to reopen it
+	require.NoError(t, primary.Restart(context.Background()))
+	fence := func(extra ...string) (string, int) {
+		t.Helper()
+		_, errOut, code := runCLI(t, env, append([]string{"replica", "fence", "--dsn", primary.DSN("spire"), "--yes"}, extra...)...)
+		return errOut, code
+	}
+	errOut, code = fence()
+	require.Equal(t, 0, code, errOut)
+	errOut, code = fence(append([]string{"--undo"}, flags...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "refusing to lift the fence")
+	require.Contains(t, errOut, "another server of this cluster was promoted already")
+	waitTrue(t, primary.DSN("postgres"), "SELECT NOT datallowconn FROM pg_database WHERE datname = 'spire'")
+	errOut, code = fence(append([]string{"--undo", "--force"}, flags...)...)
+	require.Equal(t, 0, code, errOut)
 }

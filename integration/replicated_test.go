@@ -38,9 +38,16 @@ func primaryWithFixture(t *testing.T, entries int) (*pgcluster.Cluster, string, 
 // CLI, stopped when the test ends.
 func startStandby(t *testing.T, primary *pgcluster.Cluster) *pgcluster.Cluster {
 	t.Helper()
+	return startStandbyIn(t, primary, "standby")
+}
+
+// startStandbyIn is startStandby into primary.Dir/name (its slot:
+// spiredb_name).
+func startStandbyIn(t *testing.T, primary *pgcluster.Cluster, name string) *pgcluster.Cluster {
+	t.Helper()
 	port, err := pgcluster.FreePort(0, 0)
 	require.NoError(t, err)
-	dir := filepath.Join(primary.Dir, "standby")
+	dir := filepath.Join(primary.Dir, name)
 	_, stderr, code := runCLI(t, nil, "replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir, "--standby-passfile", dir+".pgpass", "--start", "--port", fmt.Sprint(port))
 	require.Equal(t, 0, code, stderr)
 	t.Cleanup(func() { _ = replication.StopStandby(context.Background(), "", dir) })

@@ -27,6 +27,11 @@ type FenceOptions struct {
 	// Force lifts it even on a server a switchover superseded (its new
 	// primary must be gone): SupersededError otherwise.
 	Force bool
+	// ArchivedTimelines, when set, lists the timelines whose history the
+	// cluster's WAL archive holds: Undo on a server whose timeline is
+	// older (a failover promoted its standby) is refused with a
+	// *PromotedElsewhereError unless Force. See PromoteOptions.
+	ArchivedTimelines func(context.Context) ([]uint32, error)
 	// Settle bounds the wait for the ended sessions to be gone (default 10s).
 	Settle time.Duration
 	Logger *slog.Logger
@@ -172,7 +177,6 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 		return nil, ErrIsStandby
 	}
 	// spiredb's own session must write (ALTER DATABASE) on a server whose
-	// default a previous fence made read-only
 	// default a previous fence made read-only; and the fence must be
 	// durable at once whatever synchronous_commit says, without waiting
 	// for a synchronous standby that may be the one that is gone
@@ -189,6 +193,11 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 			return nil, &SupersededError{By: by}
 		}
 		superseded = by
+		if o.ArchivedTimelines != nil {
+			if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, true, logger); err != nil {
+				return nil, err
+			}
+		}
 	}
 	res := &FenceResult{Undone: o.Undo}
 	for _, db := range o.Databases {

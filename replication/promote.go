@@ -47,6 +47,28 @@ func (e *LivePrimaryError) Error() string {
 		"for a planned change use replica switchover (it fences the primary first); for a failover stop the old primary (or cut it off) and promote once the receiver has noticed (seconds; at most wal_receiver_timeout)"
 }
 
+// PromotedElsewhereError is returned when the WAL archive holds the
+// history of a timeline newer than the server's: another server of the
+// cluster has been promoted (a sibling standby, or the standby of this
+// primary in a failover), and promoting this one, or reopening it
+// (Fence Undo), would make two primaries.
+type PromotedElsewhereError struct {
+	// Timeline is the server's; Archived the newest in the archive.
+	Timeline, Archived uint32
+	// Reopen: refused by Fence's Undo rather than by Promote.
+	Reopen bool
+}
+
+func (e *PromotedElsewhereError) Error() string {
+	what, fix := "promote", "make this server a standby of that one (replica bootstrap from it)"
+	if e.Reopen {
+		what, fix = "lift the fence", "make this server a standby of that one (replica rejoin)"
+	}
+	return fmt.Sprintf("refusing to %s: the WAL archive holds the history of timeline %d, newer than this server's timeline %d: "+
+		"another server of this cluster was promoted already, and %s would make two primaries; %s, or, if that server is gone for good and its writes with it, pass --force",
+		what, e.Archived, e.Timeline, map[bool]string{false: "promoting this one too", true: "reopening this one"}[e.Reopen], fix)
+}
+
 // PromoteOptions configure Promote.
 type PromoteOptions struct {
 	Conn pg.Options
@@ -54,6 +76,13 @@ type PromoteOptions struct {
 	// standby has received (default 16 MiB); Force overrides it.
 	MaxLag Limit
 	Force  bool
+	// ArchivedTimelines, when set, lists the timelines whose history the
+	// cluster's WAL archive holds (backup.ArchivedTimelines on the store
+	// wal push archives to): one newer than the standby's refuses the
+	// promotion (*PromotedElsewhereError) unless Force. Without it, or
+	// when the other server's archiver has not pushed its history yet,
+	// nothing tells a promoted sibling apart from a dead primary.
+	ArchivedTimelines func(context.Context) ([]uint32, error)
 	// Wait bounds waiting for replay to catch up and for the promotion
 	// itself (default 60s).
 	Wait   time.Duration
@@ -106,6 +135,11 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	r := st.Receiver
 	if r.Status == "streaming" {
 		return nil, &LivePrimaryError{Upstream: r.SenderHost}
+	}
+	if o.ArchivedTimelines != nil {
+		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, false, logger); err != nil {
+			return nil, err
+		}
 	}
 	if over, why := o.MaxLag.Exceeded(r.ReplayGapBytes, time.Duration(r.ReplayDelaySecs*float64(time.Second))); over && !o.Force {
 		return nil, &LagError{Why: why}
@@ -204,5 +238,42 @@ func DropSlot(ctx context.Context, opts pg.Options, name string) error {
 	if _, err := conn.Exec(ctx, pg.Marker+"SELECT pg_catalog.pg_drop_replication_slot($1)", name); err != nil {
 		return fmt.Errorf("dropping slot %s: %w", name, err)
 	}
+	return nil
+}
+
+// promotedElsewhere refuses when the archive holds a timeline newer than
+// any the server knows: on a primary, its current WAL file's; on a
+// standby, its checkpoint's and its receiver's; on both, the history files
+// in its own pg_wal (a standby that followed a promotion has the new
+// timeline's history there before its next restartpoint).
+func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), force, reopen bool, logger *slog.Logger) error {
+	var mine int64
+	if err := conn.QueryRow(ctx, pg.Marker+`SELECT greatest(
+		(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
+		CASE WHEN pg_catalog.pg_is_in_recovery() THEN 0
+		  ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
+		coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver), 0),
+		CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE') THEN
+		  coalesce((SELECT max(('x' || pg_catalog.substr(name, 1, 8))::bit(32)::bigint) FROM pg_catalog.pg_ls_waldir()
+		            WHERE name ~ '^[0-9A-F]{8}\.history$'), 0)
+		ELSE 0 END)::bigint`).Scan(&mine); err != nil {
+		return fmt.Errorf("reading the server's timeline: %w", err)
+	}
+	tls, err := archived(ctx)
+	if err != nil {
+		if !force {
+			return fmt.Errorf("reading the WAL archive's timelines (to see whether another server was promoted already): %w; pass --force to go on without that check", err)
+		}
+		logger.Warn("could not read the WAL archive's timelines; going on (--force)", "err", err)
+		return nil
+	}
+	if len(tls) == 0 || int64(tls[len(tls)-1]) <= mine {
+		return nil
+	}
+	e := &PromotedElsewhereError{Timeline: uint32(mine), Archived: tls[len(tls)-1], Reopen: reopen}
+	if !force {
+		return e
+	}
+	logger.Warn("going on although another server was promoted already (--force)", "timeline", e.Timeline, "archived", e.Archived)
 	return nil
 }

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/pg"
 	"github.com/spiredb/spiredb/replication"
 )
@@ -183,6 +186,7 @@ func writeReplicaStatus(w io.Writer, st *replication.Status) error {
 func newReplicaPromoteCmd(g *globals) *cobra.Command {
 	var maxLag string
 	var o replication.PromoteOptions
+	sf := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "promote",
 		Short: "Promote a standby to primary, with gates",
@@ -194,6 +198,12 @@ further behind what it received than --max-lag unless --force; waits until repla
 the received WAL; runs pg_promote(true, wait); CHECKPOINT; confirms it left
 recovery; reports the new timeline and promotion LSN, and what to do next
 (fence the old primary, repoint SPIRE, rebuild standbys, drop old slots).
+
+With --store (default $SPIREDB_STORE), the store the cluster's WAL is archived
+to (spiredb wal push), it also refuses when the archive holds the history of
+a timeline newer than the standby's: another server of the cluster (a sibling
+standby) was promoted already, and a second promotion would make two
+primaries. --force overrides this.
 
 The target comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal
 spiredb asks, elsewhere it needs --yes.`,
@@ -207,13 +217,21 @@ spiredb asks, elsewhere it needs --yes.`,
 				return err
 			}
 			o.Conn, o.MaxLag, o.Logger = g.pgOptions(), limit, g.logger
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				timelines, err := archivedTimelines(cmd, sf)
+				if err != nil {
+					return err
+				}
+				o.ArchivedTimelines = timelines
+			}
 			if err := g.confirm(cmd, "promote "+g.target(o.Conn)+" to a primary (it stops following its primary for good)"); err != nil {
 				return err
 			}
 			res, err := replication.Promote(cmd.Context(), o)
 			if err != nil {
 				var le *replication.LagError
-				if errors.Is(err, replication.ErrNotStandby) || errors.As(err, &le) {
+				var pe *replication.PromotedElsewhereError
+				if errors.Is(err, replication.ErrNotStandby) || errors.As(err, &le) || errors.As(err, &pe) {
 					return &exitError{code: exitFailure, err: err}
 				}
 				return err
@@ -229,13 +247,15 @@ spiredb asks, elsewhere it needs --yes.`,
 	}
 	cmd.Flags().StringVar(&maxLag, "max-lag", "16MB", "refuse when replay is further behind than this: a size or a duration")
 	cmd.Flags().DurationVar(&o.Wait, "wait", time.Minute, "how long to wait for replay and for the promotion")
-	cmd.Flags().BoolVar(&o.Force, "force", false, "promote even past --max-lag (what was not received is lost)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "promote even past --max-lag (what was not received is lost), or after another server's promotion in --store's archive")
+	sf.register(cmd.Flags(), false)
 	addYes(cmd)
 	return cmd
 }
 
 func newReplicaFenceCmd(g *globals) *cobra.Command {
 	var o replication.FenceOptions
+	sf := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "fence",
 		Short: "Make a primary refuse SPIRE's writes (or lift that with --undo)",
@@ -257,6 +277,10 @@ the promoted one). Idempotent. --undo reopens the database and resets the
 read-only default; on an old primary that a switchover superseded (marked in
 its postgresql.auto.conf) it refuses, since reopening it makes two primaries:
 rejoin it as a standby instead, or pass --force if the new primary is gone.
+With --store (default $SPIREDB_STORE), the store the cluster's WAL is
+archived to, --undo also refuses when the archive holds the history of a
+timeline newer than the server's: a failover promoted another server in its
+place (no switchover marked it), and --force overrides that too.
 
 The database is the one --dsn names (--database to name others). The target
 comes only from --dsn (never $SPIREDB_DSN or PG*); on a terminal spiredb asks,
@@ -270,6 +294,13 @@ elsewhere it needs --yes.`,
 				return usageErrorf("--force goes with --undo (lifting a fence a switchover left)")
 			}
 			o.Conn, o.Logger = g.pgOptions(), g.logger
+			if o.Undo && (sf.url != "" || os.Getenv("SPIREDB_STORE") != "") {
+				timelines, err := archivedTimelines(cmd, sf)
+				if err != nil {
+					return err
+				}
+				o.ArchivedTimelines = timelines
+			}
 			what := "fence " + g.target(o.Conn) + ": its SPIRE database refuses every connection and its sessions end"
 			if o.Undo {
 				what = "lift the fence on " + g.target(o.Conn) + ": SPIRE can connect and write there again"
@@ -299,6 +330,7 @@ elsewhere it needs --yes.`,
 	cmd.Flags().BoolVar(&o.Undo, "undo", false, "lift the fence: reopen the database(s) and reset default_transaction_read_only")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "with --undo: lift it even on an old primary a switchover superseded (only when the new primary is gone for good: two primaries otherwise)")
 	cmd.Flags().StringSliceVar(&o.Databases, "database", nil, "database(s) to fence (default: the --dsn database)")
+	sf.register(cmd.Flags(), false)
 	addYes(cmd)
 	return cmd
 }
@@ -532,4 +564,15 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// archivedTimelines reads the timelines of the WAL archive in the store
+// the flags name: what promote and fence --undo check for a server
+// promoted elsewhere.
+func archivedTimelines(cmd *cobra.Command, sf *storeFlags) (func(context.Context) ([]uint32, error), error) {
+	store, err := sf.open(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) ([]uint32, error) { return backup.ArchivedTimelines(ctx, store) }, nil
 }
