@@ -12,34 +12,6 @@ import (
 	"github.com/spiredb/spiredb/pg"
 )
 
-// systemIdentifierSQL reads the cluster's system identifier, or ” for a
-// role that may not call pg_control_system() (some managed services
-// revoke it).
-const systemIdentifierSQL = `CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
-		  THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) ELSE '' END`
-
-// SourceOf is the source of a logical backup of conn's database.
-func SourceOf(ctx context.Context, conn *pgx.Conn) (Source, error) {
-	src := Source{Kind: KindLogical}
-	err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), `+systemIdentifierSQL).Scan(&src.Database, &src.SystemIdentifier)
-	if err != nil {
-		return Source{}, fmt.Errorf("reading the database's cluster: %w", err)
-	}
-	return src, nil
-}
-
-// Restores reports whether m can restore s's database: a logical backup
-// of it, or a base backup of its cluster. An unknown cluster on either
-// side matches on the database alone (logical backups; a physical one
-// needs both known).
-func (s Source) Restores(m *Manifest) bool {
-	ms := m.Source()
-	if ms.Kind == KindPhysical {
-		return s.SystemIdentifier != "" && ms.SystemIdentifier == s.SystemIdentifier
-	}
-	return ms.Database == s.Database && (ms.SystemIdentifier == "" || s.SystemIdentifier == "" || ms.SystemIdentifier == s.SystemIdentifier)
-}
-
 // Source is what a backup is a copy of: one database of one cluster
 // (logical), or one cluster (physical). Clusters are told apart by their
 // system identifier (pg_control_system()), which a restored or promoted
@@ -75,6 +47,34 @@ func (m *Manifest) Source() Source {
 		return Source{Kind: KindPhysical, SystemIdentifier: m.Physical.SystemIdentifier}
 	}
 	return Source{Kind: KindLogical, SystemIdentifier: m.SystemIdentifier, Database: m.Database}
+}
+
+// systemIdentifierSQL reads the cluster's system identifier, or empty for a
+// role that may not call pg_control_system() (some managed services
+// revoke it).
+const systemIdentifierSQL = `CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')
+		  THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) ELSE '' END`
+
+// SourceOf is the source of a logical backup of conn's database.
+func SourceOf(ctx context.Context, conn *pgx.Conn) (Source, error) {
+	src := Source{Kind: KindLogical}
+	err := conn.QueryRow(ctx, pg.Marker+`SELECT pg_catalog.current_database(), `+systemIdentifierSQL).Scan(&src.Database, &src.SystemIdentifier)
+	if err != nil {
+		return Source{}, fmt.Errorf("reading the database's cluster: %w", err)
+	}
+	return src, nil
+}
+
+// Restores reports whether m can restore s's database: a logical backup
+// of it, or a base backup of its cluster. An unknown cluster on either
+// side matches on the database alone (logical backups; a physical one
+// needs both known).
+func (s Source) Restores(m *Manifest) bool {
+	ms := m.Source()
+	if ms.Kind == KindPhysical {
+		return s.SystemIdentifier != "" && ms.SystemIdentifier == s.SystemIdentifier
+	}
+	return ms.Database == s.Database && (ms.SystemIdentifier == "" || s.SystemIdentifier == "" || ms.SystemIdentifier == s.SystemIdentifier)
 }
 
 // SourceGroup is one source's backups, oldest first.
