@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/dustin/go-humanize/english"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/pg"
@@ -142,11 +143,7 @@ func (e *AmbiguousLatestError) Error() string {
 	parts := make([]string, len(e.Sources))
 	for i, g := range e.Sources {
 		newest := g.Backups[len(g.Backups)-1]
-		n := fmt.Sprintf("%d backups", len(g.Backups))
-		if len(g.Backups) == 1 {
-			n = "1 backup"
-		}
-		parts[i] = fmt.Sprintf("%s (%s, newest %s)", g.Source, n, newest.ID)
+		parts[i] = fmt.Sprintf("%s (%s, newest %s)", g.Source, english.Plural(len(g.Backups), "backup", ""), newest.ID)
 	}
 	return fmt.Sprintf("%s is ambiguous: %s holds backups of %d sources: %s; name one with --id, and give each database a store prefix of its own",
 		e.Choosing, e.Store, len(e.Sources), strings.Join(parts, "; "))

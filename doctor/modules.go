@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
+	"github.com/dustin/go-humanize/english"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/backup"
@@ -321,8 +322,8 @@ func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) ([
 		for i, g := range groups {
 			names[i] = fmt.Sprintf("%s: %d", g.Source, len(g.Backups))
 		}
-		r.add(Info, "backup.shared", fmt.Sprintf("the store also holds %d backups of other sources (%s), not counted here: retention applies to each source apart, and restore --latest refuses to choose",
-			len(others), strings.Join(names, "; ")),
+		r.add(Info, "backup.shared", fmt.Sprintf("the store also holds %s of other sources (%s), not counted here: retention applies to each source apart, and restore --latest refuses to choose",
+			english.Plural(len(others), "backup", ""), strings.Join(names, "; ")),
 			"give each database a store prefix of its own; remove a retired server's backups by hand once they are no longer needed")
 	}
 	run := "spiredb backup run --store " + o.StoreURL

@@ -208,6 +208,36 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
+	step("A store two deployments share by mistake: retention keeps each database's newest, doctor counts only its own, restore --latest refuses to choose (exit 2)")
+	sharedDir, err := os.MkdirTemp("", "spiredb-demo-shared-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sharedDir)
+	shared := "file://" + sharedDir
+	stagingDSN, err := c.CreateDatabase(ctx, "spire_staging")
+	if err != nil {
+		return err
+	}
+	if err := execSQL(ctx, stagingDSN, "CREATE TABLE registered_entries (id bigint PRIMARY KEY)"); err != nil {
+		return err
+	}
+	senv := append(append([]string{}, env...), "SPIREDB_STAGING="+stagingDSN)
+	for _, args := range [][]string{
+		{"backup", "run", "--store", shared, "--label", "prod"},
+		{"backup", "run", "--store", shared, "--dsn", "$SPIREDB_STAGING", "--label", "staging"},
+		{"backup", "run", "--store", shared, "--dsn", "$SPIREDB_STAGING", "--label", "staging"},
+		{"backup", "prune", "--store", shared, "--keep-last", "1", "--yes"},
+		{"doctor", "--store", shared, "--dsn", "$SPIREDB_STAGING"},
+	} {
+		if err := spiredb(ctx, bin, senv, args...); err != nil {
+			return err
+		}
+	}
+	if err := spiredbExpect(ctx, bin, senv, 2, "backup", "restore", "--store", shared, "--latest", "--target-dsn", "$SPIREDB_STAGING", "--clean", "--yes"); err != nil {
+		return err
+	}
+
 	step("Bootstrap a streaming standby and check it")
 	port, err := pgcluster.FreePort(0, 0)
 	if err != nil {
