@@ -680,3 +680,52 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestMigrationSetsNeverShareAVersionTable: golang-migrate's default table
+// is schema_migrations, and spiredb keeps its own migrations' version in
+// spiredb.schema_migrations. An operator's set pointed there skipped its
+// own first migrations and moved spiredb's version to one spiredb does
+// not have. Each set keeps a table of its own; spiredb's bookkeeping
+// tables and any table not shaped like a version table are refused, and
+// nothing is written.
+func TestMigrationSetsNeverShareAVersionTable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewDB(t)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+	_, err := db.Pool.Exec(ctx, "CREATE TABLE spiredb.audit (id int, note text); INSERT INTO spiredb.audit VALUES (1, 'kept')")
+	require.NoError(t, err)
+	dir := writeMigrations(t, map[string]string{
+		"1_a.up.sql": "CREATE TABLE app_a (id int);", "1_a.down.sql": "DROP TABLE app_a;",
+		"2_b.up.sql": "CREATE TABLE app_b (id int);", "2_b.down.sql": "DROP TABLE app_b;",
+		"3_c.up.sql": "CREATE TABLE app_c (id int);", "3_c.down.sql": "DROP TABLE app_c;",
+	})
+	state := func() string {
+		var s string
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT (SELECT string_agg(version || '/' || dirty, ',') FROM spiredb.schema_migrations)
+			|| ' jobs=' || (SELECT count(*) FROM spiredb.backfill_jobs) || ' audit=' || (SELECT count(*) FROM spiredb.audit)
+			|| ' app=' || (SELECT count(*) FROM pg_class WHERE relname LIKE 'app\_%')`).Scan(&s))
+		return s
+	}
+	before := state()
+	for _, args := range [][]string{
+		{"--source", dir, "--version-table", "schema_migrations"},
+		{"--source", dir, "--version-table", "backfill_jobs"},
+		{"--source", dir, "--version-table", "migration_runs"},
+		{"--source", dir, "--version-table", "audit"},
+		{"--version-table", "operator_migrations"},
+	} {
+		for _, verb := range []string{"up", "status"} {
+			_, stderr, code := runCLI(t, nil, append([]string{"migrate", verb, "--dsn", db.DSN}, args...)...)
+			require.Equal(t, 2, code, "migrate %s %v: %s", verb, args, stderr)
+			require.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+		}
+	}
+	require.Equal(t, before, state(), "a refused run wrote")
+
+	// its own table: every migration of the set, spiredb's untouched
+	_, stderr, code = runCLI(t, nil, "migrate", "up", "--dsn", db.DSN, "--source", dir)
+	require.Equal(t, 0, code, stderr)
+	require.Equal(t, strings.Replace(before, "app=0", "app=3", 1), state())
+}

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,6 +121,10 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{conn: conn, cfg: cfg, src: src, opts: opts, table: table, log: log}
+	if err := r.checkVersionTable(ctx); err != nil {
+		_ = conn.Close(ctx)
+		return nil, err
+	}
 	// concurrent runs create these at the same time: serialize on a
 	// transaction-scoped advisory lock (bounded by lock_timeout)
 	if err := r.bootstrap(ctx); err != nil {
@@ -165,7 +170,7 @@ func openSource(opts Options) (source.Driver, string, error) {
 		d, err := iofs.New(own, "sql")
 		table := opts.Table
 		if table == "" {
-			table = "schema_migrations"
+			table = ownTable
 		}
 		return d, table, err
 	}
@@ -189,6 +194,49 @@ func openSource(opts Options) (source.Driver, string, error) {
 }
 
 func (r *Runner) qualified() string { return pgx.Identifier{Schema, r.table}.Sanitize() }
+
+// VersionTableError is returned when the version table exists but is not
+// one (another relation of that name in the spiredb schema): the fix is
+// another --version-table.
+type VersionTableError struct {
+	Table string
+	Shape string
+}
+
+func (e *VersionTableError) Error() string {
+	return fmt.Sprintf("--version-table %s: %s.%s is not a version table (%s, not a table of version bigint and dirty boolean): give this migration set a table of its own",
+		e.Table, Schema, e.Table, e.Shape)
+}
+
+// checkVersionTable refuses an existing relation of the version table's
+// name that is not shaped like one, before anything is written: its rows
+// would be deleted at the first version change.
+func (r *Runner) checkVersionTable(ctx context.Context) error {
+	var kind string
+	var cols []string
+	err := r.conn.QueryRow(ctx, pg.Marker+`SELECT c.relkind::text,
+		coalesce((SELECT pg_catalog.array_agg(a.attname::text || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+		  FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{}')
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, Schema, r.table).Scan(&kind, &cols)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("checking the version table: %w", err)
+	}
+	if kind == "r" && slices.Equal(cols, []string{"version bigint", "dirty boolean"}) {
+		return nil
+	}
+	shape := "columns " + strings.Join(cols, ", ")
+	if kind != "r" {
+		shape = map[string]string{"v": "a view", "m": "a materialized view", "i": "an index", "S": "a sequence", "p": "a partitioned table", "f": "a foreign table"}[kind]
+		if shape == "" {
+			shape = "relkind " + kind
+		}
+	}
+	return &VersionTableError{Table: r.table, Shape: shape}
+}
 
 // Close ends the session (and releases the lock).
 func (r *Runner) Close(ctx context.Context) error {

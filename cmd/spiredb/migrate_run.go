@@ -24,9 +24,13 @@ type runnerFlags struct {
 }
 
 func (rf *runnerFlags) open(cmd *cobra.Command, g *globals) (*migrations.Runner, error) {
-	r, err := migrations.Open(cmd.Context(), g.pgOptions(), migrations.Options{Source: rf.source, Table: rf.table, LockWait: rf.lockWait,
-		LockTimeout: g.lockTimeout, Logger: g.logger})
-	if err != nil && strings.HasPrefix(err.Error(), "--source") {
+	o := migrations.Options{Source: rf.source, Table: rf.table, LockWait: rf.lockWait, LockTimeout: g.lockTimeout, Logger: g.logger}
+	if err := o.Validate(); err != nil {
+		return nil, usageErrorf("%w", err)
+	}
+	r, err := migrations.Open(cmd.Context(), g.pgOptions(), o)
+	var ve *migrations.VersionTableError
+	if err != nil && (strings.HasPrefix(err.Error(), "--source") || errors.As(err, &ve)) {
 		return nil, usageErrorf("%w", err)
 	}
 	return r, err
