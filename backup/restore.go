@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize/english"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/spiredb/spiredb/internal/pgarchive"
@@ -36,6 +38,10 @@ type RestoreOptions struct {
 	// with a *LossError carrying the plan, unless AcceptLoss.
 	Clean      bool
 	AcceptLoss bool
+	// AllowSessions restores with Clean although other sessions are
+	// connected to the target (a *ConnectedError otherwise): a running
+	// spire-server keeps its cache and events cursor across a restore.
+	AllowSessions bool
 	// Plan only compares the backup with the target and returns the plan
 	// (RestoreResult.Plan): the target is not written.
 	Plan bool
@@ -84,6 +90,66 @@ func (e *NotEmptyError) Error() string {
 		e.Database, e.Relations, e.Example)
 }
 
+// ConnectedError is returned when a restore with Clean would replace a
+// database other sessions are connected to (spiredb's own, by
+// application_name, do not count).
+type ConnectedError struct {
+	Database string
+	Sessions []Session
+}
+
+// Session is another session of the target database.
+type Session struct {
+	PID             int32  `json:"pid"`
+	User            string `json:"user"`
+	ApplicationName string `json:"application_name"`
+	ClientAddr      string `json:"client_addr,omitempty"`
+}
+
+func (s Session) String() string {
+	out := fmt.Sprintf("pid %d user %s", s.PID, s.User)
+	if s.ApplicationName != "" {
+		out += fmt.Sprintf(" application %q", s.ApplicationName)
+	}
+	if s.ClientAddr != "" {
+		out += " from " + s.ClientAddr
+	}
+	return out
+}
+
+func (e *ConnectedError) Error() string {
+	names := make([]string, 0, 3)
+	for i, s := range e.Sessions {
+		if i == 3 {
+			names = append(names, fmt.Sprintf("%d more", len(e.Sessions)-3))
+			break
+		}
+		names = append(names, s.String())
+	}
+	return fmt.Sprintf("refusing to restore --clean into %s: %s connected (%s); a spire-server that stays connected keeps its cache and events cursor "+
+		"from before the restore, and what it writes meanwhile is lost: stop the spire-servers (and anything else connected) first, or pass --allow-sessions",
+		e.Database, english.Plural(len(e.Sessions), "other session is", "other sessions are"), strings.Join(names, "; "))
+}
+
+// otherSessions lists the client sessions of conn's database other than
+// conn's own and spiredb's (application_name spiredb…). Without
+// pg_read_all_stats, other roles' client addresses read as empty.
+func otherSessions(ctx context.Context, conn *pgx.Conn) ([]Session, error) {
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(host(client_addr), '')
+		FROM pg_catalog.pg_stat_activity
+		WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
+		  AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'spiredb%'
+		ORDER BY pid`)
+	if err != nil {
+		return nil, fmt.Errorf("listing the target's sessions: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+		var s Session
+		err := r.Scan(&s.PID, &s.User, &s.ApplicationName, &s.ClientAddr)
+		return s, err
+	})
+}
+
 // Restore restores a backup into the target database.
 func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	logger := orDiscard(o.Logger)
@@ -117,6 +183,17 @@ func Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	if o.Plan || (rels > 0 && o.Clean) {
 		if err := planRestore(ctx, o, m, conn, res, logger); err != nil || o.Plan {
 			return res, err
+		}
+	}
+	// the plan is what the operator must read first; then nobody may be
+	// using the database it replaces
+	if rels > 0 && o.Clean && !o.AllowSessions {
+		sessions, err := otherSessions(ctx, conn)
+		if err != nil {
+			return nil, err
+		}
+		if len(sessions) > 0 {
+			return res, &ConnectedError{Database: res.Database, Sessions: sessions}
 		}
 	}
 	if rels > 0 && !o.Clean {

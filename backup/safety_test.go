@@ -523,3 +523,44 @@ func TestSharedStoreKeepsEachDatabasesBackups(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 60, rr.RowCounts["registered_entries"])
 }
+
+// TestRestoreCleanRefusesWhileOthersAreConnected: a spire-server that
+// stays connected through a restore --clean keeps its entry cache and its
+// events cursor and goes on from the replaced state (and whatever it
+// writes meanwhile is lost). The restore is refused, naming the sessions,
+// before anything is dropped; spiredb's own sessions do not count, and
+// AllowSessions overrides.
+func TestRestoreCleanRefusesWhileOthersAreConnected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	db := spireDB(t, 50)
+	m := runBackup(t, db, s, "")
+	db.Pool.Reset()
+
+	spire, err := pgx.Connect(ctx, db.DSN+"&application_name=spire-server")
+	require.NoError(t, err)
+	defer spire.Close(ctx)
+	_, err = spire.Exec(ctx, "DELETE FROM registered_entries WHERE entry_id IN (SELECT entry_id FROM registered_entries LIMIT 5)")
+	require.NoError(t, err)
+	own, err := pgx.Connect(ctx, db.DSN+"&application_name=spiredb-schedule")
+	require.NoError(t, err)
+	defer own.Close(ctx)
+
+	count := func() int {
+		var n int
+		require.NoError(t, spire.QueryRow(ctx, "SELECT count(*) FROM registered_entries").Scan(&n))
+		return n
+	}
+	_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: db.DSN}, Clean: true, AcceptLoss: true})
+	var ce *backup.ConnectedError
+	require.ErrorAs(t, err, &ce)
+	require.ErrorContains(t, err, "spire-server")
+	require.NotContains(t, err.Error(), "spiredb-schedule")
+	require.Len(t, ce.Sessions, 1)
+	require.Equal(t, 45, count(), "a refused restore changed the target")
+
+	_, err = backup.Restore(ctx, backup.RestoreOptions{Store: s, ID: m.ID, Target: pg.Options{DSN: db.DSN}, Clean: true, AcceptLoss: true, AllowSessions: true})
+	require.NoError(t, err)
+	require.Equal(t, 50, count())
+}

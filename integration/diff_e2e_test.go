@@ -180,6 +180,14 @@ func TestBackupDiffAndRestorePlanWithSpire(t *testing.T) {
 	require.Contains(t, out, "1 banned")
 	require.Equal(t, 202, count(), "a refused restore left the target as it was")
 
+	// with --accept-loss but the spire-server still connected: refused,
+	// naming its sessions (it would keep its cache and events cursor)
+	_, errOut, code = cli("backup", "restore", "--id", m.ID, "--target-dsn", src.DSN, "--clean", "--yes", "--accept-loss")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "connected")
+	require.Contains(t, errOut, "--allow-sessions")
+	require.Equal(t, 202, count(), "a refused restore left the target as it was")
+
 	// with --accept-loss (SPIRE stopped, as for any restore) it is the
 	// backup's datastore again
 	srv.Halt()

@@ -416,7 +416,7 @@ func writeVerify(w io.Writer, r *backup.VerifyResult) error {
 
 func newBackupRestoreCmd(g *globals, f *storeFlags) *cobra.Command {
 	var id, targetDSN, tempDir, toTime, toLSN, dataDir, scratchDSN string
-	var latest, clean, physical, prepareOnly, plan, acceptLoss bool
+	var latest, clean, physical, prepareOnly, plan, acceptLoss, allowSessions bool
 	var jobs int
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -432,6 +432,11 @@ see backup diff): entries created, changed or deleted since, agents attested,
 renewed or banned since, bundles, CA journals and join tokens. The plan is
 printed, and when the target changed since the backup the restore is refused
 (exit 1) unless --accept-loss. --plan prints the plan and writes nothing.
+A --clean target that other sessions are connected to is refused too (exit
+1, naming them; spiredb's own sessions do not count): a spire-server that
+stays connected keeps its entry cache and events cursor from before the
+restore, and what it writes meanwhile is lost. Stop the spire-servers first,
+or pass --allow-sessions.
 
 With --jobs 1 (default) the dump streams into one pg_restore in a single
 transaction, and the end of the stream is held back until the checksum is
@@ -471,6 +476,9 @@ your server to do the recovery when it starts.`,
 			if targetDSN == "" {
 				return usageErrorf("--target-dsn is required")
 			}
+			if allowSessions && !clean {
+				return usageErrorf("--allow-sessions goes with --clean")
+			}
 			if plan && (clean || acceptLoss) {
 				return usageErrorf("--plan writes nothing: leave out --clean and --accept-loss")
 			}
@@ -499,9 +507,13 @@ your server to do the recovery when it starts.`,
 				scratch = &o
 			}
 			res, err := backup.Restore(cmd.Context(), backup.RestoreOptions{Store: s, ID: id, Latest: latest, Target: target,
-				Clean: clean, AcceptLoss: acceptLoss, Plan: plan, Scratch: scratch, Jobs: jobs, TempDir: tempDir, Keys: keys,
+				Clean: clean, AcceptLoss: acceptLoss, AllowSessions: allowSessions, Plan: plan, Scratch: scratch, Jobs: jobs, TempDir: tempDir, Keys: keys,
 				Tools: f.tools(), Logger: g.logger})
 			var loss *backup.LossError
+			var connected *backup.ConnectedError
+			if errors.As(err, &connected) {
+				return &exitError{code: exitFailure, err: err}
+			}
 			if errors.As(err, &loss) {
 				// the plan first: it is what the operator must read
 				if perr := g.out.print(res, func(w io.Writer) error { return writeDiff(w, loss.Plan, "target") }); perr != nil {
@@ -557,6 +569,7 @@ your server to do the recovery when it starts.`,
 	cmd.Flags().BoolVar(&prepareOnly, "prepare-only", false, "--physical: write the base and recovery settings; your server recovers when it starts")
 	cmd.Flags().StringVar(&f.restoreCommand, "restore-command", "", "--physical: the restore_command (default: this spiredb's wal fetch %f %p with the store flags; set it with --prepare-only when the server's spiredb is elsewhere)")
 	cmd.Flags().BoolVar(&clean, "clean", false, "drop the target's conflicting objects first (asks, or --yes)")
+	cmd.Flags().BoolVar(&allowSessions, "allow-sessions", false, "--clean: restore although other sessions are connected to the target (running spire-servers keep their caches)")
 	cmd.Flags().BoolVar(&plan, "plan", false, "compare the backup with the target SPIRE datastore and print what a restore would lose; write nothing")
 	cmd.Flags().BoolVar(&acceptLoss, "accept-loss", false, "restore over a SPIRE datastore that changed since the backup (see --plan)")
 	cmd.Flags().StringVar(&scratchDSN, "scratch-dsn", "", "server for the comparison's scratch database (default: --target-dsn); the role needs CREATEDB")
