@@ -138,7 +138,10 @@ func otherSessions(ctx context.Context, conn *pgx.Conn) ([]Session, error) {
 	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(host(client_addr), '')
 		FROM pg_catalog.pg_stat_activity
 		WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
-		  AND backend_type = 'client backend' AND coalesce(application_name, '') NOT LIKE 'spiredb%'
+		  -- another role's backend_type reads as NULL without pg_read_all_stats;
+		  -- background workers have no role
+		  AND (backend_type = 'client backend' OR backend_type IS NULL AND usesysid IS NOT NULL)
+		  AND coalesce(application_name, '') NOT LIKE 'spiredb%'
 		ORDER BY pid`)
 	if err != nil {
 		return nil, fmt.Errorf("listing the target's sessions: %w", err)
