@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -146,8 +147,11 @@ func Check(ctx context.Context, o Options) (*Report, error) {
 		}
 	}
 	if o.Store != nil {
-		mine, err := r.checkBackups(ctx, conn, o)
+		mine, others, err := r.checkBackups(ctx, conn, o)
 		if err != nil {
+			return nil, err
+		}
+		if err := r.checkTimeline(ctx, conn, o, mine, others); err != nil {
 			return nil, err
 		}
 		if err := r.checkPITR(ctx, o, mine); err != nil {
@@ -291,18 +295,18 @@ func (r *Report) checkIndexes(ctx context.Context, conn *pgx.Conn, replicas []*p
 
 // checkBackups looks at the store's backups of this database (logical
 // ones of it, base backups of its cluster): another database's backups in
-// the same store say nothing about this one's. It returns them, for
-// checkPITR.
-func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) ([]backup.Manifest, error) {
+// the same store say nothing about this one's. It returns them and the
+// others, for checkTimeline and checkPITR.
+func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) (mine, others []backup.Manifest, err error) {
 	inv, err := backup.Inspect(ctx, o.Store)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	src, err := backup.SourceOf(ctx, conn)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var list, others []backup.Manifest
+	var list []backup.Manifest
 	for _, m := range inv.Backups {
 		if !src.Restores(&m) {
 			others = append(others, m)
@@ -329,7 +333,7 @@ func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) ([
 	run := "spiredb backup run --store " + o.StoreURL
 	if len(list) == 0 {
 		r.add(Error, "backup.none", "no backup of this database in the store", run)
-		return list, nil
+		return list, others, nil
 	}
 	newest := list[len(list)-1]
 	for _, m := range list {
@@ -350,13 +354,46 @@ func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) ([
 	verify := "spiredb backup verify --store " + o.StoreURL + " --latest --level restore"
 	if verified == nil {
 		r.add(Warning, "backup.verified", "no backup has been verified by a restore", verify)
-		return list, nil
+		return list, others, nil
 	}
 	b.NewestVerified = &verified.FinishedAt
 	if age := time.Since(verified.FinishedAt); age > o.MaxUnverifiedAge {
 		r.add(Warning, "backup.verified", fmt.Sprintf("the newest verified backup is %s old (limit %s)", age.Round(time.Minute), o.MaxUnverifiedAge), verify)
 	}
-	return list, nil
+	return list, others, nil
+}
+
+// checkTimeline compares the server's timeline with the newest whose
+// history the store's WAL archive holds. A newer one means another server
+// of the cluster was promoted: on a primary, two primaries (SPIRE's
+// writes may go to either); on a standby, a primary it will never follow.
+// Only when the store holds base backups of this cluster and of no other:
+// history files do not say which cluster wrote them.
+func (r *Report) checkTimeline(ctx context.Context, conn *pgx.Conn, o Options, mine, others []backup.Manifest) error {
+	physical := func(m backup.Manifest) bool { return m.IsPhysical() }
+	if !slices.ContainsFunc(mine, physical) || slices.ContainsFunc(others, physical) {
+		return nil
+	}
+	tls, err := backup.ArchivedTimelines(ctx, o.Store)
+	if err != nil || len(tls) == 0 {
+		return err
+	}
+	tli, err := replication.Timeline(ctx, conn)
+	if err != nil {
+		return err
+	}
+	newest := tls[len(tls)-1]
+	if newest <= tli {
+		return nil
+	}
+	if r.Server.Role == "primary" {
+		r.add(Error, "replication.timeline", fmt.Sprintf("this primary is on timeline %d, but the WAL archive holds timeline %d's history: another server of this cluster was promoted in its place, and SPIRE's writes may go to either (split brain)", tli, newest),
+			"fence this one (spiredb replica fence --dsn THIS_DSN), point every spire-server at the promoted one, then make this one its standby (spiredb replica rejoin)")
+		return nil
+	}
+	r.add(Warning, "replication.timeline", fmt.Sprintf("this standby is on timeline %d, but the WAL archive holds timeline %d's history: another server was promoted, and this standby follows a primary that it replaced", tli, newest),
+		"make it a standby of the promoted server: spiredb replica bootstrap --primary-dsn NEW_PRIMARY_DSN (a new data directory)")
+	return nil
 }
 
 // PITR is doctor's view of point-in-time recovery from the store.

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
+	"github.com/spiredb/spiredb/doctor"
 	"github.com/spiredb/spiredb/internal/pgcluster"
 	"github.com/spiredb/spiredb/internal/pgtest"
 	"github.com/spiredb/spiredb/internal/s3test"
@@ -149,6 +150,23 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	primary := archivingCluster(t, b, "wal")
 	s1, s2 := startStandbyIn(t, primary, "s1"), startStandbyIn(t, primary, "s2")
 	waitTrue(t, primary.DSN("spire"), "SELECT count(*) = 2 FROM pg_stat_replication WHERE state = 'streaming'")
+	// a base backup of this cluster in the store: doctor may read the
+	// archive's timelines as this cluster's
+	_, errOut, code := runCLI(t, env, append([]string{"backup", "run", "--physical", "--dsn", primary.DSN("spire")}, flags...)...)
+	require.Equal(t, 0, code, errOut)
+	timelineFinding := func(c *pgcluster.Cluster) doctor.Finding {
+		t.Helper()
+		out, errOut, code := runCLI(t, env, append([]string{"doctor", "--dsn", c.DSN("spire"), "-o", "json"}, flags...)...)
+		require.Contains(t, []int{0, 1, 4}, code, errOut)
+		var r doctor.Report
+		require.NoError(t, json.Unmarshal([]byte(out), &r), out)
+		for _, f := range r.Findings {
+			if f.Check == "replication.timeline" {
+				return f
+			}
+		}
+		return doctor.Finding{}
+	}
 	require.NoError(t, primary.Halt())
 	for _, s := range []*pgcluster.Cluster{s1, s2} {
 		waitTrue(t, s.DSN("spire"), "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")
@@ -159,13 +177,18 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 		_, errOut, code := runCLI(t, env, append(append([]string{"replica", "promote", "--dsn", s.DSN("spire"), "--yes"}, flags...), extra...)...)
 		return errOut, code
 	}
-	errOut, code := promote(s1)
+	errOut, code = promote(s1)
 	require.Equal(t, 0, code, errOut)
 	store := s3StoreOf(t, b, "wal")
 	require.Eventually(t, func() bool {
 		tls, err := backup.ArchivedTimelines(context.Background(), store)
 		return err == nil && slices.Contains(tls, 2)
 	}, time.Minute, 100*time.Millisecond, "the new primary archives its timeline's history")
+
+	require.Empty(t, timelineFinding(s1).Check, "the promoted server is on the newest timeline")
+	f := timelineFinding(s2)
+	require.Equal(t, doctor.Warning, f.Severity, "a standby of the replaced primary: %+v", f)
+	require.Contains(t, f.Message, "timeline 2")
 
 	errOut, code = promote(s2)
 	require.Equal(t, 1, code, errOut)
@@ -181,6 +204,9 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	// the old primary comes back and is fenced; no switchover marked it,
 	// but the archive says it was replaced: --undo refuses to reopen it
 	require.NoError(t, primary.Restart(context.Background()))
+	f = timelineFinding(primary)
+	require.Equal(t, doctor.Error, f.Severity, "two primaries: %+v", f)
+	require.Contains(t, f.Message, "split brain")
 	fence := func(extra ...string) (string, int) {
 		t.Helper()
 		_, errOut, code := runCLI(t, env, append([]string{"replica", "fence", "--dsn", primary.DSN("spire"), "--yes"}, extra...)...)

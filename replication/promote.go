@@ -241,13 +241,13 @@ func DropSlot(ctx context.Context, opts pg.Options, name string) error {
 	return nil
 }
 
-// promotedElsewhere refuses when the archive holds a timeline newer than
-// any the server knows: on a primary, its current WAL file's; on a
-// standby, its checkpoint's and its receiver's; on both, the history files
-// in its own pg_wal (a standby that followed a promotion has the new
-// timeline's history there before its next restartpoint).
-func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), force, reopen bool, logger *slog.Logger) error {
-	var mine int64
+// Timeline is the newest timeline the server knows: on a primary, its
+// current WAL file's; on a standby, its checkpoint's and its receiver's;
+// on both, the history files in its own pg_wal (a standby that followed a
+// promotion has the new timeline's history there before its next
+// restartpoint).
+func Timeline(ctx context.Context, conn *pgx.Conn) (uint32, error) {
+	var tli int64
 	if err := conn.QueryRow(ctx, pg.Marker+`SELECT greatest(
 		(SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),
 		CASE WHEN pg_catalog.pg_is_in_recovery() THEN 0
@@ -256,8 +256,18 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 		CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE') THEN
 		  coalesce((SELECT max(('x' || pg_catalog.substr(name, 1, 8))::bit(32)::bigint) FROM pg_catalog.pg_ls_waldir()
 		            WHERE name ~ '^[0-9A-F]{8}\.history$'), 0)
-		ELSE 0 END)::bigint`).Scan(&mine); err != nil {
-		return fmt.Errorf("reading the server's timeline: %w", err)
+		ELSE 0 END)::bigint`).Scan(&tli); err != nil {
+		return 0, fmt.Errorf("reading the server's timeline: %w", err)
+	}
+	return uint32(tli), nil
+}
+
+// promotedElsewhere refuses when the archive holds a timeline newer than
+// any the server knows (Timeline).
+func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), force, reopen bool, logger *slog.Logger) error {
+	mine, err := Timeline(ctx, conn)
+	if err != nil {
+		return err
 	}
 	tls, err := archived(ctx)
 	if err != nil {
@@ -267,10 +277,10 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 		logger.Warn("could not read the WAL archive's timelines; going on (--force)", "err", err)
 		return nil
 	}
-	if len(tls) == 0 || int64(tls[len(tls)-1]) <= mine {
+	if len(tls) == 0 || tls[len(tls)-1] <= mine {
 		return nil
 	}
-	e := &PromotedElsewhereError{Timeline: uint32(mine), Archived: tls[len(tls)-1], Reopen: reopen}
+	e := &PromotedElsewhereError{Timeline: mine, Archived: tls[len(tls)-1], Reopen: reopen}
 	if !force {
 		return e
 	}
