@@ -78,6 +78,28 @@ func (s Source) Restores(m *Manifest) bool {
 	return ms.Database == s.Database && (ms.SystemIdentifier == "" || s.SystemIdentifier == "" || ms.SystemIdentifier == s.SystemIdentifier)
 }
 
+// Split sorts backups into those that restore s's database (Restores)
+// and the others, keeping their order.
+func (s Source) Split(backups []Manifest) (mine, others []Manifest) {
+	for _, m := range backups {
+		if s.Restores(&m) {
+			mine = append(mine, m)
+		} else {
+			others = append(others, m)
+		}
+	}
+	return mine, others
+}
+
+// ArchiveIsOf reports whether the store's WAL archive can be read as the
+// cluster's whose backups are mine: the store holds a base backup among
+// mine and none among others (timeline history files do not say which
+// cluster wrote them).
+func ArchiveIsOf(mine, others []Manifest) bool {
+	physical := func(m Manifest) bool { return m.IsPhysical() }
+	return slices.ContainsFunc(mine, physical) && !slices.ContainsFunc(others, physical)
+}
+
 // SourceGroup is one source's backups, oldest first.
 type SourceGroup struct {
 	Source  Source

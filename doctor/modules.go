@@ -3,7 +3,6 @@ package doctor
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -306,14 +305,7 @@ func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) (m
 	if err != nil {
 		return nil, nil, err
 	}
-	var list []backup.Manifest
-	for _, m := range inv.Backups {
-		if !src.Restores(&m) {
-			others = append(others, m)
-			continue
-		}
-		list = append(list, m)
-	}
+	list, others := src.Split(inv.Backups)
 	b := &Backups{Store: o.StoreURL, Count: len(list)}
 	r.Backups = b
 	for _, p := range inv.Problems {
@@ -370,8 +362,7 @@ func (r *Report) checkBackups(ctx context.Context, conn *pgx.Conn, o Options) (m
 // Only when the store holds base backups of this cluster and of no other:
 // history files do not say which cluster wrote them.
 func (r *Report) checkTimeline(ctx context.Context, conn *pgx.Conn, o Options, mine, others []backup.Manifest) error {
-	physical := func(m backup.Manifest) bool { return m.IsPhysical() }
-	if !slices.ContainsFunc(mine, physical) || slices.ContainsFunc(others, physical) {
+	if !backup.ArchiveIsOf(mine, others) {
 		return nil
 	}
 	tls, err := backup.ArchivedTimelines(ctx, o.Store)

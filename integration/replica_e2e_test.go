@@ -207,6 +207,13 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	f = timelineFinding(primary)
 	require.Equal(t, doctor.Error, f.Severity, "two primaries: %+v", f)
 	require.Contains(t, f.Message, "split brain")
+	// the scheduler's gauges say the same (SpireDBPromotedElsewhere), read
+	// from a path-style S3 server through the environment alone
+	addr := startSchedule(t, append(env, "SPIREDB_DSN="+primary.DSN("spire"), "AWS_ENDPOINT_URL_S3="+b.Endpoint, "SPIREDB_S3_PATH_STYLE=true"),
+		"store: s3://"+b.Name+"/wal\n")
+	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_archive_newest_timeline") == 2 }, 30*time.Second, 200*time.Millisecond)
+	require.Equal(t, float64(1), scrape(t, addr, "spiredb_server_timeline"))
+	require.Equal(t, float64(1), scrape(t, addr, "spiredb_pitr_bases"))
 	fence := func(extra ...string) (string, int) {
 		t.Helper()
 		_, errOut, code := runCLI(t, env, append([]string{"replica", "fence", "--dsn", primary.DSN("spire"), "--yes"}, extra...)...)

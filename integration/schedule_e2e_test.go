@@ -171,6 +171,35 @@ jobs:
 	assert.Contains(t, stderr, bad+":4: schedule")
 }
 
+// startSchedule runs spiredb schedule with env and the config lines
+// (listen, collect every second and a daily doctor job are added), stopped
+// when the test ends; it returns the metrics address once collection has
+// succeeded.
+func startSchedule(t *testing.T, env []string, config string) string {
+	t.Helper()
+	port, err := pgcluster.FreePort(0, 0)
+	require.NoError(t, err)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	file := filepath.Join(t.TempDir(), "spiredb.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(config+fmt.Sprintf(`listen: %s
+collect: 1s
+jobs:
+  - name: doctor
+    command: doctor
+    schedule: "@every 24h"
+`, addr)), 0o644))
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, spiredbCLI(t), "schedule", "--config", file)
+	cmd.Env = append(os.Environ(), env...)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_collect_last_success_timestamp_seconds") > 0 },
+		30*time.Second, 200*time.Millisecond, "%s", &logs)
+	return addr
+}
+
 // TestScheduleCountsOnlyThisDatabasesBackups: in a store shared with
 // another database, that database's fresh backups must not hide that
 // this one has none (the PrometheusRule's stale-backup alert reads these
@@ -185,34 +214,12 @@ func TestScheduleCountsOnlyThisDatabasesBackups(t *testing.T) {
 	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", other.DSN, "--store", store)
 	require.Equal(t, 0, code, stderr)
 
-	port, err := pgcluster.FreePort(0, 0)
-	require.NoError(t, err)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	config := filepath.Join(dir, "spiredb.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`store: %s
-listen: %s
-collect: 1s
-jobs:
-  - name: doctor
-    command: doctor
-    schedule: "@every 24h"
-`, store, addr)), 0o644))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, spiredbCLI(t), "schedule", "--config", config)
-	cmd.Env = append(os.Environ(), "SPIREDB_DSN="+this.DSN)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	require.NoError(t, cmd.Start())
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-
-	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_collect_last_success_timestamp_seconds") > 0 },
-		30*time.Second, 200*time.Millisecond, logs.String())
+	addr := startSchedule(t, []string{"SPIREDB_DSN=" + this.DSN}, "store: "+store+"\n")
 	require.Zero(t, scrape(t, addr, "spiredb_backups"), "another database's backup counted as this one's")
 	require.Zero(t, scrape(t, addr, "spiredb_backup_newest_timestamp_seconds"))
 
 	_, stderr, code = runCLI(t, nil, "backup", "run", "--dsn", this.DSN, "--store", store)
 	require.Equal(t, 0, code, stderr)
-	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_backups") == 1 }, 30*time.Second, 200*time.Millisecond, logs.String())
+	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_backups") == 1 }, 30*time.Second, 200*time.Millisecond)
 	require.InDelta(t, float64(time.Now().Unix()), scrape(t, addr, "spiredb_backup_newest_timestamp_seconds"), 120)
 }

@@ -45,6 +45,8 @@ type stateMetrics struct {
 	archivePending      prometheus.Gauge
 	pitrBases           prometheus.Gauge
 	pitrNewest          prometheus.Gauge
+	serverTimeline      prometheus.Gauge
+	archiveTimeline     prometheus.Gauge
 	collectLastSuccess  prometheus.Gauge
 	collectErrors       *prometheus.CounterVec
 	collectDurationSecs prometheus.Gauge
@@ -88,6 +90,8 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 		archivePending:      gauge("spiredb_archive_pending_segments", "WAL files waiting to be archived (-1: the role may not list them)."),
 		pitrBases:           gauge("spiredb_pitr_bases", "Physical base backups of this cluster in the store."),
 		pitrNewest:          gauge("spiredb_pitr_newest_restorable_timestamp_seconds", "Unix time of the newest moment a point-in-time restore can reach (the RPO is its age)."),
+		serverTimeline:      gauge("spiredb_server_timeline", "The server's newest known timeline (0: the store's WAL archive cannot be read as this cluster's)."),
+		archiveTimeline:     gauge("spiredb_archive_newest_timeline", "The newest timeline whose history the store's WAL archive holds; above spiredb_server_timeline, another server was promoted in this one's place (0: unknown)."),
 		collectLastSuccess:  gauge("spiredb_collect_last_success_timestamp_seconds", "Unix time of the last complete state collection."),
 		collectDurationSecs: gauge("spiredb_collect_duration_seconds", "Duration of the last state collection."),
 		collectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "spiredb_collect_errors_total",
@@ -96,7 +100,7 @@ func newStateMetrics(reg *prometheus.Registry) *stateMetrics {
 	reg.MustRegister(m.backups, m.backupNewest, m.backupNewestBytes, m.backupVerified, m.standbys, m.standbysReady, m.maxLagBytes,
 		m.maxLagSeconds, m.slotsLost, m.standbyLag, m.indexesInvalid, m.indexesDuplicate, m.viewAge, m.viewChanges, m.operationShare,
 		m.eventsRows, m.eventsOldestAge, m.eventsGaps,
-		m.archiveEnabled, m.archiveFailing, m.archiveFailed, m.archiveLast, m.archivePending, m.pitrBases, m.pitrNewest,
+		m.archiveEnabled, m.archiveFailing, m.archiveFailed, m.archiveLast, m.archivePending, m.pitrBases, m.pitrNewest, m.serverTimeline, m.archiveTimeline,
 		m.collectLastSuccess, m.collectErrors, m.collectDurationSecs)
 	for _, part := range []string{"connect", "backups", "replication", "archiving", "indexes", "views", "events", "statements"} {
 		m.collectErrors.WithLabelValues(part)
@@ -165,7 +169,7 @@ func (s *Scheduler) collect(ctx context.Context) {
 func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	if s.store == nil {
 		// opened once: an S3 store loads credentials and builds its client
-		store, err := backup.OpenStore(ctx, s.cfg.Store, backup.StoreOptions{Logger: s.log})
+		store, err := backup.OpenStore(ctx, s.cfg.Store, s.storeOpts)
 		if err != nil {
 			return err
 		}
@@ -179,12 +183,7 @@ func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return err
 	}
-	var list []backup.Manifest
-	for _, b := range all {
-		if src.Restores(&b) {
-			list = append(list, b)
-		}
-	}
+	list, others := src.Split(all)
 	m := s.state
 	m.backups.Set(float64(len(list)))
 	var newest, verified time.Time
@@ -212,6 +211,23 @@ func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	if n := len(windows); n > 0 && windows[n-1].Restorable {
 		m.pitrNewest.Set(float64(windows[n-1].ToTime.Unix()))
 	}
+	// the timelines (doctor's replication.timeline): 0 and 0 when the
+	// archive cannot be read as this cluster's
+	var server, archived uint32
+	if backup.ArchiveIsOf(list, others) {
+		tls, err := backup.ArchivedTimelines(ctx, s.store)
+		if err != nil {
+			return err
+		}
+		if server, err = replication.Timeline(ctx, conn); err != nil {
+			return err
+		}
+		if len(tls) > 0 {
+			archived = tls[len(tls)-1]
+		}
+	}
+	m.serverTimeline.Set(float64(server))
+	m.archiveTimeline.Set(float64(archived))
 	return nil
 }
 

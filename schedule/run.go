@@ -76,6 +76,10 @@ type Options struct {
 	Conn pg.Options
 	// Logger gets the scheduler's lines; nil discards them.
 	Logger *slog.Logger
+	// Store opens the file's store for the state collection (S3 endpoint,
+	// region, path-style addressing: the jobs' own come with their
+	// arguments); its Logger defaults to Logger.
+	Store backup.StoreOptions
 }
 
 // Validate reports a job whose command no task runs.
@@ -95,7 +99,8 @@ type Scheduler struct {
 	metrics *Metrics
 
 	state *stateMetrics
-	store backup.Store // the config's store, for collection; opened on first use
+	store     backup.Store // the config's store, for collection; opened on first use
+	storeOpts backup.StoreOptions
 
 	mu      sync.Mutex
 	busy    map[string]bool
@@ -117,7 +122,11 @@ func New(cfg *Config, o Options) (*Scheduler, error) {
 	if cfg.DSN != "" {
 		conn.DSN, conn.Config, conn.Pool = cfg.DSN, nil, nil
 	}
-	s := &Scheduler{cfg: cfg, tasks: o.Tasks, conn: conn, log: log, metrics: NewMetrics(), busy: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
+	storeOpts := o.Store
+	if storeOpts.Logger == nil {
+		storeOpts.Logger = log
+	}
+	s := &Scheduler{cfg: cfg, tasks: o.Tasks, conn: conn, log: log, storeOpts: storeOpts, metrics: NewMetrics(), busy: map[string]bool{}, cancels: map[string]context.CancelFunc{}}
 	s.state = newStateMetrics(s.metrics.Registry)
 	for _, j := range cfg.Jobs {
 		s.metrics.runs.WithLabelValues(j.Name)

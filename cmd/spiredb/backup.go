@@ -43,12 +43,28 @@ func (f *storeFlags) register(fs *pflag.FlagSet, pgBin bool) {
 	fs.StringVar(&f.url, "store", "", "backup store: s3://bucket/prefix or file:///dir (default $SPIREDB_STORE)")
 	fs.StringVar(&f.s3Endpoint, "s3-endpoint", "", "S3 endpoint URL (default: AWS, or $AWS_ENDPOINT_URL_S3)")
 	fs.StringVar(&f.s3Region, "s3-region", "", "S3 region (default: from the AWS configuration, else us-east-1)")
-	fs.BoolVar(&f.s3PathStyle, "s3-path-style", false, "address the bucket as a path (MinIO, versitygw, …)")
+	fs.BoolVar(&f.s3PathStyle, "s3-path-style", false, "address the bucket as a path (MinIO, versitygw, …; default $SPIREDB_S3_PATH_STYLE)")
 	fs.StringVar(&f.sse, "sse", "", "server-side encryption: AES256 or aws:kms")
 	fs.StringVar(&f.sseKMSKeyID, "sse-kms-key-id", "", "KMS key for --sse aws:kms")
 	if pgBin {
 		fs.StringVar(&f.pgBin, "pg-bin", "", "directory of pg_dump and pg_restore (default: $PATH)")
 	}
+}
+
+// envPathStyle reads SPIREDB_S3_PATH_STYLE: S3-compatible servers that
+// need path-style addressing, for what takes no flags (the schedule's
+// state collection; a Pod's environment for every command). The AWS SDK
+// reads no such setting of its own.
+func envPathStyle() (bool, error) {
+	v := os.Getenv("SPIREDB_S3_PATH_STYLE")
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, usageErrorf("SPIREDB_S3_PATH_STYLE=%q: want true or false", v)
+	}
+	return b, nil
 }
 
 func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
@@ -59,8 +75,12 @@ func (f *storeFlags) open(cmd *cobra.Command) (backup.Store, error) {
 	if u == "" {
 		return nil, usageErrorf("no store: pass --store s3://bucket/prefix or file:///dir (or set SPIREDB_STORE)")
 	}
+	pathStyle, err := envPathStyle()
+	if err != nil {
+		return nil, err
+	}
 	s, err := backup.OpenStore(cmd.Context(), u, backup.StoreOptions{
-		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3PathStyle: f.s3PathStyle, SSE: f.sse, SSEKMSKeyID: f.sseKMSKeyID,
+		S3Endpoint: f.s3Endpoint, S3Region: f.s3Region, S3PathStyle: f.s3PathStyle || pathStyle, SSE: f.sse, SSEKMSKeyID: f.sseKMSKeyID,
 		Logger: f.logger(),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/spiredb/spiredb/backup"
 	"github.com/spiredb/spiredb/schedule"
 )
 
@@ -57,7 +58,12 @@ come from the environment (PGPASSWORD, SPIREDB_DSN, AWS_*), never the file.`,
 			if listen != "" {
 				cfg.Listen = listen
 			}
-			s, err := schedule.New(cfg, schedule.Options{Tasks: cliTasks(), Conn: g.pgOptions(), Logger: g.logger})
+			pathStyle, err := envPathStyle()
+			if err != nil {
+				return err
+			}
+			s, err := schedule.New(cfg, schedule.Options{Tasks: cliTasks(), Conn: g.pgOptions(), Logger: g.logger,
+				Store: backup.StoreOptions{S3PathStyle: pathStyle}})
 			if err != nil {
 				return usageErrorf("%w", err)
 			}
