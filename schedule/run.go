@@ -98,7 +98,7 @@ type Scheduler struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	state *stateMetrics
+	state     *stateMetrics
 	store     backup.Store // the config's store, for collection; opened on first use
 	storeOpts backup.StoreOptions
 
