@@ -489,8 +489,10 @@ func TestBackfillMaxImpactYieldsToTheWorkload(t *testing.T) {
 	var maxRest, maxImpact float64
 	cause := ""
 	// the rest reaches a batch's length in about ten windows of a second;
-	// beside the package's heavier tests a window can take several
-	deadline := time.Now().Add(40 * time.Second)
+	// beside the package's heavier tests a window can take several (a run
+	// of the whole package measured 0.81× after 40 s: the loop ends as
+	// soon as it is reached, so the bound costs nothing when it is quick)
+	deadline := time.Now().Add(100 * time.Second)
 	for time.Now().Before(deadline) && maxRest < 1 {
 		time.Sleep(200 * time.Millisecond)
 		mu.Lock()
