@@ -141,8 +141,9 @@ func waitTrue(t *testing.T, dsn, query string) {
 // so nothing on it tells a promoted sibling from a dead primary; the WAL
 // archive does (the new primary archived its timeline's history), and
 // promote --store refuses a second primary. When the old primary comes
-// back and is fenced, fence --undo --store refuses to reopen it. --force
-// overrides both.
+// back and is fenced, fence --undo --store refuses to reopen it (--force
+// overrides both), and a switchover from it to a standby of its own is
+// refused.
 func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	t.Parallel()
 	b := s3test.NewBucket(t)
@@ -228,4 +229,13 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	waitTrue(t, primary.DSN("postgres"), "SELECT NOT datallowconn FROM pg_database WHERE datname = 'spire'")
 	errOut, code = fence(append([]string{"--undo", "--force"}, flags...)...)
 	require.Equal(t, 0, code, errOut)
+
+	// a standby of the replaced primary: a switchover between the two
+	// would make yet another primary, and nothing is fenced
+	s3 := startStandbyIn(t, primary, "s3")
+	_, errOut, code = runCLI(t, env, append([]string{"replica", "switchover", "--primary-dsn", primary.DSN("spire"), "--standby-dsn", s3.DSN("spire"), "--yes"}, flags...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "refusing to switch over")
+	waitTrue(t, primary.DSN("postgres"), "SELECT datallowconn FROM pg_database WHERE datname = 'spire'")
+	waitTrue(t, s3.DSN("spire"), "SELECT pg_is_in_recovery()")
 }

@@ -194,7 +194,7 @@ func fence(ctx context.Context, conn *pgx.Conn, o FenceOptions, logger *slog.Log
 		}
 		superseded = by
 		if o.ArchivedTimelines != nil {
-			if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, true, logger); err != nil {
+			if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, reopenOp, logger); err != nil {
 				return nil, err
 			}
 		}

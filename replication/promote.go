@@ -50,23 +50,33 @@ func (e *LivePrimaryError) Error() string {
 // PromotedElsewhereError is returned when the WAL archive holds the
 // history of a timeline newer than the server's: another server of the
 // cluster has been promoted (a sibling standby, or the standby of this
-// primary in a failover), and promoting this one, or reopening it
-// (Fence Undo), would make two primaries.
+// primary in a failover), and promoting this one, reopening it (Fence
+// Undo) or switching over from it would make two primaries.
 type PromotedElsewhereError struct {
 	// Timeline is the server's; Archived the newest in the archive.
 	Timeline, Archived uint32
-	// Reopen: refused by Fence's Undo rather than by Promote.
-	Reopen bool
+	// Refused is what was refused: promoteOp, reopenOp or switchoverOp.
+	Refused string
 }
 
+// What PromotedElsewhereError refused.
+const (
+	promoteOp    = "promote"
+	reopenOp     = "lift the fence"
+	switchoverOp = "switch over"
+)
+
 func (e *PromotedElsewhereError) Error() string {
-	what, fix := "promote", "make this server a standby of that one (replica bootstrap from it)"
-	if e.Reopen {
-		what, fix = "lift the fence", "make this server a standby of that one (replica rejoin)"
+	effect, fix := "promoting this one too", "make this server a standby of that one (replica bootstrap from it), or, if that server is gone for good and its writes with it, pass --force"
+	switch e.Refused {
+	case reopenOp:
+		effect, fix = "reopening this one", "make this server a standby of that one (replica rejoin), or, if that server is gone for good and its writes with it, pass --force"
+	case switchoverOp:
+		effect, fix = "a switchover from this one would make yet another", "fence this primary (replica fence) and point SPIRE at the promoted one; nothing was fenced or promoted"
 	}
 	return fmt.Sprintf("refusing to %s: the WAL archive holds the history of timeline %d, newer than this server's timeline %d: "+
-		"another server of this cluster was promoted already, and %s would make two primaries; %s, or, if that server is gone for good and its writes with it, pass --force",
-		what, e.Archived, e.Timeline, map[bool]string{false: "promoting this one too", true: "reopening this one"}[e.Reopen], fix)
+		"another server of this cluster was promoted already, and %s would make two primaries; %s",
+		e.Refused, e.Archived, e.Timeline, effect, fix)
 }
 
 // PromoteOptions configure Promote.
@@ -137,7 +147,7 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 		return nil, &LivePrimaryError{Upstream: r.SenderHost}
 	}
 	if o.ArchivedTimelines != nil {
-		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, false, logger); err != nil {
+		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, promoteOp, logger); err != nil {
 			return nil, err
 		}
 	}
@@ -264,7 +274,7 @@ func Timeline(ctx context.Context, conn *pgx.Conn) (uint32, error) {
 
 // promotedElsewhere refuses when the archive holds a timeline newer than
 // any the server knows (Timeline).
-func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), force, reopen bool, logger *slog.Logger) error {
+func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), force bool, op string, logger *slog.Logger) error {
 	mine, err := Timeline(ctx, conn)
 	if err != nil {
 		return err
@@ -272,7 +282,11 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 	tls, err := archived(ctx)
 	if err != nil {
 		if !force {
-			return fmt.Errorf("reading the WAL archive's timelines (to see whether another server was promoted already): %w; pass --force to go on without that check", err)
+			without := "pass --force"
+			if op == switchoverOp {
+				without = "name no store"
+			}
+			return fmt.Errorf("reading the WAL archive's timelines (to see whether another server was promoted already): %w; %s to go on without that check", err, without)
 		}
 		logger.Warn("could not read the WAL archive's timelines; going on (--force)", "err", err)
 		return nil
@@ -280,7 +294,7 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 	if len(tls) == 0 || tls[len(tls)-1] <= mine {
 		return nil
 	}
-	e := &PromotedElsewhereError{Timeline: mine, Archived: tls[len(tls)-1], Reopen: reopen}
+	e := &PromotedElsewhereError{Timeline: mine, Archived: tls[len(tls)-1], Refused: op}
 	if !force {
 		return e
 	}

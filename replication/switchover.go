@@ -26,7 +26,12 @@ type SwitchoverOptions struct {
 	// Databases are fenced on the primary and reopened on the new primary
 	// (default: the Primary DSN's database).
 	Databases []string
-	Logger    *slog.Logger
+	// ArchivedTimelines, when set, lists the timelines whose history the
+	// cluster's WAL archive holds: a primary on an older timeline was
+	// replaced already, and a switchover from it is refused before
+	// anything is fenced (*PromotedElsewhereError). See PromoteOptions.
+	ArchivedTimelines func(context.Context) ([]uint32, error)
+	Logger            *slog.Logger
 }
 
 // SwitchoverResult says what Switchover did and how long each step took.
@@ -114,6 +119,11 @@ func Switchover(ctx context.Context, o SwitchoverOptions) (*SwitchoverResult, er
 	}
 	res.LagAtStart = lag
 	logger.Info("standby follows the primary", "timeline", res.OldTimeline, "lag_bytes", lag)
+	if o.ArchivedTimelines != nil {
+		if err := promotedElsewhere(ctx, pconn, o.ArchivedTimelines, false, switchoverOp, logger); err != nil {
+			return nil, err
+		}
+	}
 
 	if err := pinRewindWAL(ctx, pconn); err != nil {
 		logger.Warn("could not keep the WAL replica rejoin needs on the old primary; rejoin may need --reclone-on-failure", "err", err)

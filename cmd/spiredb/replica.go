@@ -291,7 +291,7 @@ elsewhere it needs --yes.`,
 				return err
 			}
 			if o.Force && !o.Undo {
-				return usageErrorf("--force goes with --undo (lifting a fence a switchover left)")
+				return usageErrorf("--force goes with --undo (lifting a fence on a replaced primary)")
 			}
 			o.Conn, o.Logger = g.pgOptions(), g.logger
 			if o.Undo && (sf.url != "" || os.Getenv("SPIREDB_STORE") != "") {
@@ -328,7 +328,7 @@ elsewhere it needs --yes.`,
 		},
 	}
 	cmd.Flags().BoolVar(&o.Undo, "undo", false, "lift the fence: reopen the database(s) and reset default_transaction_read_only")
-	cmd.Flags().BoolVar(&o.Force, "force", false, "with --undo: lift it even on an old primary a switchover superseded (only when the new primary is gone for good: two primaries otherwise)")
+	cmd.Flags().BoolVar(&o.Force, "force", false, "with --undo: lift it even on an old primary a switchover superseded, or that --store's archive shows replaced (only when the new primary is gone for good: two primaries otherwise)")
 	cmd.Flags().StringSliceVar(&o.Databases, "database", nil, "database(s) to fence (default: the --dsn database)")
 	sf.register(cmd.Flags(), false)
 	addYes(cmd)
@@ -359,6 +359,7 @@ func writeFence(w io.Writer, res *replication.FenceResult) error {
 func newReplicaSwitchoverCmd(g *globals) *cobra.Command {
 	var o replication.SwitchoverOptions
 	var primary, standby, maxLag string
+	sf := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "switchover",
 		Short: "Planned switchover: fence the primary, let the standby catch up, promote it",
@@ -374,7 +375,11 @@ primary again (nothing changed); after it the old primary stays fenced.
 It prints how long SPIRE could not write and the routing steps: SPIRE's
 connection_string or the Kubernetes Service must point at the new primary.
 Before fencing it creates the slot spiredb_rewind on the primary so that
-'replica rejoin' can rewind it afterwards.
+'replica rejoin' can rewind it afterwards. With --store (default
+$SPIREDB_STORE), the store the cluster's WAL is archived to, it also refuses
+when the archive holds the history of a timeline newer than the primary's:
+another server was promoted in its place already, and a switchover from it
+would make yet another primary.
 
 Both targets come only from their flags; on a terminal spiredb asks,
 elsewhere it needs --yes.`,
@@ -388,6 +393,13 @@ elsewhere it needs --yes.`,
 				return err
 			}
 			o.Primary, o.Standby, o.MaxLag, o.Logger = g.withDSN(primary), g.withDSN(standby), limit, g.logger
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				timelines, err := archivedTimelines(cmd, sf)
+				if err != nil {
+					return err
+				}
+				o.ArchivedTimelines = timelines
+			}
 			if err := g.confirm(cmd, "switch over from "+g.target(o.Primary)+" to "+g.target(o.Standby)+": SPIRE cannot write until it is re-pointed at the new primary"); err != nil {
 				return err
 			}
@@ -395,7 +407,8 @@ elsewhere it needs --yes.`,
 			if err != nil {
 				var le *replication.LagError
 				var se *replication.SwitchoverError
-				if errors.As(err, &le) || errors.As(err, &se) || errors.Is(err, replication.ErrNotFollowing) {
+				var pe *replication.PromotedElsewhereError
+				if errors.As(err, &le) || errors.As(err, &se) || errors.As(err, &pe) || errors.Is(err, replication.ErrNotFollowing) {
 					return &exitError{code: exitFailure, err: err}
 				}
 				return err
@@ -422,6 +435,7 @@ elsewhere it needs --yes.`,
 	f.StringVar(&maxLag, "max-lag", "16MB", "refuse when the standby is further behind: a size or a duration")
 	f.DurationVar(&o.Wait, "wait", 30*time.Second, "how long to wait for the standby to replay the primary's last write, and for the promotion")
 	f.StringSliceVar(&o.Databases, "database", nil, "database(s) to fence and reopen (default: the --primary-dsn database)")
+	sf.register(f, false)
 	addYes(cmd)
 	return cmd
 }
