@@ -115,7 +115,13 @@ func (f *storeFlags) fetchCommand() (string, error) {
 	if f.s3Region != "" {
 		args = append(args, "--s3-region", f.s3Region)
 	}
-	if f.s3PathStyle {
+	// the server that runs it may not have spiredb's environment (a
+	// --prepare-only directory started by the operator)
+	pathStyle, err := envPathStyle()
+	if err != nil {
+		return "", err
+	}
+	if f.s3PathStyle || pathStyle {
 		args = append(args, "--s3-path-style")
 	}
 	args = append(args, f.keys.fetchArgs()...)

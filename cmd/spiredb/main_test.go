@@ -138,3 +138,23 @@ func itoa(n int) string {
 }
 
 func truncateFile(path string, size int64) error { return os.Truncate(path, size) }
+
+// TestPathStyleFromTheEnvironment: SPIREDB_S3_PATH_STYLE reaches what
+// takes no flags, the restore_command a PITR restore writes included (the
+// server that runs it may not have spiredb's environment).
+func TestPathStyleFromTheEnvironment(t *testing.T) {
+	f := &storeFlags{url: "s3://bucket/wal"}
+	cmd, err := f.fetchCommand()
+	require.NoError(t, err)
+	require.NotContains(t, cmd, "--s3-path-style")
+
+	t.Setenv("SPIREDB_S3_PATH_STYLE", "true")
+	cmd, err = f.fetchCommand()
+	require.NoError(t, err)
+	require.Contains(t, cmd, "--s3-path-style")
+
+	t.Setenv("SPIREDB_S3_PATH_STYLE", "yes please")
+	_, err = f.fetchCommand()
+	require.ErrorContains(t, err, "SPIREDB_S3_PATH_STYLE")
+	require.Equal(t, exitUsage, exitCodeOf(err))
+}
