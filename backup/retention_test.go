@@ -315,3 +315,12 @@ func TestGroupBySource(t *testing.T) {
 	}
 	require.Equal(t, []string{"b05"}, kept, "Select alone sees one list")
 }
+
+// A physical manifest without its physical block (damaged, hand-written)
+// is a source of unknown cluster, not a panic.
+func TestSourceOfAPhysicalManifestWithoutItsBlock(t *testing.T) {
+	m := backup.Manifest{ID: "b1", Kind: backup.KindPhysical}
+	require.Equal(t, "cluster (unknown)", m.Source().String())
+	require.Len(t, backup.GroupBySource([]backup.Manifest{m}), 1)
+	require.False(t, backup.Source{Kind: backup.KindLogical, SystemIdentifier: "7", Database: "spire"}.Restores(&m))
+}

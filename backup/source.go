@@ -45,7 +45,11 @@ func (s Source) String() string {
 // Source is the source this backup was taken from.
 func (m *Manifest) Source() Source {
 	if m.IsPhysical() {
-		return Source{Kind: KindPhysical, SystemIdentifier: m.Physical.SystemIdentifier}
+		src := Source{Kind: KindPhysical}
+		if m.Physical != nil { // a damaged manifest may lack it
+			src.SystemIdentifier = m.Physical.SystemIdentifier
+		}
+		return src
 	}
 	return Source{Kind: KindLogical, SystemIdentifier: m.SystemIdentifier, Database: m.Database}
 }
