@@ -210,6 +210,10 @@ func Inspect(ctx context.Context, s Store) (*Inventory, error) {
 			inv.Problems = append(inv.Problems, Problem{Key: manifestKey(id), Reason: fmt.Sprintf("the manifest names backup %q, not its directory (a copied backup?): ignored", m.ID)})
 			continue
 		}
+		if m.IsPhysical() && m.Physical == nil {
+			inv.Problems = append(inv.Problems, Problem{Key: manifestKey(id), Reason: "a base backup's manifest without its physical section (start, segment size, cluster): ignored"})
+			continue
+		}
 		if hasVerify[id] {
 			var v VerifyResult
 			if err := getJSON(ctx, s, verifyKey(id), &v); err == nil && v.ID == id {

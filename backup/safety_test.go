@@ -564,3 +564,24 @@ func TestRestoreCleanRefusesWhileOthersAreConnected(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 50, count())
 }
+
+// TestBaseManifestWithoutItsPhysicalSectionIsAProblem: a manifest that
+// says "physical" but lacks the section every use of a base reads is one
+// warning, not a crash of list, windows or doctor.
+func TestBaseManifestWithoutItsPhysicalSectionIsAProblem(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := fileStore(t)
+	good := putBackup(t, s, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), false)
+	id := "20261102T000000Z-0badba"
+	putRaw(t, s, id+"/base.tar.zst", "not a base")
+	putJSONObject(t, s, id+"/manifest.json", backup.Manifest{ID: id, Kind: backup.KindPhysical, StartedAt: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)})
+
+	inv, err := backup.Inspect(ctx, s)
+	require.NoError(t, err)
+	require.Equal(t, []string{good.ID}, idsOf(inv.Backups))
+	require.Len(t, inv.Problems, 1)
+	require.Contains(t, inv.Problems[0].Reason, "physical")
+	_, err = backup.Windows(ctx, s)
+	require.NoError(t, err)
+}
