@@ -135,7 +135,7 @@ func (e *ConnectedError) Error() string {
 // conn's own and spiredb's (application_name spiredb…). Without
 // pg_read_all_stats, other roles' client addresses read as empty.
 func otherSessions(ctx context.Context, conn *pgx.Conn) ([]Session, error) {
-	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(host(client_addr), '')
+	rows, err := conn.Query(ctx, pg.Marker+`SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(pg_catalog.host(client_addr), '')
 		FROM pg_catalog.pg_stat_activity
 		WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
 		  -- another role's backend_type reads as NULL without pg_read_all_stats;

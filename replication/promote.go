@@ -264,7 +264,7 @@ func Timeline(ctx context.Context, conn *pgx.Conn) (uint32, error) {
 		  ELSE ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
 		coalesce((SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver), 0),
 		CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE') THEN
-		  coalesce((SELECT max(('x' || pg_catalog.substr(name, 1, 8))::bit(32)::bigint) FROM pg_catalog.pg_ls_waldir()
+		  coalesce((SELECT pg_catalog.max(('x' || pg_catalog.substr(name, 1, 8))::bit(32)::bigint) FROM pg_catalog.pg_ls_waldir()
 		            WHERE name ~ '^[0-9A-F]{8}\.history$'), 0)
 		ELSE 0 END)::bigint`).Scan(&tli); err != nil {
 		return 0, fmt.Errorf("reading the server's timeline: %w", err)
