@@ -64,6 +64,13 @@ func TestPostgresMajors(t *testing.T) {
 			// function there can shadow pg_catalog's in SPIRE's statements
 			publicCreate := slices.ContainsFunc(rep.Findings, func(f doctor.Finding) bool { return f.Check == "security.public_create" })
 			require.Equal(t, major < 15, publicCreate, "PostgreSQL %d's default CREATE on public", major)
+			// with a store: this database's backups only (its cluster's
+			// system identifier read on every major)
+			rep = doctor.Report{}
+			require.NoError(t, json.Unmarshal([]byte(run([]int{1}, "doctor", "--dsn", db.DSN, "--store", "file://"+t.TempDir(), "-o", "json")), &rep))
+			require.True(t, slices.ContainsFunc(rep.Findings, func(f doctor.Finding) bool {
+				return f.Check == "backup.none" && strings.Contains(f.Message, "this database")
+			}), "%+v", rep.Findings)
 
 			// pg_stat_statements' columns of this major (total_exec_time,
 			// blk_*_time → shared_blk_*_time in 17, stats_since)

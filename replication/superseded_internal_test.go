@@ -16,7 +16,7 @@ import (
 // TestSupersededMarkOnEveryMajor: the switchover's mark on an old primary
 // is a custom parameter in postgresql.auto.conf; ALTER SYSTEM takes it (a
 // quote included), new sessions read it, and RESET removes it, on every
-// PostgreSQL major spiredb supports.
+// PostgreSQL major spiredb supports; Timeline reads a primary's there too.
 func TestSupersededMarkOnEveryMajor(t *testing.T) {
 	t.Parallel()
 	for _, major := range pgmajor.Majors() {
@@ -41,6 +41,11 @@ func TestSupersededMarkOnEveryMajor(t *testing.T) {
 			by, err = readSuperseded(ctx, third)
 			require.NoError(t, err)
 			require.Equal(t, "", by)
+			// the timeline promote and fence --undo compare with the
+			// archive's reads on every major
+			tli, err := Timeline(ctx, third)
+			require.NoError(t, err)
+			require.EqualValues(t, 1, tli)
 		})
 	}
 }
