@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiredb/spiredb/backup"
@@ -238,4 +239,38 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	require.Contains(t, errOut, "refusing to switch over")
 	waitTrue(t, primary.DSN("postgres"), "SELECT datallowconn FROM pg_database WHERE datname = 'spire'")
 	waitTrue(t, s3.DSN("spire"), "SELECT pg_is_in_recovery()")
+}
+
+// TestPromoteAfterAFence: the primary was fenced (an incident) and then
+// lost. Its standby replayed the fence, so SPIRE's database there refuses
+// connections, the DSN the operator promotes with included. promote
+// works from a maintenance database, and reopens the database it was
+// pointed at once the server is the primary: otherwise SPIRE stays down
+// after the failover, and replica fence --undo cannot help (the server is
+// a standby until promoted).
+func TestPromoteAfterAFence(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, pgcluster.Options{})
+	_, err := primary.CreateDatabase(ctx, "spire")
+	require.NoError(t, err)
+	standby := startStandby(t, primary)
+	waitTrue(t, primary.DSN("postgres"), "SELECT count(*) = 1 FROM pg_stat_replication WHERE state = 'streaming'")
+	_, errOut, code := runCLI(t, nil, "replica", "fence", "--dsn", primary.DSN("spire"), "--yes")
+	require.Equal(t, 0, code, errOut)
+	waitTrue(t, standby.DSN("postgres"), "SELECT NOT datallowconn FROM pg_database WHERE datname = 'spire'")
+	require.NoError(t, primary.Halt())
+	waitTrue(t, standby.DSN("postgres"), "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")
+
+	out, errOut, code := runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res replication.PromoteResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Equal(t, []string{"spire"}, res.Reopened)
+	conn, err := pgx.Connect(ctx, standby.DSN("spire"))
+	require.NoError(t, err, "SPIRE's database on the promoted server")
+	defer conn.Close(ctx)
+	var readOnly string
+	require.NoError(t, conn.QueryRow(ctx, "SHOW default_transaction_read_only").Scan(&readOnly))
+	require.Equal(t, "off", readOnly)
 }

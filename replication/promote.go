@@ -106,7 +106,10 @@ type PromoteResult struct {
 	Duration     time.Duration `json:"duration_ns"`
 	ReplayedTo   string        `json:"replayed_to"`
 	Slots        []string      `json:"slots_to_recreate,omitempty"`
-	NextSteps    []string      `json:"next_steps"`
+	// Reopened are databases a fence of the old primary had closed here
+	// (replayed), reopened once this server was the primary.
+	Reopened  []string `json:"reopened,omitempty"`
+	NextSteps []string `json:"next_steps"`
 }
 
 // Promote turns a standby into a primary: refuse on a primary, while its
@@ -129,7 +132,9 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	if o.MaxLag.IsZero() {
 		o.MaxLag = Limit{Bytes: 16 << 20}
 	}
-	conn, err := pg.Connect(ctx, o.Conn)
+	// from a maintenance database: a fence of the old primary, replayed
+	// here, closes the one the DSN names
+	conn, target, err := connectMaintenance(ctx, o.Conn)
 	if err != nil {
 		return nil, err
 	}
@@ -201,6 +206,12 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	}
 	if inRecovery {
 		return nil, errors.New("the server still reports recovery after pg_promote")
+	}
+	if reopened, err := reopenFenced(ctx, conn, target); err != nil {
+		return nil, fmt.Errorf("promoted, but %w: run replica fence --undo on this server", err)
+	} else if reopened {
+		res.Reopened = []string{target}
+		logger.Info("reopened the database the old primary's fence had closed", "database", target)
 	}
 	res.Duration = time.Since(start)
 	rows, err := conn.Query(ctx, pg.Marker+"SELECT slot_name::text FROM pg_catalog.pg_replication_slots ORDER BY 1")
@@ -300,4 +311,21 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 	}
 	logger.Warn("going on although another server was promoted already (--force)", "timeline", e.Timeline, "archived", e.Archived)
 	return nil
+}
+
+// reopenFenced reopens db on a server just promoted when a fence of the old
+// primary, replayed, had closed it (what switchover does on its new
+// primary): the failover's point is that SPIRE can write here.
+func reopenFenced(ctx context.Context, conn *pgx.Conn, db string) (bool, error) {
+	var allow *bool
+	if err := conn.QueryRow(ctx, pg.Marker+"SELECT (SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = $1)", db).Scan(&allow); err != nil {
+		return false, err
+	}
+	if allow == nil || *allow {
+		return false, nil
+	}
+	if _, err := conn.Exec(ctx, pg.Marker+"SET default_transaction_read_only = off"); err != nil {
+		return false, err
+	}
+	return true, setAllowConnections(ctx, conn, db, true)
 }

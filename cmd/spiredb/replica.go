@@ -198,6 +198,9 @@ further behind what it received than --max-lag unless --force; waits until repla
 the received WAL; runs pg_promote(true, wait); CHECKPOINT; confirms it left
 recovery; reports the new timeline and promotion LSN, and what to do next
 (fence the old primary, repoint SPIRE, rebuild standbys, drop old slots).
+It works from the postgres (or template1) database: a fence of the old
+primary, replayed on the standby, closes the --dsn database there, and that
+database is reopened once the server is the primary.
 
 With --store (default $SPIREDB_STORE), the store the cluster's WAL is archived
 to (spiredb wal push), it also refuses when the archive holds the history of
@@ -237,7 +240,11 @@ spiredb asks, elsewhere it needs --yes.`,
 				return err
 			}
 			return g.out.print(res, func(w io.Writer) error {
-				fmt.Fprintf(w, "promoted in %s: timeline %d, promotion LSN %s (replayed to %s)\nnext:\n", res.Duration.Round(time.Millisecond), res.Timeline, res.PromotionLSN, res.ReplayedTo)
+				fmt.Fprintf(w, "promoted in %s: timeline %d, promotion LSN %s (replayed to %s)\n", res.Duration.Round(time.Millisecond), res.Timeline, res.PromotionLSN, res.ReplayedTo)
+				for _, db := range res.Reopened {
+					fmt.Fprintf(w, "reopened database %s: the old primary's fence, replayed here, had closed it\n", db)
+				}
+				fmt.Fprintln(w, "next:")
 				for _, s := range res.NextSteps {
 					fmt.Fprintf(w, "  - %s\n", s)
 				}
