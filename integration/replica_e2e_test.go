@@ -247,7 +247,7 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 // works from a maintenance database, and reopens the database it was
 // pointed at once the server is the primary: otherwise SPIRE stays down
 // after the failover, and replica fence --undo cannot help (the server is
-// a standby until promoted).
+// a standby until promoted). replica status reads such a standby too.
 func TestPromoteAfterAFence(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -261,8 +261,14 @@ func TestPromoteAfterAFence(t *testing.T) {
 	waitTrue(t, standby.DSN("postgres"), "SELECT NOT datallowconn FROM pg_database WHERE datname = 'spire'")
 	require.NoError(t, primary.Halt())
 	waitTrue(t, standby.DSN("postgres"), "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')")
+	// what an operator looks at first, with the DSN at hand
+	out, errOut, code := runCLI(t, nil, "replica", "status", "--dsn", standby.DSN("spire"), "-o", "json")
+	require.Equal(t, 1, code, "its receiver is down: a problem, reported: %s", errOut)
+	var st replication.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Equal(t, "standby", st.Role)
 
-	out, errOut, code := runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json")
+	out, errOut, code = runCLI(t, nil, "replica", "promote", "--dsn", standby.DSN("spire"), "--yes", "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	var res replication.PromoteResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res))

@@ -348,7 +348,7 @@ type ConnectError struct {
 func (e *ConnectError) Error() string {
 	msg := fmt.Sprintf("connecting to %s: %s", e.Target, redactErr(e.Err))
 	if SQLState(e.Err) == "55000" && strings.Contains(e.Err.Error(), "not currently accepting connections") {
-		msg += " (a database closed by `spiredb replica fence`: this is a fenced old primary, or a standby that replayed the fence; connect to the current primary, or lift it with `spiredb replica fence --undo`)"
+		msg += " (a database closed by `spiredb replica fence`: this is a fenced old primary, or a standby that replayed the fence; connect to the current primary, or lift it with `spiredb replica fence --undo` on the primary; a standby that replayed it reopens it when promoted)"
 	}
 	return msg
 }

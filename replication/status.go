@@ -71,10 +71,18 @@ type Receiver struct {
 // each standby against maxLag.
 func GetStatus(ctx context.Context, opts pg.Options, maxLag Limit) (*Status, error) {
 	var st *Status
-	err := pg.WithConn(ctx, opts, func(conn *pgx.Conn) (err error) {
+	read := func(conn *pgx.Conn) (err error) {
 		st, err = ReadStatus(ctx, conn, maxLag)
 		return err
-	})
+	}
+	err := pg.WithConn(ctx, opts, read)
+	if pg.SQLState(err) == "55000" && opts.Pool == nil {
+		// a fenced database (or a standby that replayed the fence): the
+		// status is the server's, read from its postgres database
+		m := opts
+		m.Database = "postgres"
+		err = pg.WithConn(ctx, m, read)
+	}
 	return st, err
 }
 
