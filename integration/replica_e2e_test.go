@@ -143,8 +143,8 @@ func waitTrue(t *testing.T, dsn, query string) {
 // archive does (the new primary archived its timeline's history), and
 // promote --store refuses a second primary. When the old primary comes
 // back and is fenced, fence --undo --store refuses to reopen it (--force
-// overrides both), and a switchover from it to a standby of its own is
-// refused.
+// overrides both), and a standby of it (bootstrap) and a switchover from
+// it to a standby of its own are refused.
 func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	t.Parallel()
 	b := s3test.NewBucket(t)
@@ -231,8 +231,15 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	errOut, code = fence(append([]string{"--undo", "--force"}, flags...)...)
 	require.Equal(t, 0, code, errOut)
 
-	// a standby of the replaced primary: a switchover between the two
-	// would make yet another primary, and nothing is fenced
+	// a standby of the replaced primary: refused with the store; made
+	// without it, a switchover between the two would make yet another
+	// primary, and nothing is fenced
+	dir := filepath.Join(primary.Dir, "s4")
+	_, errOut, code = runCLI(t, env, append([]string{"replica", "bootstrap", "--primary-dsn", primary.DSN("postgres"), "--data-dir", dir}, flags...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "refusing to make a standby of this server")
+	require.NoDirExists(t, dir)
+	waitTrue(t, primary.DSN("postgres"), "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'spiredb_s4')")
 	s3 := startStandbyIn(t, primary, "s3")
 	_, errOut, code = runCLI(t, env, append([]string{"replica", "switchover", "--primary-dsn", primary.DSN("spire"), "--standby-dsn", s3.DSN("spire"), "--yes"}, flags...)...)
 	require.Equal(t, 1, code, errOut)

@@ -45,7 +45,12 @@ type BootstrapOptions struct {
 	// names it. Unset, the password is written nowhere: the standby needs
 	// another way in (its user's ~/.pgpass, a certificate, pg_hba trust).
 	StandbyPassfile string
-	Logger          *slog.Logger
+	// ArchivedTimelines, when set, lists the timelines whose history the
+	// cluster's WAL archive holds: a primary on an older timeline was
+	// replaced, and a standby of it is refused before anything is copied
+	// (*PromotedElsewhereError). See PromoteOptions.
+	ArchivedTimelines func(context.Context) ([]uint32, error)
+	Logger            *slog.Logger
 	// Progress reports bytes copied and the estimated total.
 	Progress func(done, total int64)
 }
@@ -99,6 +104,11 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	major, err := preflight(ctx, conn, o.Slot, dir)
 	if err != nil {
 		return nil, err
+	}
+	if o.ArchivedTimelines != nil {
+		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, false, followOp, logger); err != nil {
+			return nil, err
+		}
 	}
 	basebackup, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_basebackup", BinDir: o.BinDir, Major: major, Match: pgprog.AtLeast})
 	if err != nil {

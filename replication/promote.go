@@ -64,18 +64,23 @@ const (
 	promoteOp    = "promote"
 	reopenOp     = "lift the fence"
 	switchoverOp = "switch over"
+	followOp     = "make a standby of this server"
 )
 
 func (e *PromotedElsewhereError) Error() string {
-	effect, fix := "promoting this one too", "make this server a standby of that one (replica bootstrap from it), or, if that server is gone for good and its writes with it, pass --force"
+	var effect, fix string
 	switch e.Refused {
 	case reopenOp:
-		effect, fix = "reopening this one", "make this server a standby of that one (replica rejoin), or, if that server is gone for good and its writes with it, pass --force"
+		effect, fix = "reopening this one would make two primaries", "make this server a standby of that one (replica rejoin), or, if that server is gone for good and its writes with it, pass --force"
 	case switchoverOp:
-		effect, fix = "a switchover from this one would make yet another", "fence this primary (replica fence) and point SPIRE at the promoted one; nothing was fenced or promoted"
+		effect, fix = "a switchover from this one would make yet another primary", "fence this primary (replica fence) and point SPIRE at the promoted one; nothing was fenced or promoted"
+	case followOp:
+		effect, fix = "a standby of this one would follow a replaced primary", "give --primary-dsn the promoted server; nothing was copied"
+	default:
+		effect, fix = "promoting this one too would make two primaries", "make this server a standby of that one (replica bootstrap from it), or, if that server is gone for good and its writes with it, pass --force"
 	}
 	return fmt.Sprintf("refusing to %s: the WAL archive holds the history of timeline %d, newer than this server's timeline %d: "+
-		"another server of this cluster was promoted already, and %s would make two primaries; %s",
+		"another server of this cluster was promoted already, and %s; %s",
 		e.Refused, e.Archived, e.Timeline, effect, fix)
 }
 
@@ -294,7 +299,7 @@ func promotedElsewhere(ctx context.Context, conn *pgx.Conn, archived func(contex
 	if err != nil {
 		if !force {
 			without := "pass --force"
-			if op == switchoverOp {
+			if op == switchoverOp || op == followOp {
 				without = "name no store"
 			}
 			return fmt.Errorf("reading the WAL archive's timelines (to see whether another server was promoted already): %w; %s to go on without that check", err, without)

@@ -54,6 +54,7 @@ func (g *globals) withDSN(d string) pg.Options {
 func newReplicaBootstrapCmd(g *globals) *cobra.Command {
 	var o replication.BootstrapOptions
 	var primary string
+	sf := &storeFlags{g: g}
 	cmd := &cobra.Command{
 		Use:   "bootstrap",
 		Short: "Make a streaming standby of the primary in a new data directory",
@@ -69,7 +70,12 @@ and waits until the primary reports it streaming.
 The primary's password is never written into the standby: pg_basebackup reads
 it from a temporary passfile, and primary_conninfo names --standby-passfile
 (written 0600 for the server's user) or no passfile at all (then give the
-server's user a ~/.pgpass entry or another way in).`,
+server's user a ~/.pgpass entry or another way in).
+
+With --store (default $SPIREDB_STORE), the store the cluster's WAL is archived
+to, it refuses a primary on an older timeline than the archive's newest:
+another server was promoted in its place, and a standby of it would follow a
+replaced primary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if primary == "" {
@@ -80,11 +86,22 @@ server's user a ~/.pgpass entry or another way in).`,
 			}
 			o.Primary = g.withDSN(primary)
 			o.Logger = g.logger
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				timelines, err := archivedTimelines(cmd, sf)
+				if err != nil {
+					return err
+				}
+				o.ArchivedTimelines = timelines
+			}
 			progress, end := progressReporter(g, "base backup")
 			o.Progress = func(done, total int64) { progress(done, 0) }
 			res, err := replication.Bootstrap(cmd.Context(), o)
 			end()
 			if err != nil {
+				var pe *replication.PromotedElsewhereError
+				if errors.As(err, &pe) {
+					return &exitError{code: exitFailure, err: err}
+				}
 				return err
 			}
 			return g.out.print(res, func(w io.Writer) error {
@@ -107,6 +124,7 @@ server's user a ~/.pgpass entry or another way in).`,
 	f.StringVar(&o.MaxRate, "max-rate", "", "throttle the copy, e.g. 50M (pg_basebackup --max-rate)")
 	f.StringVar(&o.BinDir, "pg-bin", "", "directory of pg_basebackup and pg_ctl (default: pg_config --bindir)")
 	f.StringVar(&o.StandbyPassfile, "standby-passfile", "", "write the primary's password to this file (0600, the server's user) and name it in primary_conninfo; without it the password is written nowhere")
+	sf.register(f, false)
 	return cmd
 }
 
