@@ -105,6 +105,15 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if err != nil {
 		return nil, err
 	}
+	// a primary replaced by a switchover (its mark) or a failover (the
+	// archive) takes no new standbys: they would follow a dead end
+	by, err := readSuperseded(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("checking for a switchover: %w", err)
+	}
+	if by != "" {
+		return nil, fmt.Errorf("refusing to make a standby of this server: a switchover made %s the primary in its place, and a standby of this one would follow a replaced primary; give --primary-dsn the new primary; nothing was copied", by)
+	}
 	if o.ArchivedTimelines != nil {
 		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, false, followOp, logger); err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -480,4 +481,33 @@ func haltPrimary(t *testing.T, primary *pgcluster.Cluster, sdsn string) {
 		st, err := replication.GetStatus(context.Background(), pg.Options{DSN: sdsn}, replication.Limit{})
 		return err == nil && st.Receiver.Status != "streaming"
 	}, time.Minute, 50*time.Millisecond)
+}
+
+// TestBootstrapRefusesASupersededPrimary: a primary a switchover replaced
+// (its mark in postgresql.auto.conf) takes no new standby: it would follow
+// a dead end. Nothing is copied, no slot is made.
+func TestBootstrapRefusesASupersededPrimary(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, pgcluster.Options{})
+	dsn := primary.DSN("postgres")
+	conn, err := pgx.Connect(ctx, dsn)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	// the mark as a switchover leaves it: a placeholder first, so that
+	// ALTER SYSTEM knows the custom parameter
+	for _, q := range []string{"SELECT set_config('spiredb.superseded_by', '', false)",
+		"ALTER SYSTEM SET spiredb.superseded_by = 'new-primary:5432 (timeline 2)'", "SELECT pg_reload_conf()"} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	dir := filepath.Join(t.TempDir(), "standby")
+	require.Eventually(t, func() bool {
+		_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: dsn}, DataDir: dir})
+		return err != nil && strings.Contains(err.Error(), "a switchover made new-primary:5432 (timeline 2) the primary")
+	}, 10*time.Second, 100*time.Millisecond)
+	require.NoDirExists(t, dir)
+	var slots int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
+	require.Zero(t, slots)
 }
