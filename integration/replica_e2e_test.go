@@ -246,6 +246,16 @@ func TestPromoteRefusedAfterASiblingWasPromoted(t *testing.T) {
 	require.Contains(t, errOut, "refusing to switch over")
 	waitTrue(t, primary.DSN("postgres"), "SELECT datallowconn FROM pg_database WHERE datname = 'spire'")
 	waitTrue(t, s3.DSN("spire"), "SELECT pg_is_in_recovery()")
+
+	// nor does a server rejoin it as its new primary: s2, fenced, stays
+	// as it is
+	_, errOut, code = runCLI(t, env, "replica", "fence", "--dsn", s2.DSN("spire"), "--yes")
+	require.Equal(t, 0, code, errOut)
+	_, errOut, code = runCLI(t, env, append([]string{"replica", "rejoin", "--dsn", s2.DSN("spire"), "--primary-dsn", primary.DSN("postgres"),
+		"--data-dir", filepath.Join(primary.Dir, "s2"), "--yes"}, flags...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "refusing to make a standby of this server")
+	waitTrue(t, s2.DSN("postgres"), "SELECT NOT pg_is_in_recovery()")
 }
 
 // TestPromoteAfterAFence: the primary was fenced (an incident) and then

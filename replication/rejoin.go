@@ -45,7 +45,12 @@ type RejoinOptions struct {
 	// aside (DataDir.spiredb-old-TIME), never deleted.
 	RecloneOnFailure bool
 	StartTimeout     time.Duration
-	Logger           *slog.Logger
+	// ArchivedTimelines, when set, lists the timelines whose history the
+	// cluster's WAL archive holds: a new primary on an older timeline was
+	// itself replaced, and following it is refused before anything is
+	// stopped or rewound (*PromotedElsewhereError). See PromoteOptions.
+	ArchivedTimelines func(context.Context) ([]uint32, error)
+	Logger            *slog.Logger
 	// Progress reports pg_rewind's or the reclone's bytes copied.
 	Progress func(done, total int64)
 }
@@ -139,6 +144,20 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 		return nil, fmt.Errorf("%s is not a copy of the new primary's cluster (system identifier %d, the new primary's is %d): bootstrap a standby instead", dir, sysid, uint64(pSys))
 	case pMajor != major:
 		return nil, fmt.Errorf("%s is PostgreSQL %d, the new primary %d: bootstrap a standby instead", dir, major, pMajor)
+	}
+	// a "new" primary that a switchover or a failover replaced in turn is
+	// a dead end to follow
+	by, err := readSuperseded(ctx, pconn)
+	if err != nil {
+		return nil, fmt.Errorf("checking the new primary for a switchover: %w", err)
+	}
+	if by != "" {
+		return nil, fmt.Errorf("refusing to rejoin: --primary-dsn was itself replaced by a switchover to %s; give --primary-dsn the current primary; nothing was stopped or rewound", by)
+	}
+	if o.ArchivedTimelines != nil {
+		if err := promotedElsewhere(ctx, pconn, o.ArchivedTimelines, false, followOp, logger); err != nil {
+			return nil, err
+		}
 	}
 	newTLI, err := currentTimeline(ctx, pconn)
 	if err != nil {

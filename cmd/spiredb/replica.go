@@ -469,6 +469,7 @@ func roundMs(d time.Duration) string { return d.Round(time.Millisecond).String()
 
 func newReplicaRejoinCmd(g *globals) *cobra.Command {
 	var o replication.RejoinOptions
+	sf := &storeFlags{g: g}
 	var primary string
 	cmd := &cobra.Command{
 		Use:   "rejoin",
@@ -492,7 +493,12 @@ standby there.
 pg_rewind and pg_ctl must be of the data directory's major: --pg-bin, PATH,
 pg_config or /usr/lib/postgresql/MAJOR/bin. Run it where the data directory
 is, as root or as its owner. On a terminal spiredb asks, elsewhere it needs
---yes.`,
+--yes.
+
+A --primary-dsn that a switchover marked superseded is refused before
+anything is stopped; with --store (default $SPIREDB_STORE), the store the
+cluster's WAL is archived to, so is one on an older timeline than the
+archive's newest (replaced by a failover in turn).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if primary == "" || o.DataDir == "" {
@@ -502,6 +508,13 @@ is, as root or as its owner. On a terminal spiredb asks, elsewhere it needs
 				o.Old = g.pgOptions()
 			}
 			o.Primary, o.Logger = g.withDSN(primary), g.logger
+			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
+				timelines, err := archivedTimelines(cmd, sf)
+				if err != nil {
+					return err
+				}
+				o.ArchivedTimelines = timelines
+			}
 			if err := g.confirm(cmd, "rejoin "+o.DataDir+" as a standby of "+g.target(o.Primary)+": the old primary is stopped and rewound onto the new timeline"); err != nil {
 				return err
 			}
@@ -510,7 +523,8 @@ is, as root or as its owner. On a terminal spiredb asks, elsewhere it needs
 			res, err := replication.Rejoin(cmd.Context(), o)
 			end()
 			if err != nil {
-				if errors.Is(err, replication.ErrCannotRewind) {
+				var pe *replication.PromotedElsewhereError
+				if errors.Is(err, replication.ErrCannotRewind) || errors.As(err, &pe) {
 					return &exitError{code: exitFailure, err: err}
 				}
 				return err
@@ -546,6 +560,7 @@ is, as root or as its owner. On a terminal spiredb asks, elsewhere it needs
 	f.StringVar(&o.BinDir, "pg-bin", "", "directory of pg_rewind and pg_ctl (default: found for the data directory's major)")
 	f.StringVar(&o.StandbyPassfile, "standby-passfile", "", "write the new primary's password to this file (0600) and name it in primary_conninfo")
 	f.BoolVar(&o.RecloneOnFailure, "reclone-on-failure", false, "when pg_rewind cannot be used or fails, move the data directory aside and copy the new primary afresh")
+	sf.register(f, false)
 	addYes(cmd)
 	return cmd
 }
