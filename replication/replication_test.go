@@ -484,16 +484,22 @@ func haltPrimary(t *testing.T, primary *pgcluster.Cluster, sdsn string) {
 }
 
 // TestBootstrapRefusesASupersededPrimary: a primary a switchover replaced
-// (its mark in postgresql.auto.conf) takes no new standby: it would follow
-// a dead end. Nothing is copied, no slot is made.
+// (its mark in postgresql.auto.conf) takes no new standby and no rejoined
+// one: they would follow a dead end. Nothing is copied, no slot is made.
 func TestBootstrapRefusesASupersededPrimary(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	primary := pgtest.NewCluster(t, pgcluster.Options{})
 	dsn := primary.DSN("postgres")
+	// a copy taken before the switchover, to rejoin afterwards
+	copied := filepath.Join(primary.Dir, "copy")
+	_, err := replication.Bootstrap(ctx, replication.BootstrapOptions{Primary: pg.Options{DSN: dsn}, DataDir: copied, Slot: "copy"})
+	require.NoError(t, err)
 	conn, err := pgx.Connect(ctx, dsn)
 	require.NoError(t, err)
 	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "SELECT pg_drop_replication_slot('copy')")
+	require.NoError(t, err)
 	// the mark as a switchover leaves it: a placeholder first, so that
 	// ALTER SYSTEM knows the custom parameter
 	for _, q := range []string{"SELECT set_config('spiredb.superseded_by', '', false)",
@@ -508,6 +514,12 @@ func TestBootstrapRefusesASupersededPrimary(t *testing.T) {
 	}, 10*time.Second, 100*time.Millisecond)
 	require.NoDirExists(t, dir)
 	var slots int
+	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
+	require.Zero(t, slots)
+
+	// nor does a server rejoin it: nothing is stopped or rewound
+	_, err = replication.Rejoin(ctx, replication.RejoinOptions{Primary: pg.Options{DSN: dsn}, DataDir: copied})
+	require.ErrorContains(t, err, "replaced by a switchover to new-primary:5432 (timeline 2)")
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
 	require.Zero(t, slots)
 }
