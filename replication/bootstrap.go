@@ -105,19 +105,8 @@ func Bootstrap(ctx context.Context, o BootstrapOptions) (_ *BootstrapResult, err
 	if err != nil {
 		return nil, err
 	}
-	// a primary replaced by a switchover (its mark) or a failover (the
-	// archive) takes no new standbys: they would follow a dead end
-	by, err := readSuperseded(ctx, conn)
-	if err != nil {
-		return nil, fmt.Errorf("checking for a switchover: %w", err)
-	}
-	if by != "" {
-		return nil, fmt.Errorf("refusing to make a standby of this server: a switchover made %s the primary in its place, and a standby of this one would follow a replaced primary; give --primary-dsn the new primary; nothing was copied", by)
-	}
-	if o.ArchivedTimelines != nil {
-		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, false, followOp, logger); err != nil {
-			return nil, err
-		}
+	if err := refuseReplaced(ctx, conn, o.ArchivedTimelines, logger); err != nil {
+		return nil, err
 	}
 	basebackup, err := pgprog.Find(ctx, pgprog.Request{Name: "pg_basebackup", BinDir: o.BinDir, Major: major, Match: pgprog.AtLeast})
 	if err != nil {
@@ -460,4 +449,22 @@ func quoteGUC(v string) string {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// refuseReplaced refuses to make (Bootstrap) or point (Rejoin) a standby
+// at a primary that was replaced: by a switchover (its mark) or, with
+// archived, by a failover (an archived timeline newer than its own). Such
+// a standby would follow a dead end.
+func refuseReplaced(ctx context.Context, conn *pgx.Conn, archived func(context.Context) ([]uint32, error), logger *slog.Logger) error {
+	by, err := readSuperseded(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("checking the primary for a switchover: %w", err)
+	}
+	if by != "" {
+		return fmt.Errorf("refusing to %s: a switchover made %s the primary in its place, and a standby of this one would follow a replaced primary; give --primary-dsn the new primary; nothing was copied, stopped or rewound", followOp, by)
+	}
+	if archived != nil {
+		return promotedElsewhere(ctx, conn, archived, false, followOp, logger)
+	}
+	return nil
 }

@@ -75,7 +75,7 @@ func (e *PromotedElsewhereError) Error() string {
 	case switchoverOp:
 		effect, fix = "a switchover from this one would make yet another primary", "fence this primary (replica fence) and point SPIRE at the promoted one; nothing was fenced or promoted"
 	case followOp:
-		effect, fix = "a standby of this one would follow a replaced primary", "give --primary-dsn the promoted server; nothing was copied"
+		effect, fix = "a standby of this one would follow a replaced primary", "give --primary-dsn the promoted server; nothing was copied, stopped or rewound"
 	default:
 		effect, fix = "promoting this one too would make two primaries", "make this server a standby of that one (replica bootstrap from it), or, if that server is gone for good and its writes with it, pass --force"
 	}

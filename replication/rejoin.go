@@ -145,19 +145,9 @@ func Rejoin(ctx context.Context, o RejoinOptions) (*RejoinResult, error) {
 	case pMajor != major:
 		return nil, fmt.Errorf("%s is PostgreSQL %d, the new primary %d: bootstrap a standby instead", dir, major, pMajor)
 	}
-	// a "new" primary that a switchover or a failover replaced in turn is
-	// a dead end to follow
-	by, err := readSuperseded(ctx, pconn)
-	if err != nil {
-		return nil, fmt.Errorf("checking the new primary for a switchover: %w", err)
-	}
-	if by != "" {
-		return nil, fmt.Errorf("refusing to rejoin: --primary-dsn was itself replaced by a switchover to %s; give --primary-dsn the current primary; nothing was stopped or rewound", by)
-	}
-	if o.ArchivedTimelines != nil {
-		if err := promotedElsewhere(ctx, pconn, o.ArchivedTimelines, false, followOp, logger); err != nil {
-			return nil, err
-		}
+	// a "new" primary that a switchover or a failover replaced in turn
+	if err := refuseReplaced(ctx, pconn, o.ArchivedTimelines, logger); err != nil {
+		return nil, err
 	}
 	newTLI, err := currentTimeline(ctx, pconn)
 	if err != nil {

@@ -519,7 +519,7 @@ func TestBootstrapRefusesASupersededPrimary(t *testing.T) {
 
 	// nor does a server rejoin it: nothing is stopped or rewound
 	_, err = replication.Rejoin(ctx, replication.RejoinOptions{Primary: pg.Options{DSN: dsn}, DataDir: copied})
-	require.ErrorContains(t, err, "replaced by a switchover to new-primary:5432 (timeline 2)")
+	require.ErrorContains(t, err, "a switchover made new-primary:5432 (timeline 2) the primary")
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
 	require.Zero(t, slots)
 }

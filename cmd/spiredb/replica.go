@@ -86,13 +86,11 @@ replaced primary.`,
 			}
 			o.Primary = g.withDSN(primary)
 			o.Logger = g.logger
-			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
-				timelines, err := archivedTimelines(cmd, sf)
-				if err != nil {
-					return err
-				}
-				o.ArchivedTimelines = timelines
+			timelines, err := archivedTimelines(cmd, sf)
+			if err != nil {
+				return err
 			}
+			o.ArchivedTimelines = timelines
 			progress, end := progressReporter(g, "base backup")
 			o.Progress = func(done, total int64) { progress(done, 0) }
 			res, err := replication.Bootstrap(cmd.Context(), o)
@@ -238,13 +236,11 @@ spiredb asks, elsewhere it needs --yes.`,
 				return err
 			}
 			o.Conn, o.MaxLag, o.Logger = g.pgOptions(), limit, g.logger
-			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
-				timelines, err := archivedTimelines(cmd, sf)
-				if err != nil {
-					return err
-				}
-				o.ArchivedTimelines = timelines
+			timelines, err := archivedTimelines(cmd, sf)
+			if err != nil {
+				return err
 			}
+			o.ArchivedTimelines = timelines
 			if err := g.confirm(cmd, "promote "+g.target(o.Conn)+" to a primary (it stops following its primary for good)"); err != nil {
 				return err
 			}
@@ -319,7 +315,7 @@ elsewhere it needs --yes.`,
 				return usageErrorf("--force goes with --undo (lifting a fence on a replaced primary)")
 			}
 			o.Conn, o.Logger = g.pgOptions(), g.logger
-			if o.Undo && (sf.url != "" || os.Getenv("SPIREDB_STORE") != "") {
+			if o.Undo {
 				timelines, err := archivedTimelines(cmd, sf)
 				if err != nil {
 					return err
@@ -418,13 +414,11 @@ elsewhere it needs --yes.`,
 				return err
 			}
 			o.Primary, o.Standby, o.MaxLag, o.Logger = g.withDSN(primary), g.withDSN(standby), limit, g.logger
-			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
-				timelines, err := archivedTimelines(cmd, sf)
-				if err != nil {
-					return err
-				}
-				o.ArchivedTimelines = timelines
+			timelines, err := archivedTimelines(cmd, sf)
+			if err != nil {
+				return err
 			}
+			o.ArchivedTimelines = timelines
 			if err := g.confirm(cmd, "switch over from "+g.target(o.Primary)+" to "+g.target(o.Standby)+": SPIRE cannot write until it is re-pointed at the new primary"); err != nil {
 				return err
 			}
@@ -508,13 +502,11 @@ archive's newest (replaced by a failover in turn).`,
 				o.Old = g.pgOptions()
 			}
 			o.Primary, o.Logger = g.withDSN(primary), g.logger
-			if sf.url != "" || os.Getenv("SPIREDB_STORE") != "" {
-				timelines, err := archivedTimelines(cmd, sf)
-				if err != nil {
-					return err
-				}
-				o.ArchivedTimelines = timelines
+			timelines, err := archivedTimelines(cmd, sf)
+			if err != nil {
+				return err
 			}
+			o.ArchivedTimelines = timelines
 			if err := g.confirm(cmd, "rejoin "+o.DataDir+" as a standby of "+g.target(o.Primary)+": the old primary is stopped and rewound onto the new timeline"); err != nil {
 				return err
 			}
@@ -621,9 +613,13 @@ func orDash(s string) string {
 }
 
 // archivedTimelines reads the timelines of the WAL archive in the store
-// the flags name: what promote and fence --undo check for a server
-// promoted elsewhere.
+// the flags (or $SPIREDB_STORE) name: what promote, fence --undo,
+// switchover, bootstrap and rejoin check for a server promoted elsewhere.
+// Nil when no store is named: nothing to check against.
 func archivedTimelines(cmd *cobra.Command, sf *storeFlags) (func(context.Context) ([]uint32, error), error) {
+	if sf.url == "" && os.Getenv("SPIREDB_STORE") == "" {
+		return nil, nil
+	}
 	store, err := sf.open(cmd)
 	if err != nil {
 		return nil, err
