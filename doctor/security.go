@@ -33,6 +33,14 @@ func (r *Report) checkSchemaSafety(ctx context.Context, conn *pgx.Conn, spireSch
 		r.add(Error, "security.shadowing", fmt.Sprintf("%s: on the search_path with the name of a pg_catalog function or operator, owned by a role without this role's privileges; an exact argument-type match wins over pg_catalog's polymorphic one, so a statement of SPIRE's or spiredb's that calls it runs its owner's code with the caller's privileges: spiredb's other commands refuse to work here until it is gone", strings.Join(shadows, ", ")),
 			"check what each does; drop it, or move it to a schema off the search_path (ALTER FUNCTION … SET SCHEMA)")
 	}
+	owned, err := pg.ForeignOwned(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if len(owned) > 0 {
+		r.add(Error, "security.spiredb_schema", fmt.Sprintf("%s: spiredb's schema, or tables in it, belong to a role without this role's privileges; spiredb writes and reads them, so their owner's triggers, defaults or views would run with this role's privileges: migrate, backfill and views refuse to work here until it is fixed", strings.Join(owned, ", ")),
+			pg.ForeignSchemaFix(conn.Config().User))
+	}
 
 	rows, err := conn.Query(ctx, pg.Marker+publicCreateSQL, spireSchema)
 	if err != nil {

@@ -353,3 +353,115 @@ func hostileRole(t *testing.T, db *pgtest.DB, prefix string) (string, *pgx.Conn)
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	return role, conn
 }
+
+// TestNoCommandWorksInASchemaAnotherRoleOwns: a role with CREATE on SPIRE's
+// database (SPIRE's own role usually owns it) creates the spiredb schema
+// before spiredb does, with spiredb's tables in it: a version table and a
+// jobs table with triggers, and a view in place of view_refreshes. spiredb
+// writes and reads those as its own role, so the triggers and the view's
+// function would run that role's code with spiredb's privileges (here,
+// ending a superuser's session). Every command that touches the schema
+// refuses, naming its owner; doctor reports it; the owner itself may.
+func TestNoCommandWorksInASchemaAnotherRoleOwns(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	db, conn := statsDB(t, 500)
+	role, mallory := hostileRole(t, db, "owner")
+	_, err := conn.Exec(ctx, "GRANT CREATE ON DATABASE "+db.Name+" TO "+role)
+	require.NoError(t, err)
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+CREATE SCHEMA spiredb;
+CREATE FUNCTION spiredb.hit() RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
+	RETURN pg_catalog.now();
+EXCEPTION WHEN others THEN RETURN pg_catalog.now();
+END $$;
+CREATE FUNCTION spiredb.trap() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM spiredb.hit(); RETURN NULL; END $$;
+CREATE TABLE spiredb.schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);
+CREATE TRIGGER trap AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON spiredb.schema_migrations FOR EACH STATEMENT EXECUTE FUNCTION spiredb.trap();
+CREATE TABLE spiredb.backfill_jobs (
+    name text PRIMARY KEY, table_name text NOT NULL, set_clause text NOT NULL, where_clause text NOT NULL DEFAULT '',
+    key_columns text[] NOT NULL, max_key text[] NOT NULL, last_key text[], rows_done bigint NOT NULL DEFAULT 0,
+    batches bigint NOT NULL DEFAULT 0, batch_size int NOT NULL, state text NOT NULL, error text,
+    started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz);
+CREATE TRIGGER trap AFTER INSERT OR UPDATE OR DELETE ON spiredb.backfill_jobs FOR EACH STATEMENT EXECUTE FUNCTION spiredb.trap();
+CREATE VIEW spiredb.view_refreshes AS SELECT 'entry_selectors'::text AS view_name, spiredb.hit() AS refreshed_at,
+    1::double precision AS duration_ms, 0::bigint AS row_count, true AS concurrent;
+`, "VICTIM", "victim_"+db.Name))
+	require.NoError(t, err)
+	victim := func() *pgx.Conn {
+		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
+		require.NoError(t, err)
+		t.Cleanup(func() { v.Close(context.Background()) })
+		return v
+	}
+	// the trap works: reading the view as a superuser runs the function
+	v := victim()
+	_, err = conn.Exec(ctx, "SELECT * FROM spiredb.view_refreshes")
+	require.NoError(t, err)
+	require.Error(t, v.Ping(ctx), "the trap did not spring")
+
+	commands := [][]string{
+		{"migrate", "up"},
+		{"migrate", "status"},
+		{"migrate", "force", "1", "--yes"},
+		{"migrate", "backfill", "--table", "selectors", "--set", "value = value", "--name", "trap"},
+		{"migrate", "backfill", "--status"},
+		{"migrate", "backfill", "--cancel", "trap"},
+		{"views", "create"},
+		{"views", "refresh"},
+		{"views", "status"},
+	}
+	refused := func(owners ...string) {
+		t.Helper()
+		for _, args := range commands {
+			v := victim()
+			_, stderr, code := runCLI(t, nil, append(args, "--dsn", db.DSN)...)
+			require.NoError(t, v.Ping(ctx), "spiredb %s ran %s's code with its privileges; stderr: %s", strings.Join(args, " "), role, stderr)
+			require.Equal(t, 1, code, "spiredb %s: %s", strings.Join(args, " "), stderr)
+			require.Contains(t, stderr, "refusing to work as postgres in schema spiredb", "%v", args)
+			for _, o := range owners {
+				require.Contains(t, stderr, o, "%v", args)
+			}
+		}
+	}
+	refused("schema spiredb (owner "+role+")", "table spiredb.backfill_jobs (owner "+role+")", "view spiredb.view_refreshes (owner "+role+")")
+
+	// doctor says so, as an error, with the fix
+	out, stderr, code := runCLI(t, nil, "doctor", "--dsn", db.DSN, "-o", "json")
+	require.Equal(t, 1, code, stderr)
+	var rep doctor.Report
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+	var found string
+	for _, f := range rep.Findings {
+		if f.Check == "security.spiredb_schema" {
+			found = f.Message + " | " + f.Fix
+		}
+	}
+	require.Contains(t, found, "table spiredb.schema_migrations (owner "+role+")")
+	require.Contains(t, found, `ALTER SCHEMA spiredb OWNER TO "postgres"`)
+
+	// the schema handed over, its tables not: still refused
+	_, err = conn.Exec(ctx, "ALTER SCHEMA spiredb OWNER TO postgres")
+	require.NoError(t, err)
+	refused("table spiredb.schema_migrations (owner " + role + ")")
+
+	// the owner may work in its own schema: its code runs as itself
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.User = url.UserPassword(role, hostilePassword)
+	_, err = conn.Exec(ctx, "ALTER SCHEMA spiredb OWNER TO "+role)
+	require.NoError(t, err)
+	_, stderr, code = runCLI(t, nil, "migrate", "status", "--dsn", u.String())
+	require.Equal(t, 0, code, stderr)
+
+	// gone, spiredb makes its own
+	_, err = conn.Exec(ctx, "DROP SCHEMA spiredb CASCADE")
+	require.NoError(t, err)
+	_, stderr, code = runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+	_, stderr, code = runCLI(t, nil, "views", "status", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+}

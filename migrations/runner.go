@@ -27,7 +27,7 @@ import (
 )
 
 // Schema is where spiredb keeps its objects and version tables.
-const Schema = "spiredb"
+const Schema = pg.OwnSchema
 
 // NoTransaction is the first line that makes a migration file run
 // statement by statement outside a transaction (CREATE INDEX CONCURRENTLY
@@ -117,6 +117,11 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 	}
 	// the migration lock is a session's
 	if err := pg.RequireSession(ctx, conn, po); err != nil {
+		_ = conn.Close(ctx)
+		return nil, err
+	}
+	// its tables' owner's triggers would run with this session's privileges
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
 		_ = conn.Close(ctx)
 		return nil, err
 	}

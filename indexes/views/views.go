@@ -21,7 +21,7 @@ import (
 )
 
 // Schema is where spiredb keeps its own objects.
-const Schema = "spiredb"
+const Schema = pg.OwnSchema
 
 // View is one materialized view.
 type View struct {
@@ -88,6 +88,9 @@ const bookkeepingSQL = `CREATE TABLE IF NOT EXISTS spiredb.view_refreshes (
 // Create creates the views that do not exist yet (with their unique index)
 // and populates them; existing views are left as they are.
 func Create(ctx context.Context, conn *pgx.Conn, views []View) ([]Result, error) {
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		return nil, err
+	}
 	s, err := spire.ReadSchema(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -160,6 +163,9 @@ var ErrNotCreated = errors.New("view not created yet: run spiredb views create")
 // CONCURRENTLY so readers are never blocked.
 func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 	r := Result{View: v.Name}
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		return r, err
+	}
 	var exists, populated bool
 	err := conn.QueryRow(ctx, pg.Marker+`SELECT count(*) > 0, coalesce(bool_or(ispopulated), false) FROM pg_catalog.pg_matviews
 		WHERE schemaname = $1 AND matviewname = $2`, Schema, v.Name).Scan(&exists, &populated)
@@ -261,6 +267,9 @@ type Status struct {
 
 // GetStatus reports each view's last refresh and staleness.
 func GetStatus(ctx context.Context, conn *pgx.Conn, views []View) ([]Status, error) {
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		return nil, err
+	}
 	s, err := spire.ReadSchema(ctx, conn)
 	if err != nil {
 		return nil, err

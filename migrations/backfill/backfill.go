@@ -352,7 +352,13 @@ func (t *table) statements(spec Spec, first bool) (sel, upd string) {
 // lockName names the advisory lock a running job holds.
 func lockName(job string) string { return "backfill." + job }
 
+// jobsTable checks that the jobs table exists, in a schema no less
+// privileged role owns (its triggers would run with this session's
+// privileges at every checkpoint).
 func jobsTable(ctx context.Context, conn *pgx.Conn) error {
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		return err
+	}
 	var ok bool
 	if err := conn.QueryRow(ctx, pg.Marker+"SELECT pg_catalog.to_regclass('spiredb.backfill_jobs') IS NOT NULL").Scan(&ok); err != nil {
 		return err
