@@ -108,7 +108,7 @@ func RunPhysical(ctx context.Context, o PhysicalOptions) (*Manifest, error) {
 	}
 	// SPIRE's schema and rows when the backup starts (the base itself is
 	// consistent only at its stop point)
-	if err := readSPIRE(ctx, conn, m); err != nil {
+	if err := readSPIRE(ctx, conn, m); err != nil && !unreadSPIRE(err, logger) {
 		return nil, err
 	}
 

@@ -4,6 +4,7 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -175,10 +176,20 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 		denied, err = err, nil
 		r.SPIRE.Unreadable = true
 	}
+	var foreign *spire.ForeignCodeError
+	if errors.As(err, &foreign) {
+		err = nil
+		r.SPIRE.Unreadable = true
+	}
 	if err != nil {
 		return nil, err
 	}
 	r.Findings = findings(r)
+	if foreign != nil {
+		r.Findings = append(r.Findings, Finding{Severity: Error, Check: "security.spire_tables",
+			Message: strings.Join(foreign.Relations, ", ") + ": in place of SPIRE's plain tables, and reading them runs their owner's code with the reader's privileges; doctor did not read SPIRE's schema, and spiredb's commands that read it refuse",
+			Fix:     "find out who made them (SPIRE creates plain tables without policies, in one schema); drop them, or move them off the search_path"})
+	}
 	if denied != nil {
 		r.Findings = append(r.Findings, Finding{Severity: Warning, Check: "spire.read",
 			Message: "this role cannot read SPIRE's tables, so doctor cannot see the SPIRE schema: " + denied.Error(),

@@ -465,3 +465,129 @@ CREATE VIEW spiredb.view_refreshes AS SELECT 'entry_selectors'::text AS view_nam
 	_, stderr, code = runCLI(t, nil, "views", "status", "--dsn", db.DSN)
 	require.Equal(t, 0, code, stderr)
 }
+
+// TestNoCommandReadsAViewInPlaceOfSpiresTable: SPIRE creates plain tables,
+// and reading a plain table runs nobody's code. A role with CREATE on the
+// database creates a schema named after spiredb's role, which the default
+// search_path ("$user", public) puts before public, with a view named
+// migrations in it (SPIRE's role, which owns SPIRE's tables, can do the
+// same in place of one of them): spiredb finds SPIRE's schema through its
+// migrations table and reads it as its own role, so the view's function
+// would run with spiredb's privileges. No command may; those that need
+// SPIRE's schema refuse, naming the view; doctor reports it; backup run
+// still backs up.
+func TestNoCommandReadsAViewInPlaceOfSpiresTable(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	db, conn := statsDB(t, 500)
+	store := "file://" + filepath.Join(t.TempDir(), "store")
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+	role, mallory := hostileRole(t, db, "viewer")
+	_, err := conn.Exec(ctx, "GRANT CREATE ON DATABASE "+db.Name+" TO "+role)
+	require.NoError(t, err)
+	_, err = mallory.Exec(ctx, strings.ReplaceAll(`
+CREATE SCHEMA postgres;
+CREATE FUNCTION postgres.hit() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
+	RETURN 1;
+EXCEPTION WHEN others THEN RETURN 1;
+END $$;
+CREATE VIEW postgres.migrations AS SELECT 1::bigint AS id, pg_catalog.now() AS created_at, pg_catalog.now() AS updated_at,
+	23 AS version, '1.13.3'::text AS code_version, postgres.hit() AS x;
+`, "VICTIM", "victim_"+db.Name))
+	require.NoError(t, err)
+	victim := func() *pgx.Conn {
+		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
+		require.NoError(t, err)
+		t.Cleanup(func() { v.Close(context.Background()) })
+		return v
+	}
+	// the trap works: the search_path finds the view first
+	v := victim()
+	_, err = conn.Exec(ctx, "SELECT version FROM migrations")
+	require.NoError(t, err)
+	require.Error(t, v.Ping(ctx), "the trap did not spring")
+
+	for _, args := range [][]string{
+		{"doctor"},
+		{"indexes", "check"},
+		{"indexes", "plan"},
+		{"indexes", "apply"},
+		{"stats", "top"},
+		{"views", "create"},
+		{"views", "refresh"},
+		{"views", "status"},
+		{"spire", "upgrade-check", "--to", "1.14.0"},
+		{"backup", "diff", "--latest", "--store", store},
+		{"backup", "restore", "--latest", "--store", store, "--plan", "--target-dsn", db.DSN},
+		{"backup", "verify", "--latest", "--store", store, "--level", "restore"},
+		{"backup", "run", "--store", store},
+		{"tune", "check", "--detect"},
+		{"migrate", "up"},
+	} {
+		v := victim()
+		_, stderr, code := runCLI(t, nil, append(args, "--dsn", db.DSN)...)
+		require.NoError(t, v.Ping(ctx), "spiredb %s ran %s's view with its privileges; stderr: %s", strings.Join(args, " "), role, stderr)
+		switch strings.Join(args[:min(2, len(args))], " ") {
+		case "indexes check", "indexes plan", "indexes apply", "views create", "views status", "spire upgrade-check", "backup diff", "backup restore":
+			require.Equal(t, 1, code, "spiredb %s: %s", strings.Join(args, " "), stderr)
+			require.Contains(t, stderr, "refusing to read", "%v", args)
+			require.Contains(t, stderr, "postgres.migrations (a view, owner "+role+")", "%v", args)
+		case "backup run", "migrate up", "backup verify":
+			require.Equal(t, 0, code, "spiredb %s: %s", strings.Join(args, " "), stderr)
+		}
+	}
+
+	out, stderr, code := runCLI(t, nil, "doctor", "--dsn", db.DSN, "-o", "json")
+	require.Equal(t, 1, code, stderr)
+	var rep doctor.Report
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+	var found string
+	for _, f := range rep.Findings {
+		if f.Check == "security.spire_tables" {
+			found = f.Message + " | " + f.Fix
+		}
+	}
+	require.Contains(t, found, "postgres.migrations (a view, owner "+role+")")
+
+	// row-level security: a role that owns one of SPIRE's tables gives it
+	// a policy, whose expression runs as each reader it applies to (a
+	// monitoring role, here); superusers and the owner bypass it
+	_, err = conn.Exec(ctx, "DROP SCHEMA postgres, spiredb CASCADE")
+	require.NoError(t, err)
+	reader := "reader_" + strings.TrimPrefix(db.Name, "t_")[:8]
+	for _, q := range []string{
+		"ALTER TABLE public.registered_entries OWNER TO " + role,
+		"CREATE ROLE " + reader + " LOGIN PASSWORD 'Reader-pw-1' IN ROLE pg_monitor",
+		"GRANT SELECT ON ALL TABLES IN SCHEMA public TO " + reader,
+		"GRANT CREATE ON DATABASE " + db.Name + " TO " + reader,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		for _, q := range []string{"DROP OWNED BY " + reader, "DROP ROLE " + reader} {
+			_, _ = db.Pool.Exec(context.Background(), q)
+		}
+	})
+	u, err := url.Parse(db.DSN)
+	require.NoError(t, err)
+	u.User = url.UserPassword(reader, "Reader-pw-1")
+	// the reader's own views, before the policy
+	_, stderr, code = runCLI(t, nil, "views", "create", "--dsn", u.String())
+	require.Equal(t, 0, code, stderr)
+	_, err = mallory.Exec(ctx, `CREATE FUNCTION public.seen() RETURNS boolean LANGUAGE sql AS 'SELECT true';
+ALTER TABLE public.registered_entries ENABLE ROW LEVEL SECURITY;
+CREATE POLICY p ON public.registered_entries USING (public.seen())`)
+	require.NoError(t, err)
+	for _, args := range [][]string{{"views", "status"}, {"views", "refresh"}} {
+		_, stderr, code = runCLI(t, nil, append(args, "--dsn", u.String())...)
+		require.Equal(t, 1, code, "spiredb %s: %s", strings.Join(args, " "), stderr)
+		require.Contains(t, stderr, "public.registered_entries (row-level security policies, owner "+role+")")
+	}
+	_, stderr, code = runCLI(t, nil, "indexes", "check", "--dsn", db.DSN)
+	require.Equal(t, 0, code, "a superuser bypasses row-level security: %s", stderr)
+}

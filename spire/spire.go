@@ -59,7 +59,9 @@ type Schema struct {
 }
 
 // ReadSchema reads SPIRE's migrations row from the first schema on the
-// search_path that has one.
+// search_path that has one. It returns a ForeignCodeError, reading
+// nothing, when a relation of SPIRE's name there would run another role's
+// code.
 func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 	var nsp *string
 	if err := q.QueryRow(ctx, pg.Marker+`SELECT (SELECT n.nspname FROM pg_catalog.pg_class c
@@ -71,6 +73,9 @@ func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 		return Schema{}, nil
 	}
 	s := Schema{Present: true, Schema: *nsp}
+	if err := checkReadable(ctx, q, *nsp); err != nil {
+		return Schema{}, err
+	}
 	var code *string
 	var version *int
 	err := q.QueryRow(ctx, pg.Marker+"SELECT version, code_version FROM "+pgx.Identifier{*nsp, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
@@ -87,6 +92,64 @@ func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
 		s.CodeVersion = *code
 	}
 	return s, nil
+}
+
+// ForeignCodeError refuses to read a schema where a relation of SPIRE's
+// name would run another, less privileged role's code with the reader's
+// privileges: a view (or foreign table) in place of SPIRE's table, or a
+// table whose row-level security policies apply to the reader. SPIRE
+// creates plain tables without policies, and reading a plain table runs
+// nobody's code. Such a view can also sit in a schema the search_path
+// puts before SPIRE's ("$user"), where spiredb would find it first.
+type ForeignCodeError struct {
+	Role string
+	// Relations are "schema.name (a view, owner role)".
+	Relations []string
+}
+
+func (e *ForeignCodeError) Error() string {
+	return fmt.Sprintf("refusing to read SPIRE's schema as %s: %s would run their owner's code with %s's privileges when read, and SPIRE creates plain tables without policies: find out who made them, then drop them or move them off the search_path (spiredb doctor lists them as security.spire_tables)",
+		e.Role, strings.Join(e.Relations, ", "), e.Role)
+}
+
+// foreignCodeSQL lists the relations of SPIRE's names in a schema that run
+// code when read (views, foreign tables; tables whose row-level security
+// applies to this role and has policies), owned by a role that is neither
+// a superuser nor holds this role's privileges.
+const foreignCodeSQL = `WITH me AS (SELECT oid, rolsuper OR rolbypassrls AS bypass FROM pg_catalog.pg_roles WHERE rolname = current_user)
+SELECT current_user::text, pg_catalog.format('%I.%I (%s, owner %s)', n.nspname, c.relname,
+	CASE c.relkind WHEN 'v' THEN 'a view' WHEN 'f' THEN 'a foreign table' ELSE 'row-level security policies' END, o.rolname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_roles o ON o.oid = c.relowner AND NOT o.rolsuper
+WHERE n.nspname = $1 AND c.relname = ANY ($2)
+	AND NOT pg_catalog.pg_has_role(o.oid, (SELECT oid FROM me), 'MEMBER')
+	AND (c.relkind IN ('v', 'f')
+		OR (c.relkind IN ('r', 'p') AND c.relrowsecurity AND NOT (SELECT bypass FROM me)
+			AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'))
+			AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)))
+ORDER BY c.relname`
+
+// ForeignCode lists what a ForeignCodeError is about in schema nsp, and
+// the role reading.
+func ForeignCode(ctx context.Context, q Querier, nsp string) (role string, relations []string, err error) {
+	rows, err := q.Query(ctx, pg.Marker+foreignCodeSQL, nsp, Tables)
+	if err != nil {
+		return "", nil, fmt.Errorf("checking SPIRE's tables in %s: %w", nsp, err)
+	}
+	var rel string
+	_, err = pgx.ForEachRow(rows, []any{&role, &rel}, func() error { relations = append(relations, rel); return nil })
+	if err != nil {
+		return "", nil, fmt.Errorf("checking SPIRE's tables in %s: %w", nsp, err)
+	}
+	return role, relations, nil
+}
+
+func checkReadable(ctx context.Context, q Querier, nsp string) error {
+	role, relations, err := ForeignCode(ctx, q, nsp)
+	if err != nil || len(relations) == 0 {
+		return err
+	}
+	return &ForeignCodeError{Role: role, Relations: relations}
 }
 
 // PresentTables returns which of SPIRE's Tables exist in schema nsp

@@ -166,6 +166,11 @@ func Refresh(ctx context.Context, conn *pgx.Conn, v View) (Result, error) {
 	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
 		return r, err
 	}
+	// the refresh reads SPIRE's tables as the view's owner: none may run
+	// another role's code (a policy) with its privileges
+	if _, err := spire.ReadSchema(ctx, conn); err != nil {
+		return r, err
+	}
 	var exists, populated bool
 	err := conn.QueryRow(ctx, pg.Marker+`SELECT count(*) > 0, coalesce(bool_or(ispopulated), false) FROM pg_catalog.pg_matviews
 		WHERE schemaname = $1 AND matviewname = $2`, Schema, v.Name).Scan(&exists, &populated)
