@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"io/fs"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/pg"
 )
 
@@ -58,9 +60,31 @@ func CheckSettings(ctx context.Context, conn *pgx.Conn, r *Recommendation) ([]Di
 		if matches(s, l.setting, l.unit, l.vartype) {
 			continue
 		}
-		out = append(out, Difference{Name: s.Name, Current: withUnit(l.setting, l.unit), Recommended: strings.Trim(s.Value, "'"), Reason: s.Reason, Restart: s.Restart})
+		out = append(out, Difference{Name: s.Name, Current: shown(s.Name, withUnit(l.setting, l.unit)), Recommended: strings.Trim(s.Value, "'"), Reason: s.Reason, Restart: s.Restart})
 	}
 	return out, nil
+}
+
+// envAssignment is a shell command's leading NAME=value.
+var envAssignment = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*=`)
+
+// shown is what tune check shows of a live setting's value. Of a command
+// (archive_command of another tool often carries its store's credentials
+// inline, as environment assignments, flags or a URL's userinfo) or a
+// connection string: the program, or that it is set, and no more; of
+// anything else, the value with password-looking parts masked.
+func shown(name, value string) string {
+	if !secretSetting.MatchString(name) || value == "" || value == "(disabled)" {
+		return dsn.RedactText(value)
+	}
+	if strings.HasSuffix(name, "_command") {
+		for _, f := range strings.Fields(value) {
+			if !envAssignment.MatchString(f) {
+				return dsn.RedactText(f) + " … (the rest not shown: a command can carry credentials)"
+			}
+		}
+	}
+	return "(set; not shown: it can carry credentials)"
 }
 
 func matches(s Setting, setting, unit, vartype string) bool {

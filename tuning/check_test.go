@@ -2,6 +2,7 @@ package tuning_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -94,4 +95,35 @@ func TestDetect(t *testing.T) {
 
 	_, _, _, err = tuning.Detect(fstest.MapFS{}, 4)
 	require.ErrorContains(t, err, "pass --ram")
+}
+
+// TestCheckNeverShowsACommandsCredentials: an archive_command of another
+// tool often carries its store's credentials inline (env assignments,
+// flags, URL userinfo). tune check names the program and shows no more.
+func TestCheckNeverShowsACommandsCredentials(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, cmd := range []string{
+		"AWS_ACCESS_KEY_ID=AKIAEXAMPLE AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG aws s3 cp %p s3://b/%f",
+		"rclone copyto %p remote:wal/%f --s3-secret-access-key wJalrXUtnFEMIK7MDENG",
+	} {
+		c := pgtest.NewCluster(t, pgcluster.Options{Settings: map[string]string{"archive_mode": "on",
+			"archive_command": "'" + strings.ReplaceAll(cmd, "'", "''") + "'"}})
+		conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+		require.NoError(t, err)
+		r, err := tuning.Recommend(tuning.Inputs{RAM: 16 << 30, CPUs: 4})
+		require.NoError(t, err)
+		diffs, err := tuning.CheckSettings(ctx, conn, r)
+		require.NoError(t, err)
+		conn.Close(ctx)
+		var found bool
+		for _, d := range diffs {
+			require.NotContains(t, d.Current, "wJalrXUtnFEMIK7MDENG", d.Name)
+			if d.Name == "archive_command" {
+				found = true
+				require.Contains(t, d.Current, strings.Fields(strings.TrimPrefix(cmd, "AWS_ACCESS_KEY_ID=AKIAEXAMPLE AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG "))[0], "the program is named")
+			}
+		}
+		require.True(t, found, "another tool's archive_command differs from the recommendation")
+	}
 }

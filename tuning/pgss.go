@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -157,47 +158,89 @@ func selectList(cols map[string]bool) (sel, where string, err error) {
 	return sel, where, nil
 }
 
-// redactQuery masks password literals: before PostgreSQL 16 the text of a
-// utility statement (ALTER ROLE ... PASSWORD '...') is stored verbatim.
-// The scanner finds the literal after PASSWORD in every quoting form ('…',
-// E'…', U&'…' UESCAPE, $$…$$, $tag$…$tag$); a text it cannot scan (cut
-// short by track_activity_query_size) is masked from PASSWORD on. Any
-// connection-string password in a literal (dblink) is masked too.
+// redactQuery masks the literals of a statement text that can carry a
+// secret: before PostgreSQL 16 the text of a utility statement is stored
+// verbatim. Masked: the literal after PASSWORD (ALTER ROLE, a user
+// mapping's or a server's OPTIONS), after PROGRAM (COPY), and the value a
+// SET gives a setting that holds a command, a connection string or a key
+// (ALTER SYSTEM SET archive_command, primary_conninfo,
+// ssl_passphrase_command, a custom *.token). The scanner finds them in
+// every quoting form ('…', E'…', U&'…' UESCAPE, $$…$$, $tag$…$tag$); a text
+// it cannot scan (cut short by track_activity_query_size) is masked from
+// the first such place on. Then every password-looking part left (a
+// connection string in a dblink call, an AWS secret) is masked too.
 func redactQuery(q string) string {
-	if !strings.Contains(strings.ToUpper(q), "PASSWORD") {
-		return q
+	upper := strings.ToUpper(q)
+	if !strings.Contains(upper, "PASSWORD") && !strings.Contains(upper, "PROGRAM") && !strings.Contains(upper, "SET") {
+		return dsn.RedactText(q)
 	}
 	res, err := pg_query.Scan(q)
 	if err != nil {
-		if i := strings.Index(strings.ToUpper(q), "PASSWORD"); i >= 0 {
-			return q[:i+len("PASSWORD")] + " '*****'"
+		if loc := secretPlace.FindStringIndex(q); loc != nil {
+			return q[:loc[1]] + " '*****'"
 		}
-		return q
+		return dsn.RedactText(q)
 	}
 	var b strings.Builder
 	last := 0
 	toks := res.Tokens
-	for i := 0; i+1 < len(toks); i++ {
-		if toks[i].Token != pg_query.Token_PASSWORD {
-			continue
-		}
-		lit := toks[i+1]
-		if lit.Token != pg_query.Token_SCONST && lit.Token != pg_query.Token_USCONST {
-			continue
-		}
-		end := int(lit.End)
+	mask := func(lit int) int {
+		end := int(toks[lit].End)
+		next := lit + 1
 		// U&'…' UESCAPE '!': the escape character is not the secret, but
 		// it belongs to the literal
-		if i+3 < len(toks) && toks[i+2].Token == pg_query.Token_UESCAPE && toks[i+3].Token == pg_query.Token_SCONST {
-			end = int(toks[i+3].End)
+		if lit+2 < len(toks) && toks[lit+1].Token == pg_query.Token_UESCAPE && toks[lit+2].Token == pg_query.Token_SCONST {
+			end, next = int(toks[lit+2].End), lit+3
 		}
-		b.WriteString(q[last:lit.Start])
+		b.WriteString(q[last:toks[lit].Start])
 		b.WriteString("'*****'")
 		last = end
+		return next
+	}
+	isLiteral := func(i int) bool {
+		return i < len(toks) && (toks[i].Token == pg_query.Token_SCONST || toks[i].Token == pg_query.Token_USCONST)
+	}
+	for i := 0; i < len(toks); i++ {
+		switch toks[i].Token {
+		case pg_query.Token_PASSWORD, pg_query.Token_PROGRAM:
+			if isLiteral(i + 1) {
+				i = mask(i+1) - 1
+			}
+		case pg_query.Token_SET:
+			// SET name [= | TO] 'value' [, 'value' …]
+			j, name := i+1, ""
+			for ; j < len(toks) && j < i+8; j++ {
+				if t := toks[j].Token; t == pg_query.Token_ASCII_61 || t == pg_query.Token_TO || isLiteral(j) || t == pg_query.Token_ASCII_59 {
+					break
+				}
+				name += strings.ToLower(strings.Trim(q[toks[j].Start:toks[j].End], `"`))
+			}
+			if j+1 >= len(toks) || !secretSetting.MatchString(name) || (toks[j].Token != pg_query.Token_ASCII_61 && toks[j].Token != pg_query.Token_TO) {
+				continue
+			}
+			for k := j + 1; isLiteral(k); {
+				k = mask(k)
+				if k+1 < len(toks) && toks[k].Token == pg_query.Token_ASCII_44 {
+					k++
+					continue
+				}
+				i = k - 1
+				break
+			}
+		}
 	}
 	b.WriteString(q[last:])
 	return dsn.RedactText(b.String())
 }
+
+// secretSetting matches the names of settings whose values can carry a
+// secret: commands (archive_command, restore_command,
+// ssl_passphrase_command, …), connection strings and keys.
+var secretSetting = regexp.MustCompile(`command|conninfo|password|passphrase|secret|token|key`)
+
+// secretPlace finds, in a text the scanner cannot read, the first place a
+// secret literal can follow.
+var secretPlace = regexp.MustCompile(`(?i)\bpassword\b|\bprogram\b|\bset\s+[a-z0-9_."]*(?:command|conninfo|password|passphrase|secret|token|key)[a-z0-9_."]*\s*(?:=|\bto\b)`)
 
 // ReadStatements reads pg_stat_statements for the connected database,
 // leaving out spiredb's own statements and rows whose text is hidden from

@@ -1,6 +1,7 @@
 package tuning
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -84,6 +85,16 @@ func TestRedactQuery(t *testing.T) {
 		"CREATE ROLE a LOGIN PASSWORD 'x1secret' IN ROLE b; ALTER ROLE c PASSWORD 'y2secret'": "CREATE ROLE a LOGIN PASSWORD '*****' IN ROLE b; ALTER ROLE c PASSWORD '*****'",
 		"ALTER ROLE spire PASSWORD 'cut short by track_activity":                              "ALTER ROLE spire PASSWORD '*****'",
 		"SELECT dblink_connect('host=db password=hunter22')":                                  "SELECT dblink_connect('host=db password=xxxxx')",
+		// commands and connection strings of settings, stored verbatim
+		"ALTER SYSTEM SET archive_command = 'AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG aws s3 cp %p s3://b/%f'": "ALTER SYSTEM SET archive_command = '*****'",
+		"alter system set restore_command to 'rclone copyto remote:wal/%f %p --s3-secret-access-key zz9Secret'":  "alter system set restore_command to '*****'",
+		"ALTER SYSTEM SET primary_conninfo = $$host=a user=r password=Pw9$$":                                     "ALTER SYSTEM SET primary_conninfo = '*****'",
+		`ALTER DATABASE spire SET "app.api_token" = 'tok123zz'`:                                                  `ALTER DATABASE spire SET "app.api_token" = '*****'`,
+		"ALTER SYSTEM SET ssl_passphrase_command = 'echo Pp1secret'":                                             "ALTER SYSTEM SET ssl_passphrase_command = '*****'",
+		"COPY t FROM PROGRAM 'aws s3 cp s3://b/k - --secret zz9Secret'":                                          "COPY t FROM PROGRAM '*****'",
+		"ALTER SYSTEM SET archive_command = 'AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG aws s3 cp %p s3://b":     "ALTER SYSTEM SET archive_command = '*****'",
+		"ALTER SYSTEM SET work_mem = '64MB'":                                                                     "ALTER SYSTEM SET work_mem = '64MB'",
+		"SET search_path = public, 'x'":                                                                          "SET search_path = public, 'x'",
 	} {
 		assert.Equal(t, want, redactQuery(in), in)
 	}
@@ -113,11 +124,13 @@ func FuzzRedactQuery(f *testing.F) {
 		default:
 			lit = "U&'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(pw) + "'"
 		}
-		q := "ALTER ROLE spire WITH PASSWORD " + lit + " VALID UNTIL 'infinity'"
+		shape := []string{"ALTER ROLE spire WITH PASSWORD %s VALID UNTIL 'infinity'", "ALTER SYSTEM SET archive_command = %s",
+			"ALTER DATABASE spire SET app.api_token TO %s", "COPY t FROM PROGRAM %s"}[form/4%4]
+		q := fmt.Sprintf(shape, lit)
 		if _, err := pg_query.Parse(q); err != nil {
 			t.Skip()
 		}
-		if out := redactQuery(q); strings.Contains(out, pw) && !strings.Contains("ALTER ROLE spire WITH PASSWORD '*****' VALID UNTIL 'infinity'", pw) {
+		if out := redactQuery(q); strings.Contains(out, pw) && !strings.Contains(fmt.Sprintf(shape, "'*****'"), pw) {
 			t.Fatalf("%q survives in %q", pw, out)
 		}
 	})
