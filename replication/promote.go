@@ -119,7 +119,9 @@ type PromoteResult struct {
 
 // Promote turns a standby into a primary: refuse on a primary, while its
 // WAL receiver still streams from a live primary (LivePrimaryError: never
-// overridden, Force included), or when replay lags past MaxLag (unless
+// overridden, Force included), while a primary still answers at the
+// address primary_conninfo names (PrimaryAnswersError, unless Force), or
+// when replay lags past MaxLag (unless
 // Force), wait until replay reaches what was
 // received, pg_promote(true, wait), CHECKPOINT, confirm it left recovery and
 // report the new timeline.
@@ -155,6 +157,13 @@ func Promote(ctx context.Context, o PromoteOptions) (*PromoteResult, error) {
 	r := st.Receiver
 	if r.Status == "streaming" {
 		return nil, &LivePrimaryError{Upstream: r.SenderHost}
+	}
+	if err := probeUpstream(ctx, conn, logger); err != nil {
+		var answers *PrimaryAnswersError
+		if !errors.As(err, &answers) || !o.Force {
+			return nil, err
+		}
+		logger.Warn("promoting with --force although the old primary answers", "err", err)
 	}
 	if o.ArchivedTimelines != nil {
 		if err := promotedElsewhere(ctx, conn, o.ArchivedTimelines, o.Force, promoteOp, logger); err != nil {

@@ -523,3 +523,38 @@ func TestBootstrapRefusesASupersededPrimary(t *testing.T) {
 	require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
 	require.Zero(t, slots)
 }
+
+// TestPromoteRefusedWhileItsPrimaryAnswers: a standby's receiver can stop
+// for reasons other than a dead primary (its slot dropped, a password
+// changed, WAL it needs removed). Its primary then still takes SPIRE's
+// writes: promoting would make a second primary. promote asks the
+// address in primary_conninfo first; a server that answers there is
+// refused (Force overrides), one that does not is gone.
+func TestPromoteRefusedWhileItsPrimaryAnswers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	primary := pgtest.NewCluster(t, replicationOpts(nil))
+	_, _, sdsn := standby(t, primary, "cutoff")
+	// the receiver stops: its slot is gone, the primary lives on
+	require.NoError(t, exec(t, sdsn, "ALTER SYSTEM SET primary_slot_name = 'spiredb_gone'"))
+	require.NoError(t, exec(t, sdsn, "SELECT pg_reload_conf()"))
+	require.Eventually(t, func() bool {
+		st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+		return err == nil && st.Receiver.Status != "streaming"
+	}, time.Minute, 50*time.Millisecond)
+
+	_, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
+	var answers *replication.PrimaryAnswersError
+	require.ErrorAs(t, err, &answers)
+	require.Contains(t, err.Error(), fmt.Sprintf("127.0.0.1:%d", primary.Port))
+	require.Contains(t, err.Error(), "--force")
+	st, err := replication.GetStatus(ctx, pg.Options{DSN: sdsn}, replication.Limit{})
+	require.NoError(t, err)
+	require.Equal(t, "standby", st.Role, "a refused promotion changed something")
+
+	// the primary lost: nothing answers there, and promote goes on
+	require.NoError(t, primary.Halt())
+	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, res.Timeline)
+}

@@ -209,7 +209,13 @@ func newReplicaPromoteCmd(g *globals) *cobra.Command {
 		Long: `promote refuses on a primary; while the standby's WAL receiver still streams
 from its primary, which is then alive (two primaries would split SPIRE's
 writes: use replica switchover for a planned change, or stop the old primary
-first; --force does not override this); and when the standby's replay is
+first; --force does not override this); while a server that accepts
+connections, and is not in recovery, answers at the address primary_conninfo
+names although the receiver does not stream (the receiver stops for other
+reasons too: a dropped slot, a changed password, removed WAL; that primary
+may still take SPIRE's writes; the probe, like pg_isready, takes up to 3 s and
+needs to read primary_conninfo; --force overrides it once the old primary is
+fenced or known to take no writes); and when the standby's replay is
 further behind what it received than --max-lag unless --force; waits until replay reaches
 the received WAL; runs pg_promote(true, wait); CHECKPOINT; confirms it left
 recovery; reports the new timeline and promotion LSN, and what to do next
@@ -248,7 +254,8 @@ spiredb asks, elsewhere it needs --yes.`,
 			if err != nil {
 				var le *replication.LagError
 				var pe *replication.PromotedElsewhereError
-				if errors.Is(err, replication.ErrNotStandby) || errors.As(err, &le) || errors.As(err, &pe) {
+				var ae *replication.PrimaryAnswersError
+				if errors.Is(err, replication.ErrNotStandby) || errors.As(err, &le) || errors.As(err, &pe) || errors.As(err, &ae) {
 					return &exitError{code: exitFailure, err: err}
 				}
 				return err
