@@ -160,7 +160,7 @@ func TestEncryptedBackupsWithSpire(t *testing.T) {
 	}
 
 	// rotation: rewrap to bob; the data objects are untouched
-	out, errOut, code = cli("backup", "rekey", "--all", "--identity", alice.file, "--recipient", bob.recipient)
+	out, errOut, code = cli("backup", "rekey", "--all", "--identity", alice.file, "--recipient", bob.recipient, "--yes")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "rekeyed 2 backups to "+bob.recipient)
 	after := storedObjects(t, s)
@@ -179,7 +179,7 @@ func TestEncryptedBackupsWithSpire(t *testing.T) {
 	_, errOut, code = cli("backup", "run", "--dsn", src.DSN, "--recipient", carol.recipient)
 	require.Equal(t, 0, code, errOut)
 	mid := storedObjects(t, s)
-	_, errOut, code = cli("backup", "rekey", "--all", "--identity", bob.file, "--recipient", alice.recipient)
+	_, errOut, code = cli("backup", "rekey", "--all", "--identity", bob.file, "--recipient", alice.recipient, "--yes")
 	require.NotEqual(t, 0, code)
 	require.Contains(t, errOut, "no manifest was changed")
 	require.Equal(t, mid, storedObjects(t, s))

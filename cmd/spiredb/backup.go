@@ -621,7 +621,10 @@ changes nothing.
 
 Archived WAL (wal push --recipient) is encrypted to the recipients it was
 pushed with: keep the old identity until retention has removed those
-segments (they are needed only back to the oldest kept base).`,
+segments (they are needed only back to the oldest kept base).
+
+The store comes only from --store (never $SPIREDB_STORE); on a terminal
+spiredb asks, elsewhere it needs --yes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if all == (id != "") {
@@ -637,8 +640,18 @@ segments (they are needed only back to the oldest kept base).`,
 			if len(keys.Identities) == 0 {
 				return usageErrorf("rekey needs an identity that opens the backups: --identity")
 			}
+			if err := explicit(cmd, "store"); err != nil {
+				return err
+			}
 			s, err := f.open(cmd)
 			if err != nil {
+				return err
+			}
+			which := "backup " + id
+			if all {
+				which = "every encrypted backup"
+			}
+			if err := g.confirm(cmd, fmt.Sprintf("rekey %s in %s to %d recipient(s): keys left out can no longer open them", which, s.String(), len(keys.Recipients))); err != nil {
 				return err
 			}
 			res, err := backup.Rekey(cmd.Context(), s, id, all, keys, g.logger)
@@ -660,6 +673,7 @@ segments (they are needed only back to the oldest kept base).`,
 	}
 	cmd.Flags().StringVar(&id, "id", "", "backup ID (see backup list)")
 	cmd.Flags().BoolVar(&all, "all", false, "every encrypted backup in the store")
+	addYes(cmd)
 	f.keys.registerRecipients(cmd.Flags())
 	f.keys.registerIdentities(cmd.Flags())
 	return cmd

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
@@ -74,8 +75,8 @@ func TestBackfillExpressionsStayInTheirBounds(t *testing.T) {
 }
 
 // TestDangerousCommandsNeedAnExplicitTargetAndConfirmation: fence,
-// promote, restore --clean and prune never take their target from the
-// environment, and off a terminal they need --yes.
+// promote, restore --clean, prune, rekey (and the others below) never take
+// their target from the environment, and off a terminal they need --yes.
 func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 	// not parallel: it sets SPIREDB_DSN and SPIREDB_STORE, and the
 	// terminal hooks
@@ -108,9 +109,16 @@ func TestDangerousCommandsNeedAnExplicitTargetAndConfirmation(t *testing.T) {
 	_, err = conn.Exec(ctx, "SELECT pg_create_physical_replication_slot('keep_me')").ReadAll()
 	require.NoError(t, err)
 	conn.Close(ctx)
+	// rekey: recipients left out can no longer open the store's backups
+	id, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	idFile := filepath.Join(t.TempDir(), "identity")
+	require.NoError(t, os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600))
 	t.Setenv("SPIREDB_DSN", c.DSN("spire"))
 	t.Setenv("SPIREDB_STORE", "file://"+storeDir)
 	for _, args := range [][]string{
+		{"backup", "rekey", "--all", "--identity", idFile, "--recipient", id.Recipient().String(), "--yes"},
+		{"backup", "rekey", "--all", "--identity", idFile, "--recipient", id.Recipient().String(), "--store", "file://" + storeDir},
 		{"replica", "fence"},
 		{"replica", "fence", "--yes"},
 		{"replica", "fence", "--dsn", c.DSN("spire")},

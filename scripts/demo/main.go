@@ -745,7 +745,7 @@ func encryptionDemo(ctx context.Context, bin string, env []string, store, storeD
 	}
 	for _, args := range [][]string{
 		{"backup", "verify", "--store", store, "--id", id, "--level", "restore", "--identity", files[0]},
-		{"backup", "rekey", "--store", store, "--id", id, "--identity", files[0], "--recipient", pubs[1]},
+		{"backup", "rekey", "--store", store, "--id", id, "--identity", files[0], "--recipient", pubs[1], "--yes"},
 		{"backup", "verify", "--store", store, "--id", id, "--level", "toc", "--identity", files[1]},
 	} {
 		if err := spiredb(ctx, bin, env, args...); err != nil {
