@@ -328,8 +328,15 @@ func finishRejoin(ctx context.Context, o RejoinOptions, pconn *pgx.Conn, dir str
 // reclone moves dir aside and bootstraps a fresh standby there.
 func reclone(ctx context.Context, o RejoinOptions, pconn *pgx.Conn, dir string, cred *syscall.Credential, res *RejoinResult, start time.Time) (*RejoinResult, error) {
 	var active *bool
-	if err := pconn.QueryRow(ctx, pg.Marker+"SELECT (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", o.Slot).Scan(&active); err != nil {
+	var kind string
+	if err := pconn.QueryRow(ctx, pg.Marker+`SELECT (SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1),
+		coalesce((SELECT slot_type FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), '')`, o.Slot).Scan(&active, &kind); err != nil {
 		return nil, err
+	}
+	if kind == "logical" {
+		// another consumer's (a CDC tool's, a subscription's): dropping it
+		// loses its place in the WAL for good
+		return nil, fmt.Errorf("slot %q on the new primary is a logical slot, another consumer's: pick another --slot; nothing was changed", o.Slot)
 	}
 	if active != nil && *active {
 		return nil, fmt.Errorf("slot %q on the new primary is in use by another standby: pick another --slot", o.Slot)

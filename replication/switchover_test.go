@@ -228,7 +228,7 @@ func TestSwitchoverRefusals(t *testing.T) {
 func TestRejoinRefusals(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"full_page_writes": "on", "wal_log_hints": "off"}))
+	primary := pgtest.NewCluster(t, replicationOpts(map[string]string{"full_page_writes": "on", "wal_log_hints": "off", "wal_level": "logical"}))
 	require.NoError(t, exec(t, primary.DSN("postgres"), "CREATE DATABASE spire"))
 	p := primary.DSN("spire")
 	require.NoError(t, exec(t, p, "CREATE TABLE w (id int PRIMARY KEY)"))
@@ -260,6 +260,21 @@ func TestRejoinRefusals(t *testing.T) {
 	require.ErrorContains(t, err, "wal_log_hints")
 	_, err = pgx.Connect(ctx, primary.DSN("postgres"))
 	require.NoError(t, err, "a refused rejoin stopped the old primary")
+
+	// a --slot that is another consumer's logical slot (a CDC tool's,
+	// inactive for now) is never dropped to make room
+	require.NoError(t, exec(t, s, "SELECT pg_create_logical_replication_slot('cdc_tool', 'test_decoding')"))
+	_, err = replication.Rejoin(ctx, replication.RejoinOptions{Old: pg.Options{DSN: p}, Primary: pg.Options{DSN: s}, DataDir: primary.DataDir,
+		RecloneOnFailure: true, Slot: "cdc_tool", Port: primary.Port})
+	require.ErrorContains(t, err, "logical")
+	var slotType string
+	sconn, err := pgx.Connect(ctx, s)
+	require.NoError(t, err)
+	require.NoError(t, sconn.QueryRow(ctx, "SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'cdc_tool'").Scan(&slotType))
+	sconn.Close(ctx)
+	require.Equal(t, "logical", slotType, "rejoin dropped another consumer's slot")
+	_, err = os.Stat(primary.DataDir + "/PG_VERSION")
+	require.NoError(t, err, "a refused reclone moved the data directory")
 
 	// --reclone-on-failure: moved aside, copied afresh, streaming
 	rj, err := replication.Rejoin(ctx, replication.RejoinOptions{Old: pg.Options{DSN: p}, Primary: pg.Options{DSN: s}, DataDir: primary.DataDir,
