@@ -255,6 +255,7 @@ func (r *Runner) lockName() string { return "migrate." + r.table }
 // lock takes the run's advisory lock, waiting at most LockWait.
 func (r *Runner) lock(ctx context.Context) (func(), error) {
 	start := time.Now()
+	nextLog := start
 	for {
 		lock, ok, err := pg.TryAdvisoryLock(ctx, r.conn, r.lockName())
 		if err != nil {
@@ -270,7 +271,15 @@ func (r *Runner) lock(ctx context.Context) (func(), error) {
 			}
 			return nil, e
 		}
-		r.log.Info("waiting for another migration run", "waited", time.Since(start).Round(time.Second))
+		// once at first, then every 5 s: the wait polls every 200 ms
+		if now := time.Now(); !now.Before(nextLog) {
+			attrs := []any{"waited", now.Sub(start).Round(time.Second), "lock_wait", r.opts.LockWait}
+			if h, err := pg.AdvisoryLockHolder(ctx, r.conn, r.lockName()); err == nil {
+				attrs = append(attrs, "holder_pid", h.PID, "holder_application", h.ApplicationName)
+			}
+			r.log.Info("waiting for another migration run", attrs...)
+			nextLog = now.Add(5 * time.Second)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
