@@ -326,6 +326,69 @@ CREATE TRIGGER notes_update BEFORE UPDATE ON public.notes FOR EACH ROW EXECUTE F
 	require.Equal(t, 10, changed)
 }
 
+// TestBackfillRunsNoOtherRolesCodeOfAnyKind: an UPDATE runs more of a
+// table owner's code than its triggers: a stored generated column's
+// expression, the checks of a column's domain, the function behind an
+// operator in a check constraint, the code of a table an ON UPDATE CASCADE
+// reaches, a partition's trigger. Each would run with spiredb's
+// privileges; each backfill is refused before any batch, naming the
+// function, and no row changes.
+func TestBackfillRunsNoOtherRolesCodeOfAnyKind(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, conn := statsDB(t, 100)
+	role, mallory := hostileRole(t, db, "code")
+	_, err := mallory.Exec(ctx, strings.ReplaceAll(`
+CREATE FUNCTION public.hit() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE application_name = 'VICTIM';
+EXCEPTION WHEN others THEN NULL;
+END $$;
+CREATE FUNCTION public.gen(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN x; END $$;
+CREATE FUNCTION public.chk(x int) RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN true; END $$;
+CREATE FUNCTION public.same(a int, b int) RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN a = b; END $$;
+CREATE FUNCTION public.trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM public.hit(); RETURN NEW; END $$;
+CREATE OPERATOR public.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = public.same);
+CREATE DOMAIN public.checked AS int CHECK (public.chk(VALUE));
+
+CREATE TABLE public.generated (id int PRIMARY KEY, v int, g int GENERATED ALWAYS AS (public.gen(v)) STORED);
+CREATE TABLE public.domained (id int PRIMARY KEY, v public.checked);
+CREATE TABLE public.operated (id int PRIMARY KEY, v int CHECK (v === v));
+CREATE TABLE public.parent (id int PRIMARY KEY, k int UNIQUE, v int);
+CREATE TABLE public.child (id int PRIMARY KEY, k int REFERENCES public.parent (k) ON UPDATE CASCADE, g int GENERATED ALWAYS AS (public.gen(k)) STORED);
+CREATE TABLE public.parted (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+CREATE TABLE public.parted_1 PARTITION OF public.parted FOR VALUES FROM (0) TO (1000);
+CREATE TRIGGER parted_1_update BEFORE UPDATE ON public.parted_1 FOR EACH ROW EXECUTE FUNCTION public.trg();
+INSERT INTO public.generated (id, v) SELECT g, 0 FROM generate_series(1, 10) g;
+INSERT INTO public.domained SELECT g, 0 FROM generate_series(1, 10) g;
+INSERT INTO public.operated SELECT g, 0 FROM generate_series(1, 10) g;
+INSERT INTO public.parent SELECT g, g, 0 FROM generate_series(1, 10) g;
+INSERT INTO public.child (id, k) SELECT g, g FROM generate_series(1, 10) g;
+INSERT INTO public.parted SELECT g, 0 FROM generate_series(1, 10) g;`, "VICTIM", "victim_"+db.Name))
+	require.NoError(t, err)
+	_, stderr, code := runCLI(t, nil, "migrate", "up", "--dsn", db.DSN)
+	require.Equal(t, 0, code, stderr)
+
+	for _, c := range []struct{ table, set, runs, changed string }{
+		{"public.generated", "v = 1", "public.gen(integer)", "v <> 0"},
+		{"public.domained", "v = 1", "public.chk(integer)", "v <> 0"},
+		{"public.operated", "v = 1", "public.same(integer, integer)", "v <> 0"},
+		{"public.parent", "k = k + 100", "public.gen(integer)", "k > 100"},
+		{"public.parted", "v = 1", "public.trg()", "v <> 0"},
+	} {
+		victim, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
+		require.NoError(t, err)
+		_, stderr, code := runCLI(t, nil, "migrate", "backfill", "--dsn", db.DSN, "--table", c.table, "--set", c.set, "--name", "j_"+strings.TrimPrefix(c.table, "public."))
+		require.NoError(t, victim.Ping(ctx), "the backfill of %s ran %s's code with spiredb's privileges: %s", c.table, role, stderr)
+		victim.Close(ctx)
+		require.NotEqual(t, 0, code, "%s: %s", c.table, stderr)
+		require.Contains(t, stderr, c.runs+" (owner "+role+")", c.table)
+		var changed int
+		require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM "+c.table+" WHERE "+c.changed).Scan(&changed))
+		require.Zero(t, changed, "%s changed", c.table)
+	}
+}
+
 // hostilePassword is hostileRole's password.
 const hostilePassword = "Hostile-pw-1"
 

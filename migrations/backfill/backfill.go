@@ -183,21 +183,49 @@ func resolve(ctx context.Context, conn *pgx.Conn, name string) (*table, error) {
 	return t, nil
 }
 
-// tableCodeSQL lists the functions an UPDATE of the table runs (its
-// triggers', check constraints', index expressions' and policies') that
-// are not SECURITY DEFINER and belong to a role that is neither a
-// superuser nor holds the session role's privileges: they run as the
-// session role.
-const tableCodeSQL = `WITH deps AS (
-	SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
-	WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1
+// tableCodeSQL lists the functions an UPDATE of the table runs that are
+// not SECURITY DEFINER and belong to a role that is neither a superuser
+// nor holds the session role's privileges: they run as the session role.
+// An UPDATE runs its triggers', check constraints', index expressions',
+// policies', stored generated columns' and rules' functions, the checks of
+// its columns' domains, the functions behind the operators any of those
+// use, and the same of every table it reaches: its partitions and
+// inheritance children, and the tables an ON UPDATE CASCADE, SET NULL or
+// SET DEFAULT foreign key updates in turn.
+const tableCodeSQL = `WITH RECURSIVE tabs(oid) AS (
+	SELECT $1::pg_catalog.oid
+	UNION
+	SELECT x.oid FROM tabs CROSS JOIN LATERAL (
+		SELECT c.conrelid FROM pg_catalog.pg_constraint c
+		WHERE c.confrelid = tabs.oid AND c.contype = 'f' AND c.confupdtype IN ('c', 'n', 'd')
+		UNION ALL
+		SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = tabs.oid) x(oid)
+), doms(oid) AS (
+	SELECT t.oid FROM pg_catalog.pg_attribute a JOIN tabs ON a.attrelid = tabs.oid
+	JOIN pg_catalog.pg_type c ON c.oid = a.atttypid
+	JOIN pg_catalog.pg_type t ON t.oid IN (c.oid, c.typelem) AND t.typtype = 'd'
+	WHERE a.attnum > 0 AND NOT a.attisdropped
+	UNION
+	SELECT b.oid FROM doms JOIN pg_catalog.pg_type d ON d.oid = doms.oid
+	JOIN pg_catalog.pg_type b ON b.oid = d.typbasetype AND b.typtype = 'd'
+), deps(classid, objid) AS (
+	SELECT d.classid, d.objid FROM pg_catalog.pg_depend d JOIN tabs ON d.refobjid = tabs.oid
+	WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
 		AND d.classid IN ('pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_constraint'::pg_catalog.regclass,
-			'pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass)
+			'pg_catalog.pg_class'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass,
+			'pg_catalog.pg_attrdef'::pg_catalog.regclass, 'pg_catalog.pg_rewrite'::pg_catalog.regclass)
+	UNION
+	SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_constraint c JOIN doms ON c.contypid = doms.oid
+), procs(oid) AS (
+	SELECT f.refobjid FROM deps JOIN pg_catalog.pg_depend f ON f.classid = deps.classid AND f.objid = deps.objid
+	WHERE f.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+	UNION
+	SELECT o.oprcode::pg_catalog.oid FROM deps JOIN pg_catalog.pg_depend f ON f.classid = deps.classid AND f.objid = deps.objid
+	JOIN pg_catalog.pg_operator o ON o.oid = f.refobjid
+	WHERE f.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
 )
 SELECT DISTINCT pg_catalog.format('%I.%I(%s) (owner %s)', n.nspname, p.proname, pg_catalog.oidvectortypes(p.proargtypes), o.rolname)
-FROM deps
-JOIN pg_catalog.pg_depend f ON f.classid = deps.classid AND f.objid = deps.objid AND f.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-JOIN pg_catalog.pg_proc p ON p.oid = f.refobjid
+FROM procs JOIN pg_catalog.pg_proc p ON p.oid = procs.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
 WHERE NOT p.prosecdef AND NOT o.rolsuper
@@ -217,7 +245,7 @@ func checkTableCode(ctx context.Context, conn *pgx.Conn, oid uint32, ident strin
 		return fmt.Errorf("reading what an UPDATE of %s runs: %w", ident, err)
 	}
 	if len(code) > 0 {
-		return specErrorf("an UPDATE of %s runs %s (triggers, constraints, index expressions or policies) with this role's privileges, which their owner lacks: run the backfill as that role (the table's owner), or make them SECURITY DEFINER",
+		return specErrorf("an UPDATE of %s runs %s (triggers, constraints, domain checks, generated columns, index expressions or policies, its own or those of tables it cascades to) with this role's privileges, which their owner lacks: run the backfill as that role (the table's owner), or make them SECURITY DEFINER",
 			ident, strings.Join(code, ", "))
 	}
 	return nil
