@@ -208,6 +208,29 @@ func run(ctx context.Context, bin string, entries int) error {
 		return err
 	}
 
+	step("Another role's code never runs with spiredb's privileges: a spiredb schema SPIRE's role made first, with a trigger in it, is refused (exit 1), and doctor names it")
+	app := *c
+	app.User, app.Password = "spire_app", randomPassword()
+	if err := execSQL(ctx, spireDSN, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s' NOSUPERUSER", app.User, app.Password)); err != nil {
+		return err
+	}
+	if err := execSQL(ctx, spireDSN, "CREATE DATABASE spire_app OWNER "+app.User); err != nil {
+		return err
+	}
+	if err := execSQL(ctx, app.DSN("spire_app"), `CREATE SCHEMA spiredb;
+CREATE FUNCTION spiredb.grab() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'ALTER ROLE spire_app SUPERUSER'; RETURN NULL; END $$;
+CREATE TABLE spiredb.schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);
+CREATE TRIGGER grab AFTER INSERT OR TRUNCATE ON spiredb.schema_migrations FOR EACH STATEMENT EXECUTE FUNCTION spiredb.grab()`); err != nil {
+		return err
+	}
+	aenv := append(append([]string{}, env...), "SPIREDB_APP="+c.DSN("spire_app"))
+	if err := spiredbExpect(ctx, bin, aenv, 1, "migrate", "up", "--dsn", "$SPIREDB_APP"); err != nil {
+		return err
+	}
+	if err := spiredbExpect(ctx, bin, aenv, 1, "doctor", "--dsn", "$SPIREDB_APP"); err != nil {
+		return err
+	}
+
 	step("A store two deployments share by mistake: retention keeps each database's newest, doctor counts only its own, restore --latest refuses to choose (exit 2)")
 	sharedDir, err := os.MkdirTemp("", "spiredb-demo-shared-")
 	if err != nil {
@@ -388,6 +411,15 @@ func step(title string) {
 // 1 from checks, 4 from doctor's warnings) are normal outcomes on a fresh
 // throwaway cluster.
 func spiredb(ctx context.Context, bin string, env []string, args ...string) error {
+	err := runSpiredb(ctx, bin, env, args...)
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && (ee.ExitCode() == 4 || ee.ExitCode() == 1 && (args[0] == "tune" || args[0] == "migrate" || args[0] == "doctor")) {
+		return nil
+	}
+	return err
+}
+
+// runSpiredb runs the CLI as spiredb does, and returns its exit as is.
+func runSpiredb(ctx context.Context, bin string, env []string, args ...string) error {
 	fmt.Printf("$ spiredb %s\n", dsn.RedactText(strings.Join(args, " ")))
 	// "$NAME" arguments come from env, as a shell would expand them: the
 	// shown command keeps the name, not the DSN
@@ -405,17 +437,13 @@ func spiredb(ctx context.Context, bin string, env []string, args ...string) erro
 	cmd := exec.CommandContext(ctx, bin, run...)
 	cmd.Env = append(os.Environ(), append(env, "SPIREDB_LOG_LEVEL=warn")...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	err := cmd.Run()
-	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) && (ee.ExitCode() == 4 || ee.ExitCode() == 1 && (args[0] == "tune" || args[0] == "migrate" || args[0] == "doctor")) {
-		return nil
-	}
-	return err
+	return cmd.Run()
 }
 
 // spiredbExpect runs spiredb and requires exit code want (an exit the
 // step means to show, such as a refusal).
 func spiredbExpect(ctx context.Context, bin string, env []string, want int, args ...string) error {
-	err := spiredb(ctx, bin, env, args...)
+	err := runSpiredb(ctx, bin, env, args...)
 	code := 0
 	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		code = ee.ExitCode()
