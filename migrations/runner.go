@@ -136,6 +136,12 @@ func Open(ctx context.Context, po pg.Options, opts Options) (*Runner, error) {
 		_ = conn.Close(ctx)
 		return nil, fmt.Errorf("preparing spiredb's schema: %w", err)
 	}
+	// again: a schema another role created between the check and
+	// CREATE SCHEMA IF NOT EXISTS is that role's
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		_ = conn.Close(ctx)
+		return nil, err
+	}
 	return r, nil
 }
 

@@ -103,6 +103,11 @@ func Create(ctx context.Context, conn *pgx.Conn, views []View) ([]Result, error)
 			return nil, fmt.Errorf("creating spiredb's schema: %w", err)
 		}
 	}
+	// again: a schema another role created since the first check is
+	// that role's
+	if err := pg.CheckOwnSchema(ctx, conn); err != nil {
+		return nil, err
+	}
 	var out []Result
 	for _, v := range views {
 		q, err := v.query(s.Schema)
