@@ -27,6 +27,9 @@ var (
 	kvPassword = regexp.MustCompile(`(?i)(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s&'"\\])*)`)
 	// S3/AWS style secrets that may appear in URLs or flags.
 	awsSecret = regexp.MustCompile(`(?i)(\b(?:aws_secret_access_key|secret_access_key|secret[_-]?key|aws_session_token|x-amz-security-token|x-amz-signature)\s*[=:]\s*)("[^"]*"|'[^']*'|[^\s&,]*)`)
+	// SQL's password literal (a program's error quoting its command:
+	// PASSWORD '…', OPTIONS (password '…'))
+	sqlPassword = regexp.MustCompile(`(?i)(\bpassword\s+)((?:E|U&)?'(?:[^'\\]|''|\\.)*'?)`)
 	// an age identity (backup encryption): AGE-SECRET-KEY-1 and bech32
 	ageSecret = regexp.MustCompile(`(?i)(AGE-SECRET-KEY-)[0-9a-z]+`)
 )
@@ -155,6 +158,12 @@ func RedactText(s string) string {
 	}
 	if strings.Contains(lower, "password") {
 		s = kvPassword.ReplaceAllString(s, "${1}"+Mask)
+		s = sqlPassword.ReplaceAllStringFunc(s, func(m string) string {
+			if strings.HasSuffix(m, "'*****'") { // masked already (statement texts)
+				return m
+			}
+			return sqlPassword.ReplaceAllString(m, "${1}'"+Mask+"'")
+		})
 	}
 	if strings.Contains(lower, "secret") || strings.Contains(lower, "x-amz-") || strings.Contains(lower, "session_token") {
 		s = awsSecret.ReplaceAllString(s, "${1}"+Mask)

@@ -40,6 +40,11 @@ func TestRedactTextInErrorsAndLogs(t *testing.T) {
 		// an age identity (client-side encryption) pasted where a recipient goes
 		{`invalid recipient AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSWJGX9M`, "1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSWJGX9M"},
 		{`key age-secret-key-1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqswjgx9m.`, "qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqswjgx9m"},
+		// SQL in a program's error (pg_restore: "Command was: ..."): a user
+		// mapping's or server's OPTIONS, a role's PASSWORD
+		{`pg_restore: Command was: CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'hunter22');`, "hunter22"},
+		{`Command was: ALTER ROLE bob WITH LOGIN PASSWORD 'hun''ter22';`, "ter22"},
+		{`Command was: CREATE ROLE bob PASSWORD E'hunter22'`, "hunter22"},
 	}
 	for _, c := range cases {
 		got := dsn.RedactText(c.in)
