@@ -351,11 +351,14 @@ func (d *dumpReader) dumpErr() error {
 // tables in schema nsp.
 // unreadSPIRE says whether err refuses to read SPIRE's schema because a
 // relation of SPIRE's name would run its owner's code with spiredb's
-// privileges (spire.ForeignCodeError). A backup goes on without reading
-// it: the manifest has no SPIRE schema or row counts, and the log says why.
+// privileges (spire.ForeignCodeError), or because more than one schema
+// looks like SPIRE's (spire.AmbiguousSchemaError). A backup goes on
+// without reading it: the manifest has no SPIRE schema or row counts, and
+// the log says why.
 func unreadSPIRE(err error, logger *slog.Logger) bool {
 	var foreign *spire.ForeignCodeError
-	if !errors.As(err, &foreign) {
+	var ambiguous *spire.AmbiguousSchemaError
+	if !errors.As(err, &foreign) && !errors.As(err, &ambiguous) {
 		return false
 	}
 	logger.Warn("backing up without SPIRE's schema and row counts in the manifest", "err", err)

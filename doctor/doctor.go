@@ -177,7 +177,8 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 		r.SPIRE.Unreadable = true
 	}
 	var foreign *spire.ForeignCodeError
-	if errors.As(err, &foreign) {
+	var ambiguous *spire.AmbiguousSchemaError
+	if errors.As(err, &foreign) || errors.As(err, &ambiguous) {
 		err = nil
 		r.SPIRE.Unreadable = true
 	}
@@ -185,6 +186,11 @@ func Inspect(ctx context.Context, conn *pgx.Conn) (*Report, error) {
 		return nil, err
 	}
 	r.Findings = findings(r)
+	if ambiguous != nil {
+		r.Findings = append(r.Findings, Finding{Severity: Error, Check: "spire.schema",
+			Message: ambiguous.Error(),
+			Fix:     "ALTER ROLE " + pgx.Identifier{conn.Config().User}.Sanitize() + " SET search_path = <SPIRE's schema>; or drop the copy that is not SPIRE's"})
+	}
 	if foreign != nil {
 		r.Findings = append(r.Findings, Finding{Severity: Error, Check: "security.spire_tables",
 			Message: strings.Join(foreign.Relations, ", ") + ": in place of SPIRE's plain tables, and reading them runs their owner's code with the reader's privileges; doctor did not read SPIRE's schema, and spiredb's commands that read it refuse",

@@ -653,4 +653,23 @@ CREATE POLICY p ON public.registered_entries USING (public.seen())`)
 	}
 	_, stderr, code = runCLI(t, nil, "indexes", "check", "--dsn", db.DSN)
 	require.Equal(t, 0, code, "a superuser bypasses row-level security: %s", stderr)
+
+	// a plain copy of SPIRE's migrations table where "$user" looks first:
+	// two candidates, and spiredb does not guess
+	_, err = conn.Exec(ctx, "CREATE SCHEMA postgres; CREATE TABLE postgres.migrations (LIKE public.migrations); INSERT INTO postgres.migrations SELECT * FROM public.migrations")
+	require.NoError(t, err)
+	_, stderr, code = runCLI(t, nil, "indexes", "check", "--dsn", db.DSN)
+	require.Equal(t, 1, code, stderr)
+	require.Contains(t, stderr, "more than one schema on the search_path (postgres, public)")
+	out, stderr, code = runCLI(t, nil, "doctor", "--dsn", db.DSN, "-o", "json")
+	require.Equal(t, 1, code, stderr)
+	rep = doctor.Report{}
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+	found = ""
+	for _, f := range rep.Findings {
+		if f.Check == "spire.schema" {
+			found = f.Message + " | " + f.Fix
+		}
+	}
+	require.Contains(t, found, "(postgres, public)")
 }

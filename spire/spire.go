@@ -58,27 +58,61 @@ type Schema struct {
 	Schema string `json:"schema,omitempty"`
 }
 
-// ReadSchema reads SPIRE's migrations row from the first schema on the
-// search_path that has one. It returns a ForeignCodeError, reading
-// nothing, when a relation of SPIRE's name there would run another role's
-// code.
+// AmbiguousSchemaError is returned when more than one schema on the
+// search_path holds a migrations table of SPIRE's shape: reading the
+// first would be a guess (a copy left behind, or a decoy in a schema named
+// after spiredb's role, which "$user" puts first).
+type AmbiguousSchemaError struct {
+	// Schemas are in search_path order.
+	Schemas []string
+}
+
+func (e *AmbiguousSchemaError) Error() string {
+	return fmt.Sprintf("SPIRE's migrations table is in more than one schema on the search_path (%s): spiredb will not guess which is SPIRE's datastore; set the search_path of spiredb's role to SPIRE's schema (ALTER ROLE … SET search_path = …, or options=-csearch_path=… in the DSN), or drop the copy that is not SPIRE's",
+		strings.Join(e.Schemas, ", "))
+}
+
+// spireSchemasSQL lists, in search_path order, the schemas on it with a
+// relation named migrations that has SPIRE's columns (version,
+// code_version): another application's migrations table is not SPIRE's.
+const spireSchemasSQL = `SELECT n.nspname::text
+FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS p(nsp, i)
+JOIN pg_catalog.pg_namespace n ON n.nspname = p.nsp
+JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = 'migrations'
+WHERE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid = c.oid AND a.attname IN ('version', 'code_version') AND a.attnum > 0 AND NOT a.attisdropped) = 2
+ORDER BY p.i`
+
+// ReadSchema reads SPIRE's migrations row from the schema on the
+// search_path that has SPIRE's migrations table. It returns, reading
+// nothing, an AmbiguousSchemaError when more than one has, and a
+// ForeignCodeError when a relation of SPIRE's name there would run
+// another role's code.
 func ReadSchema(ctx context.Context, q Querier) (Schema, error) {
-	var nsp *string
-	if err := q.QueryRow(ctx, pg.Marker+`SELECT (SELECT n.nspname FROM pg_catalog.pg_class c
-		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.oid = pg_catalog.to_regclass('migrations'))`).Scan(&nsp); err != nil {
+	rows, err := q.Query(ctx, pg.Marker+spireSchemasSQL)
+	if err != nil {
 		return Schema{}, fmt.Errorf("looking for SPIRE's migrations table: %w", err)
 	}
-	if nsp == nil {
+	found, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return Schema{}, fmt.Errorf("looking for SPIRE's migrations table: %w", err)
+	}
+	if len(found) == 0 {
 		return Schema{}, nil
 	}
-	s := Schema{Present: true, Schema: *nsp}
-	if err := checkReadable(ctx, q, *nsp); err != nil {
-		return Schema{}, err
+	// code first: a decoy's view must be named as what it is
+	for _, nsp := range found {
+		if err := checkReadable(ctx, q, nsp); err != nil {
+			return Schema{}, err
+		}
 	}
+	if len(found) > 1 {
+		return Schema{}, &AmbiguousSchemaError{Schemas: found}
+	}
+	s := Schema{Present: true, Schema: found[0]}
 	var code *string
 	var version *int
-	err := q.QueryRow(ctx, pg.Marker+"SELECT version, code_version FROM "+pgx.Identifier{*nsp, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
+	err = q.QueryRow(ctx, pg.Marker+"SELECT version, code_version FROM "+pgx.Identifier{s.Schema, "migrations"}.Sanitize()+" ORDER BY id DESC LIMIT 1").Scan(&version, &code)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return s, nil
 	}

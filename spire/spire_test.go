@@ -58,3 +58,47 @@ func TestReadSchemaAndCountRows(t *testing.T) {
 	require.Equal(t, sum.Selectors, counts["selectors"])
 	require.EqualValues(t, 1, counts["migrations"])
 }
+
+// TestReadSchemaFindsSpiresMigrationsTableOnly: another application's
+// "migrations" table (Laravel's, TypeORM's) first on the search_path is
+// not SPIRE's: SPIRE's is found behind it by its columns. Two schemas on
+// the path each with one of SPIRE's shape (a copy left behind, or a decoy
+// in a schema named after spiredb's role, where "$user" looks first) is
+// ambiguous: refused, naming both, rather than reading the first.
+func TestReadSchemaFindsSpiresMigrationsTableOnly(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, db.DSN)
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 10})
+	require.NoError(t, err)
+	for _, q := range []string{
+		"CREATE SCHEMA app",
+		"CREATE TABLE app.migrations (id serial PRIMARY KEY, migration text NOT NULL, batch int NOT NULL)",
+		"INSERT INTO app.migrations (migration, batch) VALUES ('2014_10_12_000000_create_users_table', 1)",
+		"SET search_path = app, public",
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	s, err := spire.ReadSchema(ctx, conn)
+	require.NoError(t, err)
+	require.Equal(t, spire.Schema{Present: true, Version: 23, CodeVersion: "1.13.3", Schema: "public"}, s)
+
+	for _, q := range []string{
+		"CREATE SCHEMA decoy",
+		"CREATE TABLE decoy.migrations (LIKE public.migrations)",
+		"INSERT INTO decoy.migrations SELECT * FROM public.migrations",
+		"SET search_path = app, decoy, public",
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err)
+	}
+	_, err = spire.ReadSchema(ctx, conn)
+	var amb *spire.AmbiguousSchemaError
+	require.ErrorAs(t, err, &amb)
+	require.Equal(t, []string{"decoy", "public"}, amb.Schemas)
+	require.Contains(t, err.Error(), "search_path")
+}
