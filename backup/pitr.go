@@ -143,6 +143,12 @@ func WindowsOf(ctx context.Context, s Store, backups []Manifest) ([]Window, erro
 	if err != nil {
 		return nil, err
 	}
+	return WindowsWith(ctx, s, backups, files)
+}
+
+// WindowsWith is WindowsOf over a listing of the archive already taken
+// (ListWAL), for a caller that reads it for more than the windows.
+func WindowsWith(ctx context.Context, s Store, backups []Manifest, files []WALFile) ([]Window, error) {
 	var out []Window
 	times := newSegmentTimes(s)
 	for i := range backups {

@@ -402,6 +402,11 @@ func ArchivedTimelines(ctx context.Context, s Store) ([]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
+	return TimelinesOf(files), nil
+}
+
+// TimelinesOf is ArchivedTimelines over a listing already taken (ListWAL).
+func TimelinesOf(files []WALFile) []uint32 {
 	var out []uint32
 	for _, f := range files {
 		if f.Kind == WALTimelineHistory {
@@ -409,5 +414,5 @@ func ArchivedTimelines(ctx context.Context, s Store) ([]uint32, error) {
 		}
 	}
 	slices.Sort(out)
-	return out, nil
+	return out
 }

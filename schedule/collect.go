@@ -203,7 +203,12 @@ func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	if !verified.IsZero() {
 		m.backupVerified.Set(float64(verified.Unix()))
 	}
-	windows, err := backup.WindowsOf(ctx, s.store, list)
+	// the archive listed once, for the windows and the timelines
+	files, _, err := backup.ListWAL(ctx, s.store)
+	if err != nil {
+		return err
+	}
+	windows, err := backup.WindowsWith(ctx, s.store, list, files)
 	if err != nil {
 		return err
 	}
@@ -215,10 +220,7 @@ func (s *Scheduler) collectBackups(ctx context.Context, conn *pgx.Conn) error {
 	// archive cannot be read as this cluster's
 	var server, archived uint32
 	if backup.ArchiveIsOf(list, others) {
-		tls, err := backup.ArchivedTimelines(ctx, s.store)
-		if err != nil {
-			return err
-		}
+		tls := backup.TimelinesOf(files)
 		if server, err = replication.Timeline(ctx, conn); err != nil {
 			return err
 		}
