@@ -103,6 +103,12 @@ type StoreOptions struct {
 	// databases large enough to need more than 9,000 parts) and 2.
 	PartSize    int64
 	Concurrency int
+	// StallTimeout bounds how long a transfer may make no progress, in
+	// either direction (a response body that stops, an upload the server
+	// stops reading), before it fails and is retried; 0 means 3 minutes
+	// (longer than an idle pooled connection lives plus the wait for
+	// response headers, so no healthy request trips it).
+	StallTimeout time.Duration
 	// S3Credentials, when set, replaces the default credential chain.
 	S3Credentials *StaticCredentials
 	// Logger receives the AWS SDK's own messages (its warnings, such as

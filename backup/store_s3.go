@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -55,6 +56,28 @@ type S3Store struct {
 	kmsKeyID       string
 }
 
+// defaultStallTimeout is StoreOptions.StallTimeout's default.
+const defaultStallTimeout = 3 * time.Minute
+
+// writeDeadlineConn fails a write that makes no progress for timeout: an
+// upload whose server stopped reading would otherwise block forever (the
+// wait for response headers starts only once the request is written).
+type writeDeadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *writeDeadlineConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return n, fmt.Errorf("the S3 endpoint took no data for %s: %w", c.timeout, err)
+	}
+	return n, err
+}
+
 func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3Store, error) {
 	var loadOpts []func(*config.LoadOptions) error
 	if o.S3Region != "" {
@@ -65,15 +88,28 @@ func newS3Store(ctx context.Context, bucket, prefix string, o StoreOptions) (*S3
 			o.S3Credentials.AccessKey, o.S3Credentials.SecretKey, o.S3Credentials.SessionToken)))
 	}
 	// An endpoint that accepts connections and never answers must not hang
-	// a run: bounded dial, TLS handshake and wait for response headers
-	// (never the whole transfer, which streams for as long as the dump).
+	// a run: bounded dial, TLS handshake and wait for response headers, and
+	// a transfer that stops making progress in either direction fails
+	// (never a bound on the whole transfer, which streams for as long as
+	// the dump).
+	stall := cmp.Or(o.StallTimeout, defaultStallTimeout)
 	loadOpts = append(loadOpts, config.WithHTTPClient(awshttp.NewBuildableClient().
 		WithDialerOptions(func(d *net.Dialer) { d.Timeout = 10 * time.Second }).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = 10 * time.Second
 			tr.ResponseHeaderTimeout = time.Minute
 			tr.IdleConnTimeout = 90 * time.Second
-		})))
+			dial := tr.DialContext
+			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &writeDeadlineConn{Conn: c, timeout: stall}, nil
+			}
+		}).
+		// reads: the SDK's own rolling deadline, reset on every byte
+		WithReadTimeout(stall)))
 	loadOpts = append(loadOpts, config.WithLogger(sdkLogger{cmp.Or(o.Logger, slog.Default())}))
 	cfg, err := config.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {
