@@ -61,12 +61,7 @@ CREATE FUNCTION public.length(a varchar) RETURNS int LANGUAGE plpgsql AS $$ BEGI
 	store := "file://" + filepath.Join(t.TempDir(), "store")
 	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", db.DSN, "--store", store)
 	require.Equal(t, 0, code, stderr)
-	victim := func() *pgx.Conn {
-		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
-		require.NoError(t, err)
-		t.Cleanup(func() { v.Close(context.Background()) })
-		return v
-	}
+	victim := victims(t, db)
 	// the trap works: an unqualified count over a text column runs it
 	v := victim()
 	var n string
@@ -389,6 +384,19 @@ INSERT INTO public.parted SELECT g, 0 FROM generate_series(1, 10) g;`, "VICTIM",
 	}
 }
 
+// victims returns a function that opens a superuser session named for
+// the traps of hostileRole's functions (application_name victim_DB):
+// Ping fails once a trap ran with a superuser's privileges and ended it.
+func victims(t *testing.T, db *pgtest.DB) func() *pgx.Conn {
+	return func() *pgx.Conn {
+		t.Helper()
+		v, err := pgx.Connect(context.Background(), db.DSN+"&application_name=victim_"+db.Name)
+		require.NoError(t, err)
+		t.Cleanup(func() { v.Close(context.Background()) })
+		return v
+	}
+}
+
 // hostilePassword is hostileRole's password.
 const hostilePassword = "Hostile-pw-1"
 
@@ -454,12 +462,7 @@ CREATE VIEW spiredb.view_refreshes AS SELECT 'entry_selectors'::text AS view_nam
     1::double precision AS duration_ms, 0::bigint AS row_count, true AS concurrent;
 `, "VICTIM", "victim_"+db.Name))
 	require.NoError(t, err)
-	victim := func() *pgx.Conn {
-		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
-		require.NoError(t, err)
-		t.Cleanup(func() { v.Close(context.Background()) })
-		return v
-	}
+	victim := victims(t, db)
 	// the trap works: reading the view as a superuser runs the function
 	v := victim()
 	_, err = conn.Exec(ctx, "SELECT * FROM spiredb.view_refreshes")
@@ -562,12 +565,7 @@ CREATE VIEW postgres.migrations AS SELECT 1::bigint AS id, pg_catalog.now() AS c
 	23 AS version, '1.13.3'::text AS code_version, postgres.hit() AS x;
 `, "VICTIM", "victim_"+db.Name))
 	require.NoError(t, err)
-	victim := func() *pgx.Conn {
-		v, err := pgx.Connect(ctx, db.DSN+"&application_name=victim_"+db.Name)
-		require.NoError(t, err)
-		t.Cleanup(func() { v.Close(context.Background()) })
-		return v
-	}
+	victim := victims(t, db)
 	// the trap works: the search_path finds the view first
 	v := victim()
 	_, err = conn.Exec(ctx, "SELECT version FROM migrations")
