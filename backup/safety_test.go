@@ -454,13 +454,17 @@ func TestVerifyDropsOnlyItsOwnScratchDatabase(t *testing.T) {
 	// a run that ended without dropping its database (killed): its
 	// session is gone
 	create(base+"_0badc0de", backup.ScratchComment("verify", m.ID, pid, started.Add(-time.Hour)))
+	// the same mark on a database whose name spiredb never gives (copied
+	// by hand, or set by its owner): not a scratch database
+	appDB := "app_" + strings.TrimPrefix(base, "spiredb_verify_")
+	create(appDB, backup.ScratchComment("verify", m.ID, pid, started.Add(-time.Hour)))
 
 	res, err := backup.Verify(ctx, backup.VerifyOptions{Store: s, ID: m.ID, Level: backup.LevelRestore, Scratch: pg.Options{DSN: db.DSN}})
 	require.NoError(t, err)
 	require.True(t, res.OK, "%+v", res.Checks)
 
 	require.NoError(t, inside.Ping(ctx), "a session in a database verify did not create was ended")
-	for _, kept := range []string{base, base + "_deadbeef", base + "_0a1b2c3d"} {
+	for _, kept := range []string{base, base + "_deadbeef", base + "_0a1b2c3d", appDB} {
 		require.True(t, exists(kept), "%s is not this run's: it stays", kept)
 	}
 	require.False(t, exists(base+"_0badc0de"), "the leftover of a run whose session is gone is cleaned")

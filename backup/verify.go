@@ -555,14 +555,15 @@ func markScratch(ctx context.Context, conn *pgx.Conn, name, purpose, id string) 
 var scratchMark = regexp.MustCompile(`^spiredb scratch database \([^)]*\), session ([0-9]+) started (\S+): `)
 
 // dropDeadScratch drops the scratch databases of runs that ended without
-// dropping them (killed, OOM): those of this role marked by scratchComment
-// whose session is gone. A database without the mark, or whose run's session
+// dropping them (killed, OOM): those of this role, named as spiredb names
+// them and marked by scratchComment, whose session is gone. A database without the mark, or whose run's session
 // is alive, is never touched; nor is one somebody is connected to (no
 // FORCE). Failures are logged: the run goes on.
 func dropDeadScratch(ctx context.Context, conn *pgx.Conn, logger *slog.Logger) {
 	rows, err := conn.Query(ctx, pg.Marker+`SELECT d.datname, pg_catalog.shobj_description(d.oid, 'pg_database')
 FROM pg_catalog.pg_database d
 WHERE pg_catalog.shobj_description(d.oid, 'pg_database') LIKE 'spiredb scratch database (%'
+	AND d.datname OPERATOR(pg_catalog.~) '^spiredb_(verify|diff|rehearse)_'
 	AND d.datdba = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)`)
 	if err != nil {
 		logger.Warn("listing leftover scratch databases", "err", err)
