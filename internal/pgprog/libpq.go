@@ -20,6 +20,10 @@ var pgxOnlyKeys = []string{
 	"default_query_exec_mode", "min_read_buffer_size",
 }
 
+// keepalives are the TCP keepalive settings programs get unless the DSN
+// sets its own.
+var keepalives = map[string]string{"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "6"}
+
 // Libpq is how a libpq program (pg_dump, pg_restore, pg_basebackup)
 // reaches the server spiredb's own sessions reach: a connection string
 // rebuilt from the parsed DSN, with Options.Database applied and no secret
@@ -27,7 +31,8 @@ var pgxOnlyKeys = []string{
 // carries the password (PGPASSWORD) and, when there is one, the
 // sslpassword (in a private service file: libpq has no variable for it).
 type Libpq struct {
-	// Conninfo goes to --dbname / -d; empty means libpq's PG* variables.
+	// Conninfo goes to --dbname / -d; what it leaves out, libpq takes from
+	// its PG* variables.
 	Conninfo string
 	// Params are the parsed parameters, secrets included.
 	Params dsn.Params
@@ -81,9 +86,15 @@ func NewLibpq(opts pg.Options, appName string) (*Libpq, error) {
 	}
 	l := &Libpq{Params: params}
 	args := params.WithoutSecrets()
-	if len(args) > 0 {
-		l.Conninfo = args.String()
+	// libpq's keepalives wait for the OS's idle time (2 hours on Linux)
+	// before the first probe: a pg_dump whose server vanished would hang
+	// that long. About 90 s here, as for spiredb's own sessions (Go's).
+	for k, v := range keepalives {
+		if _, ok := args[k]; !ok {
+			args[k] = v
+		}
 	}
+	l.Conninfo = args.String()
 	l.Env = append(os.Environ(), "PGAPPNAME="+appName)
 	if _, ok := params["connect_timeout"]; !ok {
 		l.Env = append(l.Env, fmt.Sprintf("PGCONNECT_TIMEOUT=%d", int(cmp.Or(opts.ConnectTimeout, pg.DefaultConnectTimeout).Seconds())))

@@ -67,3 +67,22 @@ func TestOutput(t *testing.T) {
 	require.Contains(t, tail, "; ab")
 	require.NotContains(t, tail, "hunter2xyz")
 }
+
+// TestLibpqProgramsNoticeADeadServer: libpq's TCP keepalives wait for the
+// OS's idle time (2 hours on Linux) before the first probe, so a pg_dump
+// whose server vanished (a host lost, a partition) would hang that long. The
+// programs get keepalives after 30 s idle, every 10 s, 6 probes (about
+// 90 s, as spiredb's own sessions), unless the DSN sets its own.
+func TestLibpqProgramsNoticeADeadServer(t *testing.T) {
+	lp, err := pgprog.NewLibpq(pg.Options{DSN: "postgres://app@db.example/spire"}, "spiredb-test")
+	require.NoError(t, err)
+	defer lp.Close()
+	for _, want := range []string{"keepalives='1'", "keepalives_idle='30'", "keepalives_interval='10'", "keepalives_count='6'"} {
+		require.Contains(t, lp.Conninfo, want)
+	}
+	own, err := pgprog.NewLibpq(pg.Options{DSN: "host=db.example dbname=spire keepalives_idle=120"}, "spiredb-test")
+	require.NoError(t, err)
+	defer own.Close()
+	require.Contains(t, own.Conninfo, "keepalives_idle='120'")
+	require.NotContains(t, own.Conninfo, "keepalives_idle='30'")
+}
