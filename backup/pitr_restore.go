@@ -165,6 +165,11 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 	if err := r.run(ctx, settings, o.Target, w, res, o.whileRunning); err != nil {
 		return nil, err
 	}
+	if res.EndOfArchive || o.Target.Latest {
+		if err := reachedWindowEnd(res, w, m.Physical.SegmentSize, o.Target); err != nil {
+			return nil, err
+		}
+	}
 	_ = os.RemoveAll(filepath.Join(o.DataDir, "pg_wal", ".spiredb-prefetch"))
 	// the base's archive_command points at this store: a restored copy
 	// started as is would push its new timeline there, and later restores
@@ -332,6 +337,40 @@ type recovery struct {
 	cred              *syscall.Credential
 	role, database    string
 	logger            *slog.Logger
+}
+
+// ShortOfArchiveError is returned when a recovery to the archive's end
+// (--latest, or a target after the archive's last commit) stopped before
+// the window's last segment: PostgreSQL takes a segment restore_command
+// cannot deliver (damaged, deleted meanwhile, the store unreachable) for
+// the archive's end, so the restored state would silently lack every
+// transaction after it.
+type ShortOfArchiveError struct {
+	Target  string
+	Reached LSN
+	// Segment is the first segment recovery did not replay.
+	Segment string
+	LastWAL string
+}
+
+func (e *ShortOfArchiveError) Error() string {
+	return fmt.Sprintf("restore to %s stopped at %s, short of the archive's end (%s): segment %s could not be fetched (check it with spiredb backup verify --level pitr and the wal fetch lines of the server log); the restored directory was removed",
+		e.Target, e.Reached, e.LastWAL, e.Segment)
+}
+
+// reachedWindowEnd checks that a recovery to the archive's end replayed
+// the window's last segment.
+func reachedWindowEnd(res *PhysicalRestoreResult, w Window, segSize int64, t Target) error {
+	last, ok := ParseWALName(w.LastWAL)
+	if !ok {
+		return nil
+	}
+	reached := res.ReachedLSN.SegNo(segSize)
+	if reached >= last.SegNo(segSize) {
+		return nil
+	}
+	return &ShortOfArchiveError{Target: t.String(), Reached: res.ReachedLSN, LastWAL: w.LastWAL,
+		Segment: SegmentName(last.TLI, reached, segSize)}
 }
 
 const endedBeforeTarget = "recovery ended before configured recovery target was reached"

@@ -453,3 +453,73 @@ func TestDoctorSeesArchiverFailing(t *testing.T) {
 	out, _, _ = runCLI(t, nil, "doctor", "--dsn", pgtest.NewDB(t).DSN)
 	require.Contains(t, out, "archive.off")
 }
+
+// TestPointInTimeRestoreNeverStopsShort: a segment inside the restorable
+// window that cannot be fetched (damaged after it was archived: its name is
+// listed, its content fails the checksum) ends recovery early. PostgreSQL
+// says "before the target", as it does when no commit after the target was
+// archived, but replaying "to the archive's end" would then stop at the
+// damaged segment too, short of the target and of the archive's end: a
+// restore that lost the transactions after it while reporting success. The
+// restore fails instead, naming the segment; --latest too.
+func TestPointInTimeRestoreNeverStopsShort(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := s3test.NewBucket(t)
+	env, flags := s3CLI(b, "short")
+	c := archivingCluster(t, b, "short")
+	cli := func(args ...string) (string, string, int) {
+		return runCLI(t, env, append(args, flags...)...)
+	}
+	conn, err := pgx.Connect(ctx, c.DSN("spire"))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, "CREATE TABLE t (id int PRIMARY KEY)")
+	require.NoError(t, err)
+	_, errOut, code := cli("backup", "run", "--physical", "--dsn", c.DSN("spire"))
+	require.Equal(t, 0, code, errOut)
+
+	var segs []string
+	var target time.Time // after the third batch's commit, before the fourth's
+	for i := range 4 {
+		_, err := conn.Exec(ctx, "INSERT INTO t SELECT g FROM generate_series($1::int, $2::int) g", i*100+1, i*100+100)
+		require.NoError(t, err)
+		segs = append(segs, switchWAL(t, c))
+		if i == 2 {
+			target = time.Now()
+		}
+		time.Sleep(1100 * time.Millisecond)
+	}
+
+	// the second batch's segment, damaged in the store
+	s := s3StoreOf(t, b, "short")
+	rc, err := s.Get(ctx, "wal/"+segs[1])
+	require.NoError(t, err)
+	stored, err := io.ReadAll(rc)
+	rc.Close()
+	require.NoError(t, err)
+	original := append([]byte(nil), stored...)
+	stored[len(stored)-10] ^= 0xff
+	_, err = s.Put(ctx, "wal/"+segs[1], strings.NewReader(string(stored)))
+	require.NoError(t, err)
+
+	for _, to := range [][]string{{"--to-time", target.UTC().Format(time.RFC3339Nano)}, {"--latest"}} {
+		dir := restoreDir(t)
+		out, errOut, code := cli(append([]string{"backup", "restore", "--physical", "--data-dir", filepath.Join(dir, "data")}, to...)...)
+		require.NotEqual(t, 0, code, "%v: a restore short of its target reported success: %s", to, out)
+		require.Contains(t, errOut, segs[1], "%v", to)
+		require.NoDirExists(t, filepath.Join(dir, "data"), "a restore short of its target left a directory to start")
+	}
+	// undamaged, the same restore reaches its target: three batches
+	_, err = s.Put(ctx, "wal/"+segs[1], strings.NewReader(string(original)))
+	require.NoError(t, err)
+	dir := restoreDir(t)
+	_, errOut, code = cli("backup", "restore", "--physical", "--to-time", target.UTC().Format(time.RFC3339Nano), "--data-dir", filepath.Join(dir, "data"))
+	require.Equal(t, 0, code, errOut)
+	rconn, err := pgx.Connect(ctx, startRestored(t, c, dir))
+	require.NoError(t, err)
+	defer rconn.Close(ctx)
+	var n int
+	require.NoError(t, rconn.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n))
+	require.Equal(t, 300, n)
+}
