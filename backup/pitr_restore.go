@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -166,7 +167,7 @@ func RestorePhysical(ctx context.Context, o PhysicalRestoreOptions) (*PhysicalRe
 		return nil, err
 	}
 	if res.EndOfArchive || o.Target.Latest {
-		if err := reachedWindowEnd(res, w, m.Physical.SegmentSize, o.Target); err != nil {
+		if err := reachedArchiveEnd(ctx, o.Store, res, m.Physical.SegmentSize, o.Target); err != nil {
 			return nil, err
 		}
 	}
@@ -341,7 +342,7 @@ type recovery struct {
 
 // ShortOfArchiveError is returned when a recovery to the archive's end
 // (--latest, or a target after the archive's last commit) stopped before
-// the window's last segment: PostgreSQL takes a segment restore_command
+// an archived segment of the timeline it was on: PostgreSQL takes a segment restore_command
 // cannot deliver (damaged, deleted meanwhile, the store unreachable) for
 // the archive's end, so the restored state would silently lack every
 // transaction after it.
@@ -358,19 +359,66 @@ func (e *ShortOfArchiveError) Error() string {
 		e.Target, e.Reached, e.LastWAL, e.Segment)
 }
 
-// reachedWindowEnd checks that a recovery to the archive's end replayed
-// the window's last segment.
-func reachedWindowEnd(res *PhysicalRestoreResult, w Window, segSize int64, t Target) error {
-	last, ok := ParseWALName(w.LastWAL)
+// reachedArchiveEnd checks that a recovery to the archive's end replayed
+// every archived segment of the timeline it ended on: when the archive
+// holds that timeline's segment after the point reached (the one starting
+// there, at a segment boundary), recovery stopped because restore_command
+// could not deliver it. The timeline is the new one's parent, from the
+// history file the promotion wrote; segments of a timeline recovery did not
+// follow (an old primary's, archived after a failover) do not count.
+func reachedArchiveEnd(ctx context.Context, s Store, res *PhysicalRestoreResult, segSize int64, t Target) error {
+	parent, ok := parentTimeline(res.DataDir, res.Timeline)
 	if !ok {
 		return nil
 	}
-	reached := res.ReachedLSN.SegNo(segSize)
-	if reached >= last.SegNo(segSize) {
+	files, _, err := ListWAL(ctx, s)
+	if err != nil {
+		return err
+	}
+	next := res.ReachedLSN.SegNo(segSize)
+	if uint64(res.ReachedLSN)%uint64(segSize) != 0 {
+		next++ // the segment the point reached is in was replayed
+	}
+	var missing WALFile
+	var last WALFile
+	for _, f := range files {
+		if f.Kind != WALSegment || f.TLI != parent {
+			continue
+		}
+		if n := f.SegNo(segSize); n >= next {
+			if missing.Name == "" || n < missing.SegNo(segSize) {
+				missing = f
+			}
+			if n > last.SegNo(segSize) || last.Name == "" {
+				last = f
+			}
+		}
+	}
+	if missing.Name == "" {
 		return nil
 	}
-	return &ShortOfArchiveError{Target: t.String(), Reached: res.ReachedLSN, LastWAL: w.LastWAL,
-		Segment: SegmentName(last.TLI, reached, segSize)}
+	return &ShortOfArchiveError{Target: t.String(), Reached: res.ReachedLSN, LastWAL: last.Name, Segment: missing.Name}
+}
+
+// parentTimeline reads, from the history file a promotion to timeline tli
+// wrote in dataDir's pg_wal, the timeline it branched from.
+func parentTimeline(dataDir string, tli uint32) (uint32, bool) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "pg_wal", fmt.Sprintf("%08X.history", tli)))
+	if err != nil {
+		return 0, false
+	}
+	var parent uint32
+	found := false
+	for _, line := range strings.Split(string(b), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		if v, err := strconv.ParseUint(fields[0], 10, 32); err == nil {
+			parent, found = uint32(v), true
+		}
+	}
+	return parent, found
 }
 
 const endedBeforeTarget = "recovery ended before configured recovery target was reached"
