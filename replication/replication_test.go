@@ -552,6 +552,20 @@ func TestPromoteRefusedWhileItsPrimaryAnswers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "standby", st.Role, "a refused promotion changed something")
 
+	// a conninfo naming certificate files of the standby's host (absent
+	// where spiredb runs) does not hide the primary either
+	sconn, err := pgx.Connect(ctx, sdsn)
+	require.NoError(t, err)
+	var conninfo string
+	require.NoError(t, sconn.QueryRow(ctx, "SHOW primary_conninfo").Scan(&conninfo))
+	_, err = sconn.Exec(ctx, "ALTER SYSTEM SET primary_conninfo = '"+strings.ReplaceAll(conninfo, "'", "''")+" sslmode=verify-full sslrootcert=/nonexistent/root.crt'")
+	require.NoError(t, err)
+	_, err = sconn.Exec(ctx, "SELECT pg_reload_conf()")
+	require.NoError(t, err)
+	sconn.Close(ctx)
+	_, err = replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})
+	require.ErrorAs(t, err, &answers)
+
 	// the primary lost: nothing answers there, and promote goes on
 	require.NoError(t, primary.Halt())
 	res, err := replication.Promote(ctx, replication.PromoteOptions{Conn: pg.Options{DSN: sdsn}})

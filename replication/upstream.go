@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/spiredb/spiredb/internal/dsn"
 	"github.com/spiredb/spiredb/pg"
 )
 
@@ -62,17 +64,27 @@ func probeUpstream(ctx context.Context, conn *pgx.Conn, logger *slog.Logger) err
 	if conninfo == "" {
 		return nil
 	}
-	cfg, err := pgconn.ParseConfig(conninfo)
+	// TLS off before parsing: certificate files the conninfo names live on
+	// the standby's host, and a server that insists on TLS still answers
+	// (pg_hba refuses: it is up)
+	params, err := dsn.Parse(conninfo)
+	if err != nil {
+		logger.Warn("cannot parse primary_conninfo: not checking whether the old primary still answers", "err", err)
+		return nil
+	}
+	for k := range params {
+		if strings.HasPrefix(k, "ssl") || k == "requiressl" || k == "gssencmode" {
+			delete(params, k)
+		}
+	}
+	params["sslmode"], params["gssencmode"] = "disable", "disable"
+	cfg, err := pgconn.ParseConfig(params.String())
 	if err != nil {
 		logger.Warn("cannot parse primary_conninfo: not checking whether the old primary still answers", "err", err)
 		return nil
 	}
 	cfg.Database = "postgres"
 	cfg.ConnectTimeout = upstreamProbeTimeout
-	cfg.TLSConfig = nil
-	for _, fb := range cfg.Fallbacks {
-		fb.TLSConfig = nil
-	}
 	upstream := net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
 	pctx, cancel := context.WithTimeout(ctx, upstreamProbeTimeout)
 	defer cancel()
