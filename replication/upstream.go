@@ -85,6 +85,8 @@ func probeUpstream(ctx context.Context, conn *pgx.Conn, logger *slog.Logger) err
 	}
 	cfg.Database = "postgres"
 	cfg.ConnectTimeout = upstreamProbeTimeout
+	// not the standby's own name: the primary's monitoring tells them apart
+	cfg.RuntimeParams["application_name"] = "spiredb-promote-probe"
 	upstream := net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
 	pctx, cancel := context.WithTimeout(ctx, upstreamProbeTimeout)
 	defer cancel()
