@@ -3,7 +3,6 @@ package pg
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -29,12 +28,8 @@ type ForeignSchemaError struct {
 }
 
 func (e *ForeignSchemaError) Error() string {
-	shown := e.Objects
-	if len(shown) > 5 {
-		shown = append(shown[:5:5], fmt.Sprintf("… %d in all", len(e.Objects)))
-	}
 	return fmt.Sprintf("refusing to work as %s in schema %s: %s belong to a role without %s's privileges, whose triggers, defaults or views would run with them when spiredb writes or reads its tables; %s",
-		e.Role, OwnSchema, strings.Join(shown, ", "), e.Role, ForeignSchemaFix(e.Role))
+		e.Role, OwnSchema, firstOf(e.Objects, 5), e.Role, ForeignSchemaFix(e.Role))
 }
 
 // ForeignSchemaFix is what to do about a ForeignSchemaError (doctor's fix

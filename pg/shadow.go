@@ -22,12 +22,17 @@ type ShadowError struct {
 }
 
 func (e *ShadowError) Error() string {
-	shown := e.Objects
-	if len(shown) > 5 {
-		shown = append(shown[:5:5], fmt.Sprintf("… %d in all", len(e.Objects)))
-	}
 	return fmt.Sprintf("refusing to work as %s: the search_path holds %s, named like pg_catalog's and owned by a role without %s's privileges, which spiredb's statements could call with them; drop them or move them off the search_path (spiredb doctor lists them as security.shadowing)",
-		e.Role, strings.Join(shown, ", "), e.Role)
+		e.Role, firstOf(e.Objects, 5), e.Role)
+}
+
+// firstOf joins the first n of objects, and says how many there are in
+// all when there are more: an error stays one readable line.
+func firstOf(objects []string, n int) string {
+	if len(objects) > n {
+		objects = append(objects[:n:n], fmt.Sprintf("… %d in all", len(objects)))
+	}
+	return strings.Join(objects, ", ")
 }
 
 // shadowSQL lists the search_path's functions, aggregates and operators
