@@ -271,12 +271,7 @@ func execOn(dsn, sql string) error {
 // this database, and names the store's other source.
 func TestDoctorCountsOnlyThisDatabasesBackups(t *testing.T) {
 	t.Parallel()
-	this, other := pgtest.NewDB(t), pgtest.NewDB(t)
-	loadFixture(t, this, spirefixture.Spec{Entries: 30})
-	loadFixture(t, other, spirefixture.Spec{Entries: 30})
-	store := "file://" + t.TempDir()
-	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", other.DSN, "--store", store)
-	require.Equal(t, 0, code, stderr)
+	this, other, store := sharedStore(t)
 
 	report := func() doctor.Report {
 		t.Helper()
@@ -302,9 +297,9 @@ func TestDoctorCountsOnlyThisDatabasesBackups(t *testing.T) {
 	require.Zero(t, r.Backups.Count)
 
 	// nor is the other's verified backup this one's way back from an upgrade
-	_, stderr, code = runCLI(t, nil, "backup", "verify", "--dsn", other.DSN, "--store", store, "--latest", "--level", "toc")
+	out, stderr, code := runCLI(t, nil, "backup", "verify", "--dsn", other.DSN, "--store", store, "--latest", "--level", "toc")
 	require.Equal(t, 0, code, stderr)
-	out, stderr, code := runCLI(t, nil, "spire", "upgrade-check", "--dsn", this.DSN, "--store", store, "--to", "1.14.0", "-o", "json")
+	out, stderr, code = runCLI(t, nil, "spire", "upgrade-check", "--dsn", this.DSN, "--store", store, "--to", "1.14.0", "-o", "json")
 	require.Equal(t, 1, code, out+stderr)
 	var u doctor.UpgradeReport
 	require.NoError(t, json.Unmarshal([]byte(out), &u), out)
@@ -317,4 +312,18 @@ func TestDoctorCountsOnlyThisDatabasesBackups(t *testing.T) {
 	require.NotContains(t, c, "backup.none")
 	require.Contains(t, c, "backup.shared")
 	require.Equal(t, 1, r.Backups.Count)
+}
+
+// sharedStore is a SPIRE database with no backup yet (this), another
+// (other), and a file store holding a backup of the other only: one store
+// two deployments were given by mistake.
+func sharedStore(t *testing.T) (this, other *pgtest.DB, store string) {
+	t.Helper()
+	this, other = pgtest.NewDB(t), pgtest.NewDB(t)
+	loadFixture(t, this, spirefixture.Spec{Entries: 30})
+	loadFixture(t, other, spirefixture.Spec{Entries: 30})
+	store = "file://" + filepath.Join(t.TempDir(), "store")
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", other.DSN, "--store", store)
+	require.Equal(t, 0, code, stderr)
+	return this, other, store
 }

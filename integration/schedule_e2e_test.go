@@ -206,19 +206,13 @@ jobs:
 // gauges).
 func TestScheduleCountsOnlyThisDatabasesBackups(t *testing.T) {
 	t.Parallel()
-	this, other := pgtest.NewDB(t), pgtest.NewDB(t)
-	loadFixture(t, this, spirefixture.Spec{Entries: 30})
-	loadFixture(t, other, spirefixture.Spec{Entries: 30})
-	dir := t.TempDir()
-	store := "file://" + filepath.Join(dir, "store")
-	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", other.DSN, "--store", store)
-	require.Equal(t, 0, code, stderr)
+	this, _, store := sharedStore(t)
 
 	addr := startSchedule(t, []string{"SPIREDB_DSN=" + this.DSN}, "store: "+store+"\n")
 	require.Zero(t, scrape(t, addr, "spiredb_backups"), "another database's backup counted as this one's")
 	require.Zero(t, scrape(t, addr, "spiredb_backup_newest_timestamp_seconds"))
 
-	_, stderr, code = runCLI(t, nil, "backup", "run", "--dsn", this.DSN, "--store", store)
+	_, stderr, code := runCLI(t, nil, "backup", "run", "--dsn", this.DSN, "--store", store)
 	require.Equal(t, 0, code, stderr)
 	require.Eventually(t, func() bool { return scrape(t, addr, "spiredb_backups") == 1 }, 30*time.Second, 200*time.Millisecond)
 	require.InDelta(t, float64(time.Now().Unix()), scrape(t, addr, "spiredb_backup_newest_timestamp_seconds"), 120)

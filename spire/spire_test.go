@@ -74,28 +74,24 @@ func TestReadSchemaFindsSpiresMigrationsTableOnly(t *testing.T) {
 	defer conn.Close(ctx)
 	_, err = spirefixture.Load(ctx, conn, spire.SchemaSQL, spirefixture.Spec{Entries: 10})
 	require.NoError(t, err)
-	for _, q := range []string{
-		"CREATE SCHEMA app",
+	exec := func(qs ...string) {
+		for _, q := range qs {
+			_, err := conn.Exec(ctx, q)
+			require.NoError(t, err)
+		}
+	}
+	exec("CREATE SCHEMA app",
 		"CREATE TABLE app.migrations (id serial PRIMARY KEY, migration text NOT NULL, batch int NOT NULL)",
 		"INSERT INTO app.migrations (migration, batch) VALUES ('2014_10_12_000000_create_users_table', 1)",
-		"SET search_path = app, public",
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
+		"SET search_path = app, public")
 	s, err := spire.ReadSchema(ctx, conn)
 	require.NoError(t, err)
 	require.Equal(t, spire.Schema{Present: true, Version: 23, CodeVersion: "1.13.3", Schema: "public"}, s)
 
-	for _, q := range []string{
-		"CREATE SCHEMA decoy",
+	exec("CREATE SCHEMA decoy",
 		"CREATE TABLE decoy.migrations (LIKE public.migrations)",
 		"INSERT INTO decoy.migrations SELECT * FROM public.migrations",
-		"SET search_path = app, decoy, public",
-	} {
-		_, err := conn.Exec(ctx, q)
-		require.NoError(t, err)
-	}
+		"SET search_path = app, decoy, public")
 	_, err = spire.ReadSchema(ctx, conn)
 	var amb *spire.AmbiguousSchemaError
 	require.ErrorAs(t, err, &amb)
