@@ -297,9 +297,9 @@ func TestDoctorCountsOnlyThisDatabasesBackups(t *testing.T) {
 	require.Zero(t, r.Backups.Count)
 
 	// nor is the other's verified backup this one's way back from an upgrade
-	out, stderr, code := runCLI(t, nil, "backup", "verify", "--dsn", other.DSN, "--store", store, "--latest", "--level", "toc")
+	_, stderr, code := runCLI(t, nil, "backup", "verify", "--dsn", other.DSN, "--store", store, "--latest", "--level", "toc")
 	require.Equal(t, 0, code, stderr)
-	out, stderr, code = runCLI(t, nil, "spire", "upgrade-check", "--dsn", this.DSN, "--store", store, "--to", "1.14.0", "-o", "json")
+	out, stderr, code := runCLI(t, nil, "spire", "upgrade-check", "--dsn", this.DSN, "--store", store, "--to", "1.14.0", "-o", "json")
 	require.Equal(t, 1, code, out+stderr)
 	var u doctor.UpgradeReport
 	require.NoError(t, json.Unmarshal([]byte(out), &u), out)
